@@ -1,0 +1,202 @@
+//! `specd generate`.
+
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
+use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::DraftSampling;
+
+/// The largest block a verify accepts.
+pub const MAX_GAMMA: usize = 32;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Speculative,
+    TargetOnly,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DraftSamplingArg {
+    Greedy,
+    Sample,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The prompt text.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt in the target model's chat template (for instruct models).
+    #[arg(long)]
+    pub chat: bool,
+    /// Completion tokens to generate at most (generation also stops at an end-of-sequence token).
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens holding this much probability (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Random seed; a seeded run repeats exactly.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Draft model: a preset name, a .gguf file, an HF model directory, or a Hugging Face repo id
+    /// (org/name or org/name:file.gguf).
+    #[arg(long, default_value = DEFAULT_DRAFT)]
+    pub draft: String,
+    /// Target model (same forms as --draft).
+    #[arg(long, default_value = DEFAULT_TARGET)]
+    pub target: String,
+    /// Drafted tokens per block (0 = target-only decoding).
+    #[arg(long, default_value_t = 8)]
+    pub gamma: usize,
+    /// Acceptance rule. `exact` keeps the target's output distribution exactly.
+    #[arg(long, default_value = "exact")]
+    pub rule: String,
+    /// `speculative` (draft + target) or `target-only` (the baseline).
+    #[arg(long, value_enum, default_value = "speculative")]
+    pub mode: ModeArg,
+    /// How the draft picks tokens at temperature > 0: its argmax (only ids travel) or a sample of
+    /// its own distribution.
+    #[arg(long, value_enum, default_value = "greedy")]
+    pub draft_sampling: DraftSamplingArg,
+    /// Print one JSON line with the text, token ids and statistics at the end of stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl GenerateArgs {
+    pub fn request(&self) -> Result<Request> {
+        if self.rule != "exact" {
+            bail!(
+                "--rule {:?} is not available (available rules: exact)",
+                self.rule
+            );
+        }
+        if self.max_tokens == 0 {
+            bail!("--max-tokens must be at least 1");
+        }
+        if self.gamma > MAX_GAMMA {
+            bail!(
+                "--gamma {} is over the maximum block size of {MAX_GAMMA}",
+                self.gamma
+            );
+        }
+        let sampling = SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+        };
+        sampling.validate()?;
+        Ok(Request {
+            prompt: self.prompt.clone(),
+            chat: self.chat,
+            max_tokens: self.max_tokens,
+            sampling,
+            gamma: if matches!(self.mode, ModeArg::TargetOnly) {
+                0
+            } else {
+                self.gamma
+            },
+            mode: match self.mode {
+                ModeArg::Speculative => Mode::Speculative,
+                ModeArg::TargetOnly => Mode::TargetOnly,
+            },
+            draft_sampling: match self.draft_sampling {
+                DraftSamplingArg::Greedy => DraftSampling::Greedy,
+                DraftSamplingArg::Sample => DraftSampling::Sample,
+            },
+        })
+    }
+}
+
+/// The `--json` line.
+pub fn output_json(
+    out: &pipeline::Output,
+    req: &Request,
+    args: &GenerateArgs,
+) -> serde_json::Value {
+    let s = &out.stats;
+    let by_k: serde_json::Map<String, serde_json::Value> = s
+        .verify_by_k
+        .iter()
+        .map(|(k, (n, t))| (k.to_string(), json!(1e3 * t / *n as f64)))
+        .collect();
+    json!({
+        "text": out.text,
+        "token_ids": out.token_ids,
+        "prompt_tokens": out.prompt_tokens,
+        "completion_tokens": s.completion_tokens,
+        "drafted_tokens": s.drafted_tokens,
+        "accepted_tokens": s.accepted_tokens,
+        "rejections": s.rejections,
+        "target_calls": s.target_calls,
+        "alpha": s.alpha(),
+        "tokens_per_call": s.tokens_per_call(),
+        "wall_ms": out.wall_s * 1e3,
+        "prefill_ms": out.prefill_s * 1e3,
+        "decode_ms": s.decode_s * 1e3,
+        "tokens_per_s": s.tokens_per_s(),
+        "t_draft_ms": s.t_draft() * 1e3,
+        "t_verify_ms_by_k": by_k,
+        "finish_reason": s.finish_reason,
+        "mode": req.mode,
+        "rule": args.rule,
+        "gamma": req.gamma,
+        "temperature": req.sampling.temperature,
+        "top_p": req.sampling.top_p,
+        "top_k": req.sampling.top_k,
+        "seed": req.sampling.seed,
+        "draft_sampling": req.draft_sampling,
+        "target": args.target,
+        "draft": if req.gamma > 0 { Some(&args.draft) } else { None },
+    })
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let req = args.request()?;
+    let target = LoadedModel::load(&args.target, &crate::log)?;
+    let draft = if req.gamma > 0 {
+        Some(LoadedModel::load(&args.draft, &crate::log)?)
+    } else {
+        None
+    };
+    let stdout = std::io::stdout();
+    let out = pipeline::generate(&target, draft.as_ref(), &req, |t| {
+        if !args.json {
+            let mut o = stdout.lock();
+            let _ = o.write_all(t.as_bytes());
+            let _ = o.flush();
+        }
+    })?;
+    if args.json {
+        println!("{}", output_json(&out, &req, &args));
+    } else {
+        println!();
+        let s = &out.stats;
+        eprintln!(
+            "[{} tokens in {:.0} ms: {:.1} tok/s | prefill {} tokens {:.0} ms | target calls {} | drafted {} accepted {} alpha {:.3} | {:.2} tokens/call | finish {:?}]",
+            s.completion_tokens,
+            s.decode_s * 1e3,
+            s.tokens_per_s(),
+            out.prompt_tokens,
+            out.prefill_s * 1e3,
+            s.target_calls,
+            s.drafted_tokens,
+            s.accepted_tokens,
+            s.alpha(),
+            s.tokens_per_call(),
+            s.finish_reason
+        );
+    }
+    Ok(())
+}

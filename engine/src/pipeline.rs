@@ -1,0 +1,194 @@
+//! Embedded generation: load a model pair, tokenize, run the speculative loop in-process, decode.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{load_model, Llama, LoadOptions};
+use crate::presets::Log;
+use crate::sampling::SamplingParams;
+use crate::source::ModelSource;
+use crate::spec::draft::Drafter;
+use crate::spec::generate::{run, RunStats};
+use crate::spec::target::{SessionParams, TargetSession};
+use crate::spec::DraftSampling;
+use crate::tokenizer::Tokenizer;
+
+/// A model ready to run.
+pub struct LoadedModel {
+    pub name: String,
+    pub path: PathBuf,
+    pub llama: Arc<Llama>,
+    pub tokenizer: Arc<Tokenizer>,
+}
+
+impl LoadedModel {
+    /// Resolves (fetching if needed) and loads a model by name, path or repo id.
+    pub fn load(spec: &str, log: Log) -> Result<Self> {
+        let source = ModelSource::parse(spec)?;
+        let path = source.resolve(log)?;
+        let (llama, tokenizer) = load_model(&path, LoadOptions::default())
+            .with_context(|| format!("cannot load model {}", source.name()))?;
+        Ok(LoadedModel {
+            name: source.name(),
+            path,
+            llama: Arc::new(llama),
+            tokenizer: Arc::new(tokenizer),
+        })
+    }
+}
+
+/// Checks that a draft can propose tokens for a target.
+pub fn check_pair(target: &LoadedModel, draft: &LoadedModel) -> Result<()> {
+    let (t, d) = (
+        target.tokenizer.fingerprint(),
+        draft.tokenizer.fingerprint(),
+    );
+    if t != d {
+        bail!(
+            "the draft model {} (vocabulary fingerprint {d}) and the target model {} (vocabulary fingerprint {t}) have different vocabularies; speculative decoding needs the same tokenizer",
+            draft.name,
+            target.name
+        );
+    }
+    if draft.llama.config.vocab_size != target.llama.config.vocab_size {
+        bail!(
+            "the draft model {} has {} logits per position but the target {} has {}",
+            draft.name,
+            draft.llama.config.vocab_size,
+            target.name,
+            target.llama.config.vocab_size
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Speculative,
+    TargetOnly,
+}
+
+/// One generation request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template.
+    pub chat: bool,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub gamma: usize,
+    pub mode: Mode,
+    pub draft_sampling: DraftSampling,
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Output {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub token_ids: Vec<u32>,
+    pub stats: RunStats,
+    pub prefill_s: f64,
+    pub wall_s: f64,
+}
+
+/// Tokenizes the prompt (chat template applied when asked).
+pub fn encode_prompt(tok: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+    if chat {
+        tok.encode(&tok.apply_chat_template(prompt)?, true)
+    } else {
+        tok.encode(prompt, true)
+    }
+}
+
+/// Streams text as tokens are committed: emits the new suffix of the decoded completion, holding
+/// back an incomplete UTF-8 sequence.
+pub struct TextStream<'a> {
+    tok: &'a Tokenizer,
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tok: &'a Tokenizer) -> Self {
+        TextStream {
+            tok,
+            ids: Vec::new(),
+            printed: 0,
+        }
+    }
+
+    pub fn push(&mut self, ids: &[u32]) -> Option<String> {
+        self.ids.extend_from_slice(ids);
+        let text = self.tok.decode(&self.ids).ok()?;
+        if text.ends_with('\u{fffd}')
+            || text.len() <= self.printed
+            || !text.is_char_boundary(self.printed)
+        {
+            return None;
+        }
+        let new = text[self.printed..].to_owned();
+        self.printed = text.len();
+        Some(new)
+    }
+}
+
+/// Runs one request in-process.
+pub fn generate(
+    target: &LoadedModel,
+    draft: Option<&LoadedModel>,
+    req: &Request,
+    mut on_text: impl FnMut(&str),
+) -> Result<Output> {
+    let t0 = Instant::now();
+    let prompt = encode_prompt(&target.tokenizer, &req.prompt, req.chat)?;
+    let params = SessionParams {
+        sampling: req.sampling,
+        max_tokens: req.max_tokens,
+    };
+    let mut session = TargetSession::open(
+        target.llama.clone(),
+        target.tokenizer.eos_ids.clone(),
+        prompt.clone(),
+        params,
+    )?;
+    let mut drafter = match (req.mode, draft) {
+        (Mode::Speculative, Some(d)) if req.gamma > 0 => {
+            check_pair(target, d)?;
+            Some(Drafter::new(
+                d.llama.clone(),
+                req.sampling,
+                req.draft_sampling,
+            ))
+        }
+        (Mode::Speculative, None) if req.gamma > 0 => bail!("speculative mode needs a draft model"),
+        _ => None,
+    };
+    let mut stream = TextStream::new(&target.tokenizer);
+    let stats = run(
+        &mut session,
+        drafter.as_mut(),
+        &prompt,
+        req.max_tokens,
+        req.gamma,
+        |ids| {
+            if let Some(t) = stream.push(ids) {
+                on_text(&t);
+            }
+        },
+    )?;
+    let token_ids = session.completion().to_vec();
+    Ok(Output {
+        text: target.tokenizer.decode(&token_ids)?,
+        prompt_tokens: prompt.len(),
+        token_ids,
+        stats,
+        prefill_s: session.prefill_s,
+        wall_s: t0.elapsed().as_secs_f64(),
+    })
+}

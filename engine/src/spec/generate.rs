@@ -1,0 +1,123 @@
+//! The speculative loop, written once against [`Verifier`]: draft a block, have it judged, commit.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::draft::Drafter;
+use super::{DraftBlock, FinishReason, Verifier};
+
+/// Counters and timings of one generation (DESIGN §7 definitions).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunStats {
+    pub completion_tokens: usize,
+    /// Drafted tokens sent to the target.
+    pub drafted_tokens: usize,
+    /// Drafted tokens the target accepted.
+    pub accepted_tokens: usize,
+    /// Blocks in which a drafted token was rejected.
+    pub rejections: usize,
+    /// Verify forwards of the target (prefill excluded).
+    pub target_calls: usize,
+    /// Draft forwards.
+    pub draft_steps: usize,
+    pub draft_s: f64,
+    pub verify_s: f64,
+    /// Verify forwards and their total seconds, by forward size k = block length + 1.
+    pub verify_by_k: BTreeMap<usize, (usize, f64)>,
+    /// Decode wall time (after prefill), seconds.
+    pub decode_s: f64,
+    pub finish_reason: Option<FinishReason>,
+}
+
+impl RunStats {
+    /// `accepted / (accepted + rejections)`: the acceptance rate over judged positions.
+    pub fn alpha(&self) -> f64 {
+        let judged = self.accepted_tokens + self.rejections;
+        if judged == 0 {
+            0.0
+        } else {
+            self.accepted_tokens as f64 / judged as f64
+        }
+    }
+
+    /// Mean committed tokens per target call.
+    pub fn tokens_per_call(&self) -> f64 {
+        if self.target_calls == 0 {
+            0.0
+        } else {
+            self.completion_tokens as f64 / self.target_calls as f64
+        }
+    }
+
+    pub fn tokens_per_s(&self) -> f64 {
+        if self.decode_s > 0.0 {
+            self.completion_tokens as f64 / self.decode_s
+        } else {
+            0.0
+        }
+    }
+
+    /// Mean seconds per draft forward.
+    pub fn t_draft(&self) -> f64 {
+        if self.draft_steps == 0 {
+            0.0
+        } else {
+            self.draft_s / self.draft_steps as f64
+        }
+    }
+}
+
+/// Runs generation to the end: `prompt` is what the verifier's session was opened with; `gamma`
+/// drafted tokens per block (0, or no drafter, is target-only decoding). `on_commit` sees each
+/// batch of newly committed tokens.
+pub fn run(
+    verifier: &mut dyn Verifier,
+    mut drafter: Option<&mut Drafter>,
+    prompt: &[u32],
+    max_tokens: usize,
+    gamma: usize,
+    mut on_commit: impl FnMut(&[u32]),
+) -> Result<RunStats> {
+    let mut stats = RunStats::default();
+    let mut committed = prompt.to_vec();
+    let t0 = Instant::now();
+    if max_tokens == 0 {
+        stats.finish_reason = Some(FinishReason::Length);
+        return Ok(stats);
+    }
+    loop {
+        let remaining = max_tokens - (committed.len() - prompt.len());
+        // A verify commits at most g + 1 tokens: never draft past max_tokens.
+        let g = gamma.min(remaining.saturating_sub(1));
+        let block = match drafter.as_deref_mut() {
+            Some(d) if g > 0 => {
+                let (b, t) = d.propose(&committed, g)?;
+                stats.draft_steps += t.steps;
+                stats.draft_s += t.seconds;
+                b
+            }
+            _ => DraftBlock::empty(committed.len()),
+        };
+        let verdict = verifier.verify(&block)?;
+        stats.target_calls += 1;
+        stats.drafted_tokens += block.tokens.len();
+        stats.accepted_tokens += verdict.accepted;
+        stats.rejections += verdict.rejected as usize;
+        stats.verify_s += verdict.verify_s;
+        let e = stats.verify_by_k.entry(block.tokens.len() + 1).or_default();
+        e.0 += 1;
+        e.1 += verdict.verify_s;
+        committed.extend_from_slice(&verdict.committed);
+        on_commit(&verdict.committed);
+        if let Some(f) = verdict.finished {
+            stats.finish_reason = Some(f);
+            break;
+        }
+    }
+    stats.completion_tokens = committed.len() - prompt.len();
+    stats.decode_s = t0.elapsed().as_secs_f64();
+    Ok(stats)
+}

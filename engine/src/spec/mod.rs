@@ -1,0 +1,89 @@
+//! Speculative decoding, written once against the [`Verifier`] trait.
+//!
+//! - [`draft::Drafter`] proposes blocks of tokens with the draft model;
+//! - a [`Verifier`] judges a block against the target and commits tokens. The target is the
+//!   source of truth for what is committed. [`target::LocalVerifier`] runs the target in-process
+//!   (embedded mode); a gRPC implementation plugs in the same way (distributed mode);
+//! - [`generate::run`] is the loop; `γ = 0` (or no drafter) is target-only decoding, through the
+//!   same verify call with an empty block.
+
+pub mod draft;
+pub mod exact;
+pub mod generate;
+pub mod target;
+
+use serde::{Deserialize, Serialize};
+
+/// How the draft chooses its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DraftSampling {
+    /// The draft's argmax (q is one-hot: only token ids need to reach the target).
+    #[default]
+    Greedy,
+    /// Sample from the draft's own distribution q (same temperature/top-k/top-p as the target);
+    /// q travels with the block.
+    Sample,
+}
+
+/// The distribution a drafted token was sampled from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DraftDist {
+    /// One-hot at the drafted token (greedy draft).
+    Greedy,
+    /// The full q the token was sampled from.
+    Probs(Vec<f32>),
+}
+
+/// A block of drafted tokens, building on `base_len` committed tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DraftBlock {
+    pub base_len: usize,
+    pub tokens: Vec<u32>,
+    /// One per token.
+    pub dists: Vec<DraftDist>,
+}
+
+impl DraftBlock {
+    pub fn empty(base_len: usize) -> Self {
+        DraftBlock {
+            base_len,
+            tokens: Vec::new(),
+            dists: Vec::new(),
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-sequence token was committed.
+    Stop,
+    /// `max_tokens` completion tokens were committed.
+    Length,
+}
+
+/// The target's answer to a block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    /// Drafted tokens accepted (a prefix of the block).
+    pub accepted: usize,
+    /// Whether a drafted token was rejected (false when all were accepted or the block was empty).
+    pub rejected: bool,
+    /// Tokens newly committed: the accepted prefix, then the residual/bonus token (cut at an
+    /// end-of-sequence token or at `max_tokens`).
+    pub committed: Vec<u32>,
+    /// Total committed length (prompt + completion) after this verdict.
+    pub committed_len: usize,
+    pub finished: Option<FinishReason>,
+    /// Time of the target forward, in seconds.
+    pub verify_s: f64,
+}
+
+/// Judges drafted blocks against the target and commits tokens.
+pub trait Verifier {
+    /// Judges `block` (which must build on the committed length) and commits tokens. An empty
+    /// block is one step of target-only decoding.
+    fn verify(&mut self, block: &DraftBlock) -> anyhow::Result<Verdict>;
+}
