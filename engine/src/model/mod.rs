@@ -47,14 +47,17 @@ impl LlamaConfig {
         {
             bail!("model config has a zero dimension: {self:?}");
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!(
                 "model config: {} heads is not a multiple of {} KV heads",
                 self.n_heads,
                 self.n_kv_heads
             );
         }
-        if self.head_dim % 2 != 0 || self.dim % 32 != 0 || self.ffn_dim % 32 != 0 {
+        if !self.head_dim.is_multiple_of(2)
+            || !self.dim.is_multiple_of(32)
+            || !self.ffn_dim.is_multiple_of(32)
+        {
             bail!(
                 "model config: dimensions must be multiples of 32 (dim {}, ffn {}, head {})",
                 self.dim,
