@@ -158,7 +158,7 @@ pub fn dequantize_vec(ty: GgmlType, data: &[u8], n: usize) -> Vec<f32> {
 /// Quantizes f32 values into `ty` with ggml's reference quantizers (bit-compatible with llama.cpp's
 /// `quantize_row_*_ref`).
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
-    if x.len() % ty.block_size() != 0 {
+    if !x.len().is_multiple_of(ty.block_size()) {
         bail!(
             "cannot quantize {} values to {ty:?}: not a multiple of {}",
             x.len(),
