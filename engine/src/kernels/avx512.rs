@@ -162,7 +162,8 @@ unsafe fn w4_group<const R: usize>(
     }
 }
 
-/// 16-lane dot product, reduced in a fixed order, scalar tail.
+/// 16-lane dot product; lanes summed in order, then the tail (same roundings as the portable
+/// version).
 ///
 /// # Safety
 /// The CPU must support avx512f and fma.
@@ -178,9 +179,14 @@ pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
             acc,
         );
     }
-    let mut s = _mm512_reduce_add_ps(acc);
+    let mut lanes = [0f32; 16];
+    _mm512_storeu_ps(lanes.as_mut_ptr(), acc);
+    let mut s = 0f32;
+    for l in lanes {
+        s += l;
+    }
     for i in full * 16..n {
-        s += a[i] * b[i];
+        s = a[i].mul_add(b[i], s);
     }
     s
 }

@@ -20,8 +20,9 @@
 //! Activations are quantized per row to 8 bits in blocks of 32 (as llama.cpp does). For a block
 //! the integer dot product `isum` is exact, and the float combination is, per output and in block
 //! order: `acc = fma(isum·d_x, d_w, acc)` (then `acc = fma(s_x, m_w, acc)` for `W4`, with
-//! `s_x = d_x·Σx`). The portable kernel performs exactly these roundings, so both kernel paths give
-//! the same bits for quantized weights.
+//! `s_x = d_x·Σx`). The portable kernels perform exactly the same roundings (float dot products
+//! too), so both kernel paths give the same bits: a model computes the same logits on any x86-64
+//! or ARM machine, with or without AVX-512.
 
 use std::sync::OnceLock;
 
@@ -360,6 +361,11 @@ unsafe impl Sync for SendPtr {}
 
 /// `out[r*n + j] = Σ_i x[r*k + i] · W[j, i]` for every row `r` of `x` (`m = x.len()/k` rows).
 pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) {
+    matmul_with(kernel_path(), x, w, out)
+}
+
+/// [`matmul`] on a given kernel path (tests compare paths).
+pub fn matmul_with(path: KernelPath, x: &[f32], w: &Matrix, out: &mut [f32]) {
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len() % k, 0, "activation length is not a multiple of k");
     let m = x.len() / k;
@@ -367,7 +373,6 @@ pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) {
     if m == 0 {
         return;
     }
-    let path = kernel_path();
     let pool = pool::pool();
     let out_ptr = SendPtr(out.as_mut_ptr());
     match &w.packed {
@@ -552,6 +557,36 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod dot_tests {
+    use super::*;
+
+    #[test]
+    fn float_dot_paths_agree_with_f64() {
+        for len in [1usize, 15, 16, 64, 100, 576] {
+            let a: Vec<f32> = (0..len).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect();
+            let b: Vec<f32> = (0..len)
+                .map(|i| ((i * 104729) % 11) as f32 * 0.5 - 2.0)
+                .collect();
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            for path in [KernelPath::Portable, kernel_path()] {
+                let got = dot_f32(path, &a, &b);
+                assert!(
+                    (got as f64 - want).abs() < 1e-3,
+                    "{path:?} len {len}: {got} vs {want}"
+                );
+            }
+            let c: Vec<f32> = a.iter().map(|v| (v * 0.731).sin()).collect();
+            let d: Vec<f32> = b.iter().map(|v| (v * 1.37).cos()).collect();
+            assert_eq!(
+                dot_f32(KernelPath::Portable, &c, &d).to_bits(),
+                dot_f32(kernel_path(), &c, &d).to_bits(),
+                "len {len}: paths differ"
+            );
         }
     }
 }

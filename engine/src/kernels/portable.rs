@@ -43,21 +43,23 @@ pub(super) fn group_tile(
     }
 }
 
-/// Dot product with 16 lanes of partial sums and a fixed final reduction order.
+/// Dot product: 16 lanes of fused multiply-adds, lanes summed in order, then the tail — the same
+/// roundings as the SIMD version, so both paths give the same bits.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
     let mut lanes = [0f32; 16];
-    let full = a.len() / 16 * 16;
+    let full = n / 16 * 16;
     for (ca, cb) in a[..full].chunks_exact(16).zip(b[..full].chunks_exact(16)) {
         for l in 0..16 {
-            lanes[l] += ca[l] * cb[l];
+            lanes[l] = ca[l].mul_add(cb[l], lanes[l]);
         }
     }
     let mut s = 0f32;
     for l in lanes {
         s += l;
     }
-    for i in full..a.len() {
-        s += a[i] * b[i];
+    for i in full..n {
+        s = a[i].mul_add(b[i], s);
     }
     s
 }

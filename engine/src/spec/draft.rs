@@ -10,6 +10,7 @@ use super::{DraftBlock, DraftDist, DraftSampling};
 use crate::model::{KvCache, Llama};
 use crate::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
 
+#[derive(Clone)]
 pub struct Drafter {
     model: Arc<Llama>,
     cache: KvCache,

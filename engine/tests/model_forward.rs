@@ -1,0 +1,95 @@
+//! Batch invariance of the block forward on the real offline models: the logits of a position are
+//! bit-identical whether it is computed alone or inside a block of 2–9 tokens, at any cache length
+//! and after a truncate.
+
+mod common;
+
+use specd_engine::model::Llama;
+use specd_engine::pipeline::encode_prompt;
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn check_model(model: &Llama, tokens: &[u32]) {
+    let vocab = model.config.vocab_size;
+    for &ctx in &[1usize, 9, 33] {
+        // Reference: one token at a time from a cache of `ctx` tokens.
+        let mut cache = model.new_cache();
+        model.forward(&mut cache, &tokens[..ctx], ctx).unwrap();
+        let mut steps = Vec::new();
+        for &t in &tokens[ctx..ctx + 9] {
+            steps.push(model.forward(&mut cache, &[t], 0).unwrap());
+        }
+        for block in 2..=9 {
+            cache.truncate(ctx);
+            let logits = model
+                .forward(&mut cache, &tokens[ctx..ctx + block], 0)
+                .unwrap();
+            for i in 0..block {
+                assert_eq!(
+                    bits(&logits[i * vocab..(i + 1) * vocab]),
+                    bits(&steps[i]),
+                    "cache {ctx}, block {block}, position {i}: block forward differs from step-by-step"
+                );
+            }
+            // Only the last row requested: same bits.
+            cache.truncate(ctx);
+            let last = model
+                .forward(&mut cache, &tokens[ctx..ctx + block], block - 1)
+                .unwrap();
+            assert_eq!(
+                bits(&last),
+                bits(&steps[block - 1]),
+                "last-row logits differ (cache {ctx}, block {block})"
+            );
+        }
+        // A different continuation, then truncate back: the cache is clean.
+        cache.truncate(ctx);
+        model.forward(&mut cache, &[1, 2, 3, 4], 4).unwrap();
+        cache.truncate(ctx);
+        let again = model.forward(&mut cache, &tokens[ctx..ctx + 3], 0).unwrap();
+        for i in 0..3 {
+            assert_eq!(
+                bits(&again[i * vocab..(i + 1) * vocab]),
+                bits(&steps[i]),
+                "after truncate, position {i} differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn block_forward_is_batch_invariant_on_the_target() {
+    let t = common::target();
+    let tokens = encode_prompt(&t.tokenizer, common::PROMPTS[11], true).unwrap();
+    assert!(tokens.len() >= 42);
+    check_model(&t.llama, &tokens);
+}
+
+#[test]
+fn block_forward_is_batch_invariant_on_the_draft() {
+    let d = common::draft();
+    let tokens = encode_prompt(&d.tokenizer, common::PROMPTS[11], true).unwrap();
+    check_model(&d.llama, &tokens);
+}
+
+#[test]
+fn context_overflow_and_bad_ids_are_errors() {
+    let t = common::target();
+    let mut cache = t.llama.new_cache();
+    let err = t
+        .llama
+        .forward(&mut cache, &[49152], 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("49152") && err.contains("vocabulary"), "{err}");
+    assert_eq!(cache.len(), 0, "a failed forward must not touch the cache");
+    let long = vec![1u32; t.llama.config.context_length + 1];
+    let err = t
+        .llama
+        .forward(&mut cache, &long, long.len())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("context length"), "{err}");
+}

@@ -1,0 +1,103 @@
+//! Greedy exactness on the real offline pair: speculative output equals target-only output token
+//! for token, for every block size, and generation stops exactly at max_tokens or end-of-sequence.
+
+mod common;
+
+use specd_engine::pipeline::{generate, Mode, Request};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::{DraftSampling, FinishReason};
+
+fn request(prompt: &str, gamma: usize, mode: Mode, max_tokens: usize) -> Request {
+    Request {
+        prompt: prompt.into(),
+        chat: true,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        gamma,
+        mode,
+        draft_sampling: DraftSampling::Greedy,
+    }
+}
+
+#[test]
+fn speculative_greedy_equals_target_only() {
+    let (t, d) = (common::target(), common::draft());
+    let weak = common::load("smollm2-135m-q4_0");
+    let mut total_rejections = 0;
+    for prompt in &common::PROMPTS[..10] {
+        let base = generate(&t, None, &request(prompt, 0, Mode::TargetOnly, 64), |_| {}).unwrap();
+        assert!(!base.token_ids.is_empty());
+        assert_eq!(
+            base.stats.target_calls,
+            base.token_ids.len(),
+            "target-only: one call per token"
+        );
+        for gamma in [1, 4, 8] {
+            for draft in [&d, &weak] {
+                let out = generate(
+                    &t,
+                    Some(draft),
+                    &request(prompt, gamma, Mode::Speculative, 64),
+                    |_| {},
+                )
+                .unwrap();
+                assert_eq!(
+                    out.token_ids, base.token_ids,
+                    "prompt {prompt:?}, gamma {gamma}, draft {}: speculative differs from target-only",
+                    draft.name
+                );
+                assert_eq!(out.text, base.text);
+                total_rejections += out.stats.rejections;
+            }
+        }
+    }
+    // The weak draft must have been rejected somewhere, or the test proves nothing about rejection.
+    assert!(total_rejections > 0);
+}
+
+#[test]
+fn stops_exactly_at_max_tokens_inside_a_block() {
+    let (t, d) = (common::target(), common::draft());
+    for max in [1, 2, 5, 13] {
+        let out = generate(
+            &t,
+            Some(&d),
+            &request(common::PROMPTS[11], 8, Mode::Speculative, max),
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(out.token_ids.len(), max);
+        assert_eq!(out.stats.finish_reason, Some(FinishReason::Length));
+    }
+}
+
+#[test]
+fn stops_at_end_of_sequence_inside_a_block() {
+    let (t, d) = (common::target(), common::draft());
+    let out = generate(
+        &t,
+        Some(&d),
+        &request(common::PROMPTS[1], 8, Mode::Speculative, 200),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(out.stats.finish_reason, Some(FinishReason::Stop));
+    let last = *out.token_ids.last().unwrap();
+    assert!(t.tokenizer.is_eos(last));
+    assert_eq!(
+        out.token_ids
+            .iter()
+            .filter(|&&x| t.tokenizer.is_eos(x))
+            .count(),
+        1,
+        "nothing after the end-of-sequence token"
+    );
+    let base = generate(
+        &t,
+        None,
+        &request(common::PROMPTS[1], 0, Mode::TargetOnly, 200),
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(out.token_ids, base.token_ids);
+}

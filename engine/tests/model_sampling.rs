@@ -1,0 +1,170 @@
+//! Sampling exactness on the real model: the first token of speculative sampling follows the
+//! target's own distribution (sampled and greedy draft), and seeded runs repeat exactly.
+
+mod common;
+
+use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
+use specd_engine::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
+use specd_engine::spec::target::{SessionParams, TargetSession};
+use specd_engine::spec::{DraftBlock, DraftDist, DraftSampling, Verifier};
+
+/// Upper 99.9% quantile of chi-square with `df` degrees of freedom (Wilson–Hilferty).
+fn chi2_999(df: usize) -> f64 {
+    let df = df as f64;
+    let z = 3.09;
+    df * (1.0 - 2.0 / (9.0 * df) + z * (2.0 / (9.0 * df)).sqrt()).powi(3)
+}
+
+/// Chi-square of counts against `p`, pooling tokens with an expected count below 5.
+fn chi_square(counts: &std::collections::HashMap<u32, usize>, p: &[f32], n: usize) -> (f64, usize) {
+    let mut chi = 0.0;
+    let mut bins = 0;
+    let (mut pooled_e, mut pooled_c) = (0.0, 0usize);
+    for (t, &pt) in p.iter().enumerate() {
+        let e = pt as f64 * n as f64;
+        let c = counts.get(&(t as u32)).copied().unwrap_or(0);
+        if e >= 5.0 {
+            chi += (c as f64 - e).powi(2) / e;
+            bins += 1;
+        } else {
+            pooled_e += e;
+            pooled_c += c;
+        }
+    }
+    if pooled_e > 0.0 {
+        chi += (pooled_c as f64 - pooled_e).powi(2) / pooled_e.max(1e-9);
+        bins += 1;
+    }
+    (chi, bins - 1)
+}
+
+#[test]
+fn first_token_of_speculative_sampling_follows_the_target() {
+    let t = common::target();
+    let d = common::load("smollm2-135m-q4_0");
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        top_p: 1.0,
+        top_k: 0,
+        seed: 0,
+    };
+    let prompt = encode_prompt(&t.tokenizer, "Tell me a joke about computers.", true).unwrap();
+    let params = SessionParams {
+        sampling,
+        max_tokens: 8,
+    };
+    let base = TargetSession::open(
+        t.llama.clone(),
+        t.tokenizer.eos_ids.clone(),
+        prompt.clone(),
+        params,
+    )
+    .unwrap();
+    // The target's p_T at the first completion position, and the draft's q there.
+    let mut cache = t.llama.new_cache();
+    let p = match sampling_dist(
+        &t.llama
+            .forward(&mut cache, &prompt, prompt.len() - 1)
+            .unwrap(),
+        &sampling,
+    ) {
+        Dist::Probs(p) => p,
+        Dist::OneHot(_) => unreachable!(),
+    };
+    let mut dcache = d.llama.new_cache();
+    let q = match sampling_dist(
+        &d.llama
+            .forward(&mut dcache, &prompt, prompt.len() - 1)
+            .unwrap(),
+        &sampling,
+    ) {
+        Dist::Probs(q) => q,
+        Dist::OneHot(_) => unreachable!(),
+    };
+    let tv: f64 = p
+        .iter()
+        .zip(&q)
+        .map(|(a, b)| (a - b).abs() as f64)
+        .sum::<f64>()
+        / 2.0;
+    assert!(
+        tv > 0.05,
+        "draft and target too close ({tv}) for the test to detect a wrong residual"
+    );
+    let n = 1500;
+    for variant in ["sampled draft", "greedy draft", "target-only"] {
+        let mut counts = std::collections::HashMap::new();
+        let mut rejected = 0;
+        for seed in 0..n as u64 {
+            let mut s = base.clone();
+            s.reseed(seed);
+            let block = match variant {
+                "sampled draft" => {
+                    let x = Dist::Probs(q.clone()).sample(uniform(
+                        seed,
+                        prompt.len() as u64,
+                        Purpose::DraftSample,
+                    ));
+                    DraftBlock {
+                        base_len: prompt.len(),
+                        tokens: vec![x],
+                        dists: vec![DraftDist::Probs(q.clone())],
+                    }
+                }
+                "greedy draft" => DraftBlock {
+                    base_len: prompt.len(),
+                    tokens: vec![argmax(&q)],
+                    dists: vec![DraftDist::Greedy],
+                },
+                _ => DraftBlock::empty(prompt.len()),
+            };
+            let v = s.verify(&block).unwrap();
+            rejected += v.rejected as usize;
+            *counts.entry(v.committed[0]).or_insert(0usize) += 1;
+        }
+        let (chi, df) = chi_square(&counts, &p, n);
+        assert!(
+            chi < chi2_999(df),
+            "{variant}: chi-square {chi:.1} with {df} df exceeds {:.1}",
+            chi2_999(df)
+        );
+        if variant != "target-only" {
+            assert!(
+                rejected > 50,
+                "{variant}: only {rejected} rejections; the residual path was not exercised"
+            );
+        }
+    }
+}
+
+#[test]
+fn seeded_sampled_runs_repeat_exactly() {
+    let (t, d) = (common::target(), common::load("smollm2-135m-q4_0"));
+    let req = |seed: u64, gamma: usize, draft_sampling| Request {
+        prompt: common::PROMPTS[11].into(),
+        chat: true,
+        max_tokens: 40,
+        sampling: SamplingParams {
+            temperature: 0.8,
+            top_p: 0.95,
+            top_k: 50,
+            seed,
+        },
+        gamma,
+        mode: Mode::Speculative,
+        draft_sampling,
+    };
+    for ds in [DraftSampling::Greedy, DraftSampling::Sample] {
+        let a = generate(&t, Some(&d), &req(7, 4, ds), |_| {}).unwrap();
+        let b = generate(&t, Some(&d), &req(7, 4, ds), |_| {}).unwrap();
+        assert_eq!(
+            a.token_ids, b.token_ids,
+            "{ds:?}: same seed, different text"
+        );
+        let c = generate(&t, Some(&d), &req(8, 4, ds), |_| {}).unwrap();
+        assert_ne!(
+            a.token_ids, c.token_ids,
+            "{ds:?}: different seeds gave the same 40 tokens"
+        );
+    }
+}
