@@ -60,20 +60,25 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median seconds of a forward of `k` tokens after a cache of `ctx` tokens.
-fn time_forward(model: &Llama, prompt: &[u32], k: usize, reps: usize) -> Result<f64> {
+/// Median seconds of forwards of `k` tokens (for every k in `ks`) after the prompt, measured
+/// round-robin over k so that drift on a shared machine hits every k alike.
+fn time_forwards(model: &Llama, prompt: &[u32], ks: &[usize], reps: usize) -> Result<Vec<f64>> {
     let mut cache = model.new_cache();
     model.forward(&mut cache, prompt, prompt.len())?;
     let base = cache.len();
-    let block: Vec<u32> = prompt.iter().cycle().take(k).copied().collect();
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps + 2 {
-        let t0 = Instant::now();
-        std::hint::black_box(model.forward(&mut cache, &block, 0)?);
-        times.push(t0.elapsed().as_secs_f64());
-        cache.truncate(base);
+    let mut times = vec![Vec::with_capacity(reps); ks.len()];
+    for rep in 0..reps + 2 {
+        for (i, &k) in ks.iter().enumerate() {
+            let block: Vec<u32> = prompt.iter().cycle().take(k).copied().collect();
+            let t0 = Instant::now();
+            std::hint::black_box(model.forward(&mut cache, &block, 0)?);
+            if rep >= 2 {
+                times[i].push(t0.elapsed().as_secs_f64());
+            }
+            cache.truncate(base);
+        }
     }
-    Ok(median(times[2..].to_vec()))
+    Ok(times.into_iter().map(median).collect())
 }
 
 /// Expected committed tokens per round with acceptance `a` and block `g` (DESIGN §7).
@@ -103,11 +108,9 @@ fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         "timing forwards (k = 1..{max_k}, {} reps each)",
         a.reps
     ));
-    let mut t_v = Vec::new();
-    for k in 1..=max_k {
-        t_v.push(time_forward(&target.llama, &ctx_prompt, k, a.reps)?);
-    }
-    let t_d = time_forward(&draft.llama, &ctx_prompt, 1, a.reps)?;
+    let ks: Vec<usize> = (1..=max_k).collect();
+    let t_v = time_forwards(&target.llama, &ctx_prompt, &ks, a.reps)?;
+    let t_d = time_forwards(&draft.llama, &ctx_prompt, &[1], a.reps)?[0];
     let sampling = SamplingParams {
         temperature: a.temperature,
         top_p: 1.0,
@@ -126,7 +129,7 @@ fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
     // Interleave configurations prompt by prompt so drift on a shared machine hits all alike.
     let mut configs: Vec<(String, usize)> = vec![("target-only".into(), 0)];
     configs.extend(a.gamma.iter().map(|&g| (format!("speculative γ={g}"), g)));
-    let mut totals = vec![(0usize, 0f64, 0usize, 0usize, 0usize, 0usize, 0f64); configs.len()];
+    let mut totals = vec![Totals::default(); configs.len()];
     for (pi, p) in prompts.iter().enumerate() {
         log(&format!("prompt {}/{}", pi + 1, prompts.len()));
         for (ci, (_, g)) in configs.iter().enumerate() {
@@ -138,34 +141,64 @@ fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
             let out = pipeline::generate(&target, Some(&draft), &request(p, *g, mode), |_| {})?;
             let s = &out.stats;
             let t = &mut totals[ci];
-            t.0 += s.completion_tokens;
-            t.1 += s.decode_s;
-            t.2 += s.target_calls;
-            t.3 += s.accepted_tokens;
-            t.4 += s.rejections;
-            t.5 += s.draft_steps;
-            t.6 += s.draft_s;
+            t.tokens += s.completion_tokens;
+            t.decode_s += s.decode_s;
+            t.calls += s.target_calls;
+            t.accepted += s.accepted_tokens;
+            t.rejections += s.rejections;
+            t.draft_steps += s.draft_steps;
+            t.draft_s += s.draft_s;
+            for (k, (n, secs)) in &s.verify_by_k {
+                let e = t.verify.entry(*k).or_insert((0, 0.0));
+                e.0 += n;
+                e.1 += secs;
+            }
         }
     }
-    let base_tps = totals[0].0 as f64 / totals[0].1;
+    let base_tps = totals[0].tokens as f64 / totals[0].decode_s;
+    // In-run component costs: the target-only run's mean step, each run's mean draft step and
+    // mean verify of a full block.
+    let run_t_v1 = totals[0]
+        .verify
+        .get(&1)
+        .map_or(t_v[0], |(n, s)| s / *n as f64);
     let mut rows = Vec::new();
     for ((name, g), t) in configs.iter().zip(&totals) {
-        let tps = t.0 as f64 / t.1;
-        let alpha = if t.3 + t.4 > 0 {
-            t.3 as f64 / (t.3 + t.4) as f64
+        let tps = t.tokens as f64 / t.decode_s;
+        let judged = t.accepted + t.rejections;
+        let alpha = if judged > 0 {
+            t.accepted as f64 / judged as f64
         } else {
             0.0
         };
-        let e = t.0 as f64 / t.2 as f64;
-        let predicted = if *g == 0 {
-            1.0
+        let e = t.tokens as f64 / t.calls as f64;
+        let (mut run_t_d_ms, mut run_t_v_ms) = (0.0, run_t_v1 * 1e3);
+        let (predicted, predicted_in_run) = if *g == 0 {
+            (1.0, 1.0)
         } else {
-            expected_tokens(alpha, *g) * t_v[0] / (*g as f64 * t_d + t_v[*g])
+            let run_t_d = if t.draft_steps > 0 {
+                t.draft_s / t.draft_steps as f64
+            } else {
+                t_d
+            };
+            let run_t_v = t
+                .verify
+                .get(&(g + 1))
+                .map_or(t_v[*g], |(n, s)| s / *n as f64);
+            (run_t_d_ms, run_t_v_ms) = (run_t_d * 1e3, run_t_v * 1e3);
+            (
+                expected_tokens(alpha, *g) * t_v[0] / (*g as f64 * t_d + t_v[*g]),
+                expected_tokens(alpha, *g) * run_t_v1 / (*g as f64 * run_t_d + run_t_v),
+            )
         };
+        let speedup = tps / base_tps;
         rows.push(json!({
-            "config": name, "gamma": g, "tokens": t.0, "tokens_per_s": tps, "speedup": tps / base_tps,
-            "predicted_speedup": predicted, "measured_over_predicted": (tps / base_tps) / predicted,
-            "alpha": alpha, "E": e, "target_calls": t.2,
+            "config": name, "gamma": g, "tokens": t.tokens, "tokens_per_s": tps, "speedup": speedup,
+            "predicted_speedup": predicted, "measured_over_predicted": speedup / predicted,
+            "predicted_speedup_in_run": predicted_in_run,
+            "measured_over_predicted_in_run": speedup / predicted_in_run,
+            "alpha": alpha, "E": e, "target_calls": t.calls,
+            "t_draft_ms_in_run": run_t_d_ms, "t_verify_block_ms_in_run": run_t_v_ms,
         }));
     }
     eprintln!(
@@ -188,20 +221,32 @@ fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         );
     }
     eprintln!(
-        "{:<20} {:>8} {:>8} {:>6} {:>6} {:>8} {:>10} {:>10}",
-        "config", "tokens", "tok/s", "alpha", "E", "speedup", "predicted", "meas/pred"
+        "{:<20} {:>7} {:>7} {:>6} {:>6} {:>8} {:>10} {:>9} {:>10} {:>9}",
+        "config",
+        "tokens",
+        "tok/s",
+        "alpha",
+        "E",
+        "speedup",
+        "predicted",
+        "meas/pred",
+        "pred(run)",
+        "meas/pred"
     );
+    let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(0.0);
     for r in &rows {
         eprintln!(
-            "{:<20} {:>8} {:>8.1} {:>6.3} {:>6.2} {:>7.2}× {:>9.2}× {:>10.2}",
+            "{:<20} {:>7} {:>7.1} {:>6.3} {:>6.2} {:>7.2}× {:>9.2}× {:>9.2} {:>9.2}× {:>9.2}",
             r["config"].as_str().unwrap_or(""),
             r["tokens"],
-            r["tokens_per_s"].as_f64().unwrap_or(0.0),
-            r["alpha"].as_f64().unwrap_or(0.0),
-            r["E"].as_f64().unwrap_or(0.0),
-            r["speedup"].as_f64().unwrap_or(0.0),
-            r["predicted_speedup"].as_f64().unwrap_or(0.0),
-            r["measured_over_predicted"].as_f64().unwrap_or(0.0)
+            f(r, "tokens_per_s"),
+            f(r, "alpha"),
+            f(r, "E"),
+            f(r, "speedup"),
+            f(r, "predicted_speedup"),
+            f(r, "measured_over_predicted"),
+            f(r, "predicted_speedup_in_run"),
+            f(r, "measured_over_predicted_in_run")
         );
     }
     if a.json {
@@ -211,7 +256,7 @@ fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
                 "bench": "generate",
                 "target": target.name, "draft": draft.name,
                 "kernel": format!("{:?}", specd_engine::kernels::kernel_path()),
-                "threads": rayon_threads(),
+                "threads": compute_threads(),
                 "temperature": a.temperature, "max_tokens": a.max_tokens, "prompts": prompts.len(),
                 "t_draft_ms": t_d * 1e3,
                 "t_verify_ms": t_v.iter().map(|t| t * 1e3).collect::<Vec<_>>(),
@@ -224,10 +269,21 @@ fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+fn compute_threads() -> usize {
+    specd_engine::kernels::pool::pool().threads()
+}
+
+/// Sums over the prompts of one configuration.
+#[derive(Clone, Default)]
+struct Totals {
+    tokens: usize,
+    decode_s: f64,
+    calls: usize,
+    accepted: usize,
+    rejections: usize,
+    draft_steps: usize,
+    draft_s: f64,
+    verify: std::collections::BTreeMap<usize, (usize, f64)>,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {

@@ -336,7 +336,7 @@ impl Llama {
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(idx * hd), hd) };
             one((idx, o));
         };
-        if m * c.n_heads * (pos0 + m) > 4096 {
+        if m * c.n_heads * (pos0 + m) > 512 {
             crate::kernels::pool::pool().run(n, &task);
         } else {
             (0..n).for_each(task);
