@@ -10,6 +10,7 @@ use specd_engine::model::Llama;
 use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::budget::Policy;
 use specd_engine::spec::DraftSampling;
 
 #[derive(Subcommand)]
@@ -125,6 +126,7 @@ fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         gamma,
         mode,
         draft_sampling: DraftSampling::Greedy,
+        policy: Policy::default(),
     };
     // Interleave configurations prompt by prompt so drift on a shared machine hits all alike.
     let mut configs: Vec<(String, usize)> = vec![("target-only".into(), 0)];

@@ -8,7 +8,11 @@ use serde_json::json;
 use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec::rules::Rule;
 use specd_engine::spec::DraftSampling;
+use specd_engine::tokenizer::Tokenizer;
+use std::sync::Arc;
 
 /// The largest block a verify accepts.
 pub const MAX_GAMMA: usize = 32;
@@ -58,9 +62,24 @@ pub struct GenerateArgs {
     /// Drafted tokens per block (0 = target-only decoding).
     #[arg(long, default_value_t = 8)]
     pub gamma: usize,
-    /// Acceptance rule. `exact` keeps the target's output distribution exactly.
+    /// Acceptance rule: exact, lenient:λ, topk:k, threshold:τ, typical:ε,δ or divergence:T
+    /// (docs/rules.md). `exact` keeps the target's output distribution exactly; the others accept
+    /// more, within --budget.
     #[arg(long, default_value = "exact")]
     pub rule: String,
+    /// Error budget B per sequence (absolute: "--max-tokens 128 --budget 32" is 32 per 128
+    /// tokens). The expected number of tokens where the output departs from the exact rule's is at
+    /// most B, and at temperature 0 at most ⌊B⌋ tokens are not the target's argmax. 0 = exact.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub budget: f64,
+    /// Critical tokens always judged exactly: `default` (digits, operators, =, $, ####), `none`,
+    /// or a regular expression matched against each token's text.
+    #[arg(long, default_value = "default")]
+    pub protect: String,
+    /// Budget pacing: `linear[:BURST]` releases B evenly over --max-tokens (plus BURST, default 1),
+    /// `none` allows spending it all at once.
+    #[arg(long, default_value = "linear")]
+    pub pacing: String,
     /// `speculative` (draft + target) or `target-only` (the baseline).
     #[arg(long, value_enum, default_value = "speculative")]
     pub mode: ModeArg,
@@ -75,12 +94,11 @@ pub struct GenerateArgs {
 
 impl GenerateArgs {
     pub fn request(&self) -> Result<Request> {
-        if self.rule != "exact" {
-            bail!(
-                "--rule {:?} is not available (available rules: exact)",
-                self.rule
-            );
-        }
+        let rule: Rule = self
+            .rule
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--rule: {e}"))?;
+        let pacing: Pacing = self.pacing.parse()?;
         if self.max_tokens == 0 {
             bail!("--max-tokens must be at least 1");
         }
@@ -115,8 +133,39 @@ impl GenerateArgs {
                 DraftSamplingArg::Greedy => DraftSampling::Greedy,
                 DraftSamplingArg::Sample => DraftSampling::Sample,
             },
+            policy: {
+                let p = Policy {
+                    rule,
+                    budget: self.budget,
+                    protect: None,
+                    pacing,
+                };
+                p.validate()?;
+                p
+            },
         })
     }
+}
+
+/// The `--protect` argument as a pattern (`None` for `none`).
+pub fn protect_pattern(arg: &str) -> Option<&str> {
+    match arg {
+        "none" => None,
+        "default" => Some(DEFAULT_PROTECT),
+        re => Some(re),
+    }
+}
+
+/// Builds the protected-token set for a relaxed rule (exact judging needs none).
+pub fn attach_protection(req: &mut Request, tok: &Tokenizer, protect: &str) -> Result<()> {
+    if let Some(pattern) = protect_pattern(protect) {
+        // Validate the pattern even when the rule is exact, so a typo is caught early.
+        let set = ProtectSet::build(tok, pattern)?;
+        if !req.policy.rule.is_exact() {
+            req.policy.protect = Some(Arc::new(set));
+        }
+    }
+    Ok(())
 }
 
 /// The `--json` line.
@@ -149,8 +198,15 @@ pub fn output_json(
         "t_draft_ms": s.t_draft() * 1e3,
         "t_verify_ms_by_k": by_k,
         "finish_reason": s.finish_reason,
+        "lossy_accepted_tokens": s.lossy_accepted_tokens,
+        "budget": req.policy.budget,
+        "budget_spent": s.budget_spent,
+        "protected_positions": s.protected_positions,
+        "protect": req.policy.protect.as_ref().map(|p| p.pattern.clone()),
+        "pacing": req.policy.pacing.to_string(),
+        "tokens": out.token_ids.iter().zip(&s.token_info).map(|(id, i)| json!({"id": id, "lossy": i.lossy, "charge": i.charge})).collect::<Vec<_>>(),
         "mode": req.mode,
-        "rule": args.rule,
+        "rule": req.policy.rule.to_string(),
         "gamma": req.gamma,
         "temperature": req.sampling.temperature,
         "top_p": req.sampling.top_p,
@@ -163,8 +219,9 @@ pub fn output_json(
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let req = args.request()?;
+    let mut req = args.request()?;
     let target = LoadedModel::load(&args.target, &crate::log)?;
+    attach_protection(&mut req, &target.tokenizer, &args.protect)?;
     let draft = if req.gamma > 0 {
         Some(LoadedModel::load(&args.draft, &crate::log)?)
     } else {
@@ -184,7 +241,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         println!();
         let s = &out.stats;
         eprintln!(
-            "[{} tokens in {:.0} ms: {:.1} tok/s | prefill {} tokens {:.0} ms | target calls {} | drafted {} accepted {} alpha {:.3} | {:.2} tokens/call | finish {:?}]",
+            "[{} tokens in {:.0} ms: {:.1} tok/s | prefill {} tokens {:.0} ms | target calls {} | drafted {} accepted {} alpha {:.3} | {:.2} tokens/call | lossy {} budget {:.2}/{} | finish {:?}]",
             s.completion_tokens,
             s.decode_s * 1e3,
             s.tokens_per_s(),
@@ -195,6 +252,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             s.accepted_tokens,
             s.alpha(),
             s.tokens_per_call(),
+            s.lossy_accepted_tokens,
+            s.budget_spent,
+            req.policy.budget,
             s.finish_reason
         );
     }

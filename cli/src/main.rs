@@ -2,6 +2,7 @@
 
 mod bench;
 mod generate;
+mod score;
 
 use std::process::ExitCode;
 
@@ -23,6 +24,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt (embedded mode: draft and target in this process).
     Generate(generate::GenerateArgs),
+    /// Teacher-force a continuation through a model: per-token NLL and argmax agreement.
+    Score(score::ScoreArgs),
     /// Manage offline model presets.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Generate(args) => generate::run(args),
+        Command::Score(args) => score::run(args),
         Command::Models(cmd) => models(cmd),
         Command::Bench(cmd) => bench::run(cmd),
     };

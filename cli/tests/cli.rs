@@ -232,3 +232,91 @@ fn models_list_shows_presets() {
         assert!(out.contains(p), "{out}");
     }
 }
+
+#[test]
+fn bad_rule_specs_budgets_and_patterns_are_named() {
+    let p = ["generate", "--prompt", "hi"];
+    let with = |extra: &[&'static str]| -> Vec<&'static str> {
+        p.iter().copied().chain(extra.iter().copied()).collect()
+    };
+    fails_with(&with(&["--rule", "topk:0"]), &["topk", "at least 1"]);
+    fails_with(&with(&["--rule", "lenient:2"]), &["lenient", "(0, 1]"]);
+    fails_with(&with(&["--rule", "typical:x"]), &["typical"]);
+    fails_with(
+        &with(&["--rule", "topk:3", "--budget", "-1"]),
+        &["--budget"],
+    );
+    fails_with(
+        &with(&["--rule", "topk:3", "--budget", "2", "--protect", "[0-9"]),
+        &["--protect", "[0-9"],
+    );
+    fails_with(&with(&["--pacing", "fast"]), &["--pacing"]);
+}
+
+#[test]
+fn score_witnesses_the_budget() {
+    let prompt = "Tell me a short story about a robot who learns to paint.";
+    let out = json_line(&specd(&[
+        "generate",
+        "--prompt",
+        prompt,
+        "--chat",
+        "--max-tokens",
+        "48",
+        "--gamma",
+        "4",
+        "--draft",
+        "smollm2-135m-q4_0",
+        "--rule",
+        "topk:3",
+        "--budget",
+        "3",
+        "--pacing",
+        "none",
+        "--json",
+    ]));
+    for key in [
+        "lossy_accepted_tokens",
+        "budget",
+        "budget_spent",
+        "protected_positions",
+        "tokens",
+    ] {
+        assert!(out.get(key).is_some(), "--json line lacks {key}");
+    }
+    let ids: Vec<String> = out["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    let per_token = out["tokens"].as_array().unwrap();
+    assert_eq!(per_token.len(), ids.len());
+    let lossy = per_token.iter().filter(|t| t["lossy"] == true).count();
+    assert_eq!(lossy as u64, out["lossy_accepted_tokens"].as_u64().unwrap());
+    let s = json_line(&specd(&[
+        "score",
+        "--prompt",
+        prompt,
+        "--chat",
+        "--continuation-ids",
+        &ids.join(","),
+        "--json",
+    ]));
+    assert_eq!(s["tokens"].as_u64().unwrap() as usize, ids.len());
+    let non_argmax = s["non_argmax_tokens"].as_u64().unwrap();
+    assert!(
+        non_argmax <= 3,
+        "{non_argmax} non-argmax tokens with budget 3"
+    );
+    assert_eq!(non_argmax as usize, lossy);
+    assert!(s["nll_sum"].as_f64().unwrap() > 0.0);
+    fails_with(
+        &["score", "--prompt", "hi", "--continuation-ids", "1,x"],
+        &["--continuation-ids", "\"x\""],
+    );
+    fails_with(
+        &["score", "--prompt", "hi", "--continuation-ids", "99999"],
+        &["99999", "vocabulary"],
+    );
+}

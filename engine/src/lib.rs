@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod presets;
 pub mod quant;
 pub mod sampling;
+pub mod score;
 pub mod source;
 pub mod spec;
 pub mod tokenizer;

@@ -11,6 +11,7 @@ use crate::model::{load_model, Llama, LoadOptions};
 use crate::presets::Log;
 use crate::sampling::SamplingParams;
 use crate::source::ModelSource;
+use crate::spec::budget::Policy;
 use crate::spec::draft::Drafter;
 use crate::spec::generate::{run, RunStats};
 use crate::spec::target::{SessionParams, TargetSession};
@@ -84,6 +85,8 @@ pub struct Request {
     pub gamma: usize,
     pub mode: Mode,
     pub draft_sampling: DraftSampling,
+    /// Acceptance rule, budget, protection, pacing.
+    pub policy: Policy,
 }
 
 /// The result of a generation.
@@ -150,6 +153,7 @@ pub fn generate(
     let params = SessionParams {
         sampling: req.sampling,
         max_tokens: req.max_tokens,
+        policy: req.policy.clone(),
     };
     let mut session = TargetSession::open(
         target.llama.clone(),

@@ -16,6 +16,7 @@ fn request(prompt: &str, gamma: usize, mode: Mode, max_tokens: usize) -> Request
         gamma,
         mode,
         draft_sampling: DraftSampling::Greedy,
+        policy: Default::default(),
     }
 }
 

@@ -153,6 +153,7 @@ fn seeded_sampled_runs_repeat_exactly() {
         gamma,
         mode: Mode::Speculative,
         draft_sampling,
+        policy: Default::default(),
     };
     for ds in [DraftSampling::Greedy, DraftSampling::Sample] {
         let a = generate(&t, Some(&d), &req(7, 4, ds), |_| {}).unwrap();

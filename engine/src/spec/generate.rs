@@ -27,6 +27,14 @@ pub struct RunStats {
     pub verify_s: f64,
     /// Verify forwards and their total seconds, by forward size k = block length + 1.
     pub verify_by_k: BTreeMap<usize, (usize, f64)>,
+    /// Relaxed accepts where the exact rule would have rejected.
+    pub lossy_accepted_tokens: usize,
+    /// Positions judged exactly because they were protected.
+    pub protected_positions: usize,
+    /// Budget spent (cumulative, from the target).
+    pub budget_spent: f64,
+    /// Per committed token: lossy accept and charge.
+    pub token_info: Vec<super::TokenInfo>,
     /// Decode wall time (after prefill), seconds.
     pub decode_s: f64,
     pub finish_reason: Option<FinishReason>,
@@ -107,6 +115,10 @@ pub fn run(
         stats.accepted_tokens += verdict.accepted;
         stats.rejections += verdict.rejected as usize;
         stats.verify_s += verdict.verify_s;
+        stats.lossy_accepted_tokens += verdict.lossy_accepted;
+        stats.protected_positions += verdict.protected_positions;
+        stats.budget_spent = verdict.budget_spent;
+        stats.token_info.extend_from_slice(&verdict.token_info);
         let e = stats.verify_by_k.entry(block.tokens.len() + 1).or_default();
         e.0 += 1;
         e.1 += verdict.verify_s;

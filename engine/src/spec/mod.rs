@@ -7,9 +7,12 @@
 //! - [`generate::run`] is the loop; `γ = 0` (or no drafter) is target-only decoding, through the
 //!   same verify call with an empty block.
 
+pub mod budget;
 pub mod draft;
 pub mod exact;
 pub mod generate;
+pub mod judge;
+pub mod rules;
 pub mod target;
 
 use serde::{Deserialize, Serialize};
@@ -64,6 +67,16 @@ pub enum FinishReason {
     Length,
 }
 
+/// What happened at one committed token.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Accepted by the relaxed rule where the exact rule would have rejected it (the coupled exact
+    /// run differs here).
+    pub lossy: bool,
+    /// Budget charged at this position (0 for bonus tokens and exactly judged positions).
+    pub charge: f64,
+}
+
 /// The target's answer to a block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {
@@ -74,6 +87,14 @@ pub struct Verdict {
     /// Tokens newly committed: the accepted prefix, then the residual/bonus token (cut at an
     /// end-of-sequence token or at `max_tokens`).
     pub committed: Vec<u32>,
+    /// One per committed token.
+    pub token_info: Vec<TokenInfo>,
+    /// Lossy accepts in this block.
+    pub lossy_accepted: usize,
+    /// Positions of this block judged exactly because they were protected.
+    pub protected_positions: usize,
+    /// Budget spent by the session so far (cumulative).
+    pub budget_spent: f64,
     /// Total committed length (prompt + completion) after this verdict.
     pub committed_len: usize,
     pub finished: Option<FinishReason>,

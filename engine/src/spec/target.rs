@@ -6,16 +6,19 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 
-use super::exact::{self, Judgement};
+use super::budget::Policy;
+use super::judge::judge_block;
 use super::{DraftBlock, FinishReason, Verdict, Verifier};
 use crate::model::{KvCache, Llama};
-use crate::sampling::{sampling_dist, uniform, Purpose, SamplingParams};
+use crate::sampling::SamplingParams;
 
 /// Settings of one generation request.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct SessionParams {
     pub sampling: SamplingParams,
     pub max_tokens: usize,
+    /// Acceptance rule, error budget, protection and pacing.
+    pub policy: Policy,
 }
 
 /// Checks that a prompt and its completion fit a model's context.
@@ -42,6 +45,8 @@ pub struct TargetSession {
     params: SessionParams,
     eos: Vec<u32>,
     finished: Option<FinishReason>,
+    /// Budget spent so far.
+    spent: f64,
     /// Seconds spent on prefill.
     pub prefill_s: f64,
 }
@@ -56,6 +61,7 @@ impl TargetSession {
         params: SessionParams,
     ) -> Result<Self> {
         params.sampling.validate()?;
+        params.policy.validate()?;
         check_context(prompt.len(), params.max_tokens, model.config.context_length)?;
         if let Some(&bad) = prompt
             .iter()
@@ -79,7 +85,17 @@ impl TargetSession {
             params,
             eos,
             finished,
+            spent: 0.0,
         })
+    }
+
+    /// Budget spent so far.
+    pub fn budget_spent(&self) -> f64 {
+        self.spent
+    }
+
+    pub fn params(&self) -> &SessionParams {
+        &self.params
     }
 
     /// Changes the seed of the session's random draws (for forks of one prefilled prompt).
@@ -154,38 +170,29 @@ impl Verifier for TargetSession {
         let t0 = Instant::now();
         let logits = self.model.forward(&mut self.cache, &feed, 0)?;
         let verify_s = t0.elapsed().as_secs_f64();
-        let seed = self.params.sampling.seed;
-        let mut new = Vec::with_capacity(g + 1);
-        let mut rejected = false;
-        for (i, (&x, q)) in block.tokens.iter().zip(&block.dists).enumerate() {
-            let p = sampling_dist(&logits[i * vocab..(i + 1) * vocab], &self.params.sampling);
-            let pos = (base + i) as u64;
-            match exact::judge(
-                &p,
-                q,
-                x,
-                uniform(seed, pos, Purpose::Accept),
-                uniform(seed, pos, Purpose::Residual),
-            ) {
-                Judgement::Accept => new.push(x),
-                Judgement::Reject(t) => {
-                    new.push(t);
-                    rejected = true;
-                    break;
-                }
-            }
-        }
-        let accepted = new.len() - rejected as usize;
-        if !rejected {
-            let p = sampling_dist(&logits[g * vocab..(g + 1) * vocab], &self.params.sampling);
-            new.push(p.sample(uniform(seed, (base + g) as u64, Purpose::Bonus)));
-        }
+        let out = judge_block(
+            &self.params.policy,
+            &self.params.sampling,
+            &mut self.spent,
+            base - self.prompt_len,
+            self.params.max_tokens,
+            block,
+            |i| &logits[i * vocab..(i + 1) * vocab],
+        );
+        let (mut info, accepted, rejected) = (out.info, out.accepted, out.rejected);
+        let (lossy_accepted, protected_positions) = (out.lossy_accepted, out.protected_positions);
+        let new = out.tokens;
         let committed = self.commit(&new);
+        info.truncate(committed.len());
         self.cache.truncate(self.tokens.len() - 1);
         Ok(Verdict {
             accepted,
             rejected,
             committed,
+            token_info: info,
+            lossy_accepted,
+            protected_positions,
+            budget_spent: self.spent,
             committed_len: self.tokens.len(),
             finished: self.finished,
             verify_s,

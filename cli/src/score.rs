@@ -1,0 +1,78 @@
+//! `specd score`: teacher-forced NLL and argmax agreement of a continuation.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+use specd_engine::pipeline::{encode_prompt, LoadedModel};
+use specd_engine::presets::DEFAULT_TARGET;
+
+#[derive(Args)]
+pub struct ScoreArgs {
+    /// The model to score with (defaults to the default pair's target).
+    #[arg(long, default_value = DEFAULT_TARGET)]
+    pub model: String,
+    /// The prompt text the continuation follows.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template (as `generate --chat` does).
+    #[arg(long)]
+    pub chat: bool,
+    /// The continuation as text (tokenized without special tokens).
+    #[arg(long, conflicts_with = "continuation_ids")]
+    pub continuation: Option<String>,
+    /// The continuation as comma-separated token ids (the `token_ids` of `generate --json`).
+    #[arg(long)]
+    pub continuation_ids: Option<String>,
+    /// Print one JSON line instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("--continuation-ids: {t:?} is not a token id"))
+        })
+        .collect()
+}
+
+pub fn run(a: ScoreArgs) -> Result<()> {
+    let model = LoadedModel::load(&a.model, &crate::log)?;
+    let prompt = encode_prompt(&model.tokenizer, &a.prompt, a.chat)?;
+    let cont = match (&a.continuation, &a.continuation_ids) {
+        (Some(t), None) => model.tokenizer.encode(t, false)?,
+        (None, Some(ids)) => parse_ids(ids)?,
+        _ => bail!("give the continuation as --continuation TEXT or --continuation-ids 1,2,3"),
+    };
+    let r = specd_engine::score::score(&model.llama, &prompt, &cont)?;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "model": model.name,
+                "prompt_tokens": prompt.len(),
+                "tokens": r.tokens,
+                "nll_sum": r.nll_sum,
+                "mean_nll": if r.tokens > 0 { r.nll_sum / r.tokens as f64 } else { 0.0 },
+                "non_argmax_tokens": r.non_argmax_tokens,
+                "per_token": r.per_token,
+            })
+        );
+    } else {
+        println!(
+            "{} tokens: NLL {:.3} (mean {:.3}), {} not the model's argmax",
+            r.tokens,
+            r.nll_sum,
+            if r.tokens > 0 {
+                r.nll_sum / r.tokens as f64
+            } else {
+                0.0
+            },
+            r.non_argmax_tokens
+        );
+    }
+    Ok(())
+}
