@@ -1,10 +1,9 @@
-//! `specd bench`: benchmarks that print figures and ratios against a baseline measured in the same
-//! run.
+//! `specd bench generate`: target-only vs speculative speed, forward costs and the latency model.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use serde_json::json;
 use specd_engine::model::Llama;
 use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
@@ -12,12 +11,6 @@ use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::budget::Policy;
 use specd_engine::spec::DraftSampling;
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Target-only vs speculative tokens/s, α, E, t_d, t_v(k) and measured vs predicted speedup.
-    Generate(GenerateBenchArgs),
-}
 
 /// Prompts of the generation benchmark (chat format).
 pub const BENCH_PROMPTS: &[&str] = &[
@@ -53,7 +46,7 @@ pub struct GenerateBenchArgs {
     pub json: bool,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     if v.is_empty() {
         return 0.0;
@@ -91,7 +84,7 @@ pub fn expected_tokens(a: f64, g: usize) -> f64 {
     }
 }
 
-fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
+pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
     if a.prompts == 0 || a.prompts > BENCH_PROMPTS.len() {
         bail!("--prompts must be in 1..={}", BENCH_PROMPTS.len());
     }
@@ -286,10 +279,4 @@ struct Totals {
     draft_steps: usize,
     draft_s: f64,
     verify: std::collections::BTreeMap<usize, (usize, f64)>,
-}
-
-pub fn run(cmd: BenchCommand) -> Result<()> {
-    match cmd {
-        BenchCommand::Generate(a) => bench_generate(a),
-    }
 }

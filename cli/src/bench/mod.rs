@@ -1,0 +1,26 @@
+//! `specd bench`: benchmarks that print their figures and ratios against a baseline measured in
+//! the same run.
+
+mod generate;
+mod rules;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+pub use generate::BENCH_PROMPTS;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Target-only vs speculative tokens/s, α, E, t_d, t_v(k) and measured vs predicted speedup.
+    Generate(generate::GenerateBenchArgs),
+    /// Every acceptance rule at several knobs and budgets: α, E, tokens/s, lossy accepts, budget
+    /// spent, and fidelity (non-argmax tokens against the target at temperature 0).
+    Rules(rules::RulesBenchArgs),
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Generate(a) => generate::bench_generate(a),
+        BenchCommand::Rules(a) => rules::bench_rules(a),
+    }
+}
