@@ -1,6 +1,7 @@
 //! `specd`: speculative decoding with relaxed verification under an error budget.
 
 mod bench;
+mod eval;
 mod generate;
 mod score;
 
@@ -29,6 +30,9 @@ enum Command {
     /// Manage offline model presets.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Experiments: accuracy, fidelity and speed for every rule and budget.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
     /// Benchmarks that print their figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Score(args) => score::run(args),
         Command::Models(cmd) => models(cmd),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Eval(cmd) => eval::run(cmd),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

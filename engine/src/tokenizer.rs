@@ -267,6 +267,12 @@ impl Tokenizer {
 
     /// Renders a single user message with the model's chat template (generation prompt added).
     pub fn apply_chat_template(&self, user: &str) -> Result<String> {
+        self.apply_chat_template_messages(&[("user", user)])
+    }
+
+    /// Renders a conversation of `(role, content)` messages with the model's chat template
+    /// (generation prompt added).
+    pub fn apply_chat_template_messages(&self, messages: &[(&str, &str)]) -> Result<String> {
         let tpl = self.chat_template.as_deref().ok_or_else(|| {
             anyhow!("--chat: this model has no chat template (tokenizer.chat_template)")
         })?;
@@ -285,7 +291,10 @@ impl Tokenizer {
         let name = |id: Option<u32>| id.and_then(|i| self.token(i)).unwrap_or("").to_owned();
         env.get_template("chat")?
             .render(minijinja::context! {
-                messages => vec![minijinja::context! { role => "user", content => user }],
+                messages => messages
+                    .iter()
+                    .map(|(role, content)| minijinja::context! { role => *role, content => *content })
+                    .collect::<Vec<_>>(),
                 add_generation_prompt => true,
                 bos_token => name(self.bos_id),
                 eos_token => name(self.eos_ids.first().copied()),

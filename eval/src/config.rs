@@ -1,0 +1,127 @@
+//! Experiment configurations: `RULE[@key=value,...]`, e.g. `exact`, `topk:3@budget=8`,
+//! `typical:0.09,0.3@budget=8,protect=none`. Keys: `budget` (default 0), `protect`
+//! (`default` | `none`; default `default`), `pacing` (`none` | `linear[:BURST]`; default `none`),
+//! `gamma` (overrides `--gamma`).
+
+use anyhow::{bail, Context, Result};
+use specd_engine::spec::budget::Pacing;
+use specd_engine::spec::rules::Rule;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalConfig {
+    /// The spec as given: the config's name in results and reports.
+    pub name: String,
+    pub rule: Rule,
+    pub budget: f64,
+    pub protect: bool,
+    pub pacing: Pacing,
+    pub gamma: Option<usize>,
+}
+
+impl std::str::FromStr for EvalConfig {
+    type Err = anyhow::Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let spec = spec.trim();
+        let (rule_s, opts) = match spec.split_once('@') {
+            Some((r, o)) => (r, Some(o)),
+            None => (spec, None),
+        };
+        let rule: Rule = rule_s.parse().with_context(|| format!("config {spec:?}"))?;
+        let mut c = EvalConfig {
+            name: spec.to_owned(),
+            rule,
+            budget: 0.0,
+            protect: true,
+            pacing: Pacing::None,
+            gamma: None,
+        };
+        for kv in opts.into_iter().flat_map(|o| o.split(',')) {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("config {spec:?}: {kv:?} is not key=value"))?;
+            match k.trim() {
+                "budget" => {
+                    c.budget = v.trim().parse().with_context(|| {
+                        format!("config {spec:?}: budget {v:?} is not a number")
+                    })?;
+                    if !c.budget.is_finite() || c.budget < 0.0 {
+                        bail!("config {spec:?}: budget must be >= 0");
+                    }
+                }
+                "protect" => {
+                    c.protect = match v.trim() {
+                        "default" | "on" => true,
+                        "none" | "off" => false,
+                        other => bail!("config {spec:?}: protect={other:?} (use default or none)"),
+                    }
+                }
+                "pacing" => c.pacing = v.parse().with_context(|| format!("config {spec:?}"))?,
+                "gamma" => {
+                    c.gamma = Some(v.trim().parse().with_context(|| {
+                        format!("config {spec:?}: gamma {v:?} is not a whole number")
+                    })?)
+                }
+                other => bail!(
+                    "config {spec:?}: unknown key {other:?} (keys: budget, protect, pacing, gamma)"
+                ),
+            }
+        }
+        if c.rule.is_exact() && c.budget > 0.0 {
+            bail!("config {spec:?}: the exact rule takes no budget");
+        }
+        Ok(c)
+    }
+}
+
+/// Parses `SPEC;SPEC;...`, refusing duplicates and the reserved name `target-only`.
+pub fn parse_configs(s: &str) -> Result<Vec<EvalConfig>> {
+    let mut out: Vec<EvalConfig> = Vec::new();
+    for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        if part == "target-only" {
+            bail!("--configs: target-only is the baseline and always runs; do not list it");
+        }
+        let c: EvalConfig = part.parse()?;
+        if out.iter().any(|o| o.name == c.name) {
+            bail!("--configs: {:?} is listed twice", c.name);
+        }
+        out.push(c);
+    }
+    if out.is_empty() {
+        bail!("--configs: give at least one configuration, e.g. exact;topk:3@budget=8");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_configs() {
+        let c = parse_configs("exact; topk:3@budget=8 ;typical:0.09,0.3@budget=8,protect=none")
+            .unwrap();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[1].budget, 8.0);
+        assert!(c[1].protect);
+        assert_eq!(
+            c[2].rule,
+            Rule::Typical {
+                epsilon: 0.09,
+                delta: 0.3
+            }
+        );
+        assert!(!c[2].protect);
+        for bad in [
+            "",
+            "topk:0@budget=1",
+            "topk:3@budget=-1",
+            "topk:3@color=red",
+            "exact@budget=2",
+            "exact;exact",
+            "target-only",
+        ] {
+            assert!(parse_configs(bad).is_err(), "{bad}");
+        }
+    }
+}
