@@ -90,6 +90,10 @@ pub struct GenerateArgs {
     /// Print one JSON line with the text, token ids and statistics at the end of stdout.
     #[arg(long)]
     pub json: bool,
+    /// Send the request to a coordinator (distributed mode) instead of running the models here,
+    /// e.g. http://127.0.0.1:50050. Rule, budget, γ, seed and sampling travel with the request.
+    #[arg(long)]
+    pub coordinator: Option<String>,
 }
 
 impl GenerateArgs {
@@ -220,6 +224,17 @@ pub fn output_json(
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let mut req = args.request()?;
+    if let Some(url) = &args.coordinator {
+        let stdout = std::io::stdout();
+        let (out, fallback) = crate::remote::generate(url, &req, &args.protect, |t| {
+            if !args.json {
+                let mut o = stdout.lock();
+                let _ = o.write_all(t.as_bytes());
+                let _ = o.flush();
+            }
+        })?;
+        return finish(&out, &req, &args, Some(fallback));
+    }
     let target = LoadedModel::load(&args.target, &crate::log)?;
     attach_protection(&mut req, &target.tokenizer, &args.protect)?;
     let draft = if req.gamma > 0 {
@@ -235,8 +250,23 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             let _ = o.flush();
         }
     })?;
+    finish(&out, &req, &args, None)
+}
+
+/// Prints the JSON line, or the stats line to stderr.
+fn finish(
+    out: &pipeline::Output,
+    req: &Request,
+    args: &GenerateArgs,
+    fallback: Option<bool>,
+) -> Result<()> {
     if args.json {
-        println!("{}", output_json(&out, &req, &args));
+        let mut j = output_json(out, req, args);
+        if let Some(f) = fallback {
+            j["coordinator"] = json!(args.coordinator);
+            j["fallback"] = json!(f);
+        }
+        println!("{j}");
     } else {
         println!();
         let s = &out.stats;

@@ -3,6 +3,8 @@
 mod bench;
 mod eval;
 mod generate;
+mod nodes;
+mod remote;
 mod score;
 
 use std::process::ExitCode;
@@ -25,6 +27,12 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt (embedded mode: draft and target in this process).
     Generate(generate::GenerateArgs),
+    /// Serve the target model: verify drafted blocks over gRPC (specd.v1.TargetVerifier).
+    TargetNode(nodes::TargetNodeArgs),
+    /// Serve the draft model: run the speculative loop against a remote target (specd.v1.Drafter).
+    DraftNode(nodes::DraftNodeArgs),
+    /// Serve the public API: sessions, routing, budget ledger (specd.v1.Coordinator).
+    Coordinator(nodes::CoordinatorArgs),
     /// Teacher-force a continuation through a model: per-token NLL and argmax agreement.
     Score(score::ScoreArgs),
     /// Manage offline model presets.
@@ -109,6 +117,9 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),
+        Command::TargetNode(a) => nodes::target_node(a),
+        Command::DraftNode(a) => nodes::draft_node(a),
+        Command::Coordinator(a) => nodes::coordinator(a),
         Command::Models(cmd) => models(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(cmd) => eval::run(cmd),

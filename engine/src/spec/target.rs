@@ -98,6 +98,12 @@ impl TargetSession {
         &self.params
     }
 
+    /// Replaces the rule and budget of a live session (e.g. tightening to exact when a budget
+    /// pool runs dry). What was spent stays spent.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.params.policy = policy;
+    }
+
     /// Changes the seed of the session's random draws (for forks of one prefilled prompt).
     pub fn reseed(&mut self, seed: u64) {
         self.params.sampling.seed = seed;

@@ -1,0 +1,106 @@
+//! `specd target-node`, `specd draft-node`, `specd coordinator`: the engine split across machines.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use specd_engine::pipeline::LoadedModel;
+use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn ctrl_c() {
+    let _ = tokio::signal::ctrl_c().await;
+    eprintln!("specd: shutting down");
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr> {
+    s.parse()
+        .with_context(|| format!("--listen {s:?}: expected HOST:PORT, e.g. 127.0.0.1:50051"))
+}
+
+#[derive(Args)]
+pub struct TargetNodeArgs {
+    /// Address to serve on, e.g. 0.0.0.0:50051.
+    #[arg(long)]
+    pub listen: String,
+    /// The target model (preset, file, directory or Hugging Face repo id).
+    #[arg(long, default_value = DEFAULT_TARGET)]
+    pub model: String,
+    /// Sessions held at most; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 64)]
+    pub max_sessions: usize,
+    /// Seconds a session may stay idle before its KV cache is dropped.
+    #[arg(long, default_value_t = 300)]
+    pub session_idle_timeout: u64,
+    /// Largest block (drafted tokens) a Verify frame may carry.
+    #[arg(long, default_value_t = 32)]
+    pub max_block: usize,
+}
+
+pub fn target_node(a: TargetNodeArgs) -> Result<()> {
+    let listen = parse_listen(&a.listen)?;
+    if a.max_sessions == 0 || a.session_idle_timeout == 0 {
+        anyhow::bail!("--max-sessions and --session-idle-timeout must be at least 1");
+    }
+    let model = LoadedModel::load(&a.model, &crate::log)?;
+    let cfg = specd_target_node::TargetConfig {
+        listen,
+        max_sessions: a.max_sessions,
+        idle_timeout: Duration::from_secs(a.session_idle_timeout),
+        max_block: a.max_block,
+    };
+    runtime()?.block_on(specd_target_node::serve(cfg, model, ctrl_c()))
+}
+
+#[derive(Args)]
+pub struct DraftNodeArgs {
+    /// Address to serve on, e.g. 0.0.0.0:50052.
+    #[arg(long)]
+    pub listen: String,
+    /// The draft model (preset, file, directory or Hugging Face repo id).
+    #[arg(long, default_value = DEFAULT_DRAFT)]
+    pub model: String,
+    /// Largest block this node drafts.
+    #[arg(long, default_value_t = 32)]
+    pub max_gamma: usize,
+}
+
+pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
+    let listen = parse_listen(&a.listen)?;
+    let model = LoadedModel::load(&a.model, &crate::log)?;
+    let cfg = specd_draft_node::DraftConfig {
+        listen,
+        max_gamma: a.max_gamma,
+    };
+    runtime()?.block_on(specd_draft_node::serve(cfg, model, ctrl_c()))
+}
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// Address to serve on, e.g. 0.0.0.0:50050.
+    #[arg(long)]
+    pub listen: String,
+    /// Target-node URLs, comma-separated (e.g. http://10.0.0.5:50051).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub target: Vec<String>,
+    /// Draft-node URLs, comma-separated. None: target-only decoding.
+    #[arg(long, value_delimiter = ',')]
+    pub draft: Vec<String>,
+}
+
+pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
+    let listen = parse_listen(&a.listen)?;
+    let cfg = specd_coordinator::CoordinatorConfig {
+        listen,
+        targets: a.target,
+        drafts: a.draft,
+    };
+    runtime()?.block_on(specd_coordinator::serve(cfg, ctrl_c()))
+}

@@ -1,0 +1,118 @@
+//! `specd generate --coordinator URL`: the same request and output as the embedded mode, served
+//! by a coordinator.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use specd_engine::pipeline::{Mode, Output, Request};
+use specd_engine::spec::generate::RunStats;
+use specd_engine::spec::{DraftSampling, FinishReason, TokenInfo};
+use specd_proto::convert;
+use specd_proto::v1::coordinator_client::CoordinatorClient;
+use specd_proto::v1::{self, GenerateRequest};
+
+/// Runs a request through a coordinator; returns the output and whether the target finished it
+/// alone after losing the draft-node.
+pub fn generate(
+    url: &str,
+    req: &Request,
+    protect: &str,
+    mut on_text: impl FnMut(&str),
+) -> Result<(Output, bool)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let channel = specd_draft_node::connect(url)
+            .await
+            .map_err(|s| anyhow!("coordinator {url}: {}", s.message()))?;
+        let mut client = CoordinatorClient::new(channel);
+        let wire = GenerateRequest {
+            prompt: req.prompt.clone(),
+            chat: req.chat,
+            max_tokens: req.max_tokens as u32,
+            sampling: Some(convert::sampling_to_wire(&req.sampling)),
+            gamma: req.gamma as u32,
+            policy: Some(v1::Policy {
+                rule: req.policy.rule.to_string(),
+                budget: req.policy.budget,
+                protect: protect.to_owned(),
+                pacing: req.policy.pacing.to_string(),
+            }),
+            mode: match req.mode {
+                Mode::Speculative => "speculative".into(),
+                Mode::TargetOnly => "target-only".into(),
+            },
+            draft_sampling: match req.draft_sampling {
+                DraftSampling::Greedy => "greedy".into(),
+                DraftSampling::Sample => "sample".into(),
+            },
+            tenant: String::new(),
+        };
+        let mut stream = client
+            .generate(wire)
+            .await
+            .map_err(|s| anyhow!("{}: {}", s.code(), s.message()))
+            .context("the coordinator refused the request")?
+            .into_inner();
+        let (mut ids, mut info, mut text) = (Vec::new(), Vec::new(), String::new());
+        let (mut stats, mut spent, mut finish, mut fallback) =
+            (v1::Stats::default(), 0.0, String::new(), false);
+        while let Some(ev) = stream
+            .message()
+            .await
+            .map_err(|s| anyhow!("generation failed: {}: {}", s.code(), s.message()))?
+        {
+            ids.extend_from_slice(&ev.token_ids);
+            info.extend(convert::token_info(&ev.lossy, &ev.charge));
+            if !ev.text.is_empty() {
+                on_text(&ev.text);
+                text.push_str(&ev.text);
+            }
+            spent = ev.budget_spent;
+            fallback |= ev.fallback;
+            if let Some(s) = ev.stats {
+                stats = s;
+            }
+            if ev.finished {
+                finish = ev.finish_reason;
+                break;
+            }
+        }
+        // Event streams carry no lossy flags for fallback tokens: pad.
+        info.resize(ids.len(), TokenInfo::default());
+        let run = RunStats {
+            completion_tokens: ids.len(),
+            drafted_tokens: stats.drafted_tokens as usize,
+            accepted_tokens: stats.accepted_tokens as usize,
+            rejections: stats.rejections as usize,
+            target_calls: stats.target_calls as usize,
+            draft_steps: stats.draft_steps as usize,
+            draft_s: stats.draft_ms / 1e3,
+            verify_s: stats.verify_ms / 1e3,
+            lossy_accepted_tokens: stats.lossy_accepted_tokens as usize,
+            protected_positions: stats.protected_positions as usize,
+            budget_spent: spent,
+            token_info: info,
+            decode_s: stats.decode_ms / 1e3,
+            finish_reason: match finish.as_str() {
+                "stop" => Some(FinishReason::Stop),
+                "length" => Some(FinishReason::Length),
+                _ => None,
+            },
+            ..Default::default()
+        };
+        Ok((
+            Output {
+                text,
+                prompt_tokens: stats.prompt_tokens as usize,
+                token_ids: ids,
+                stats: run,
+                prefill_s: stats.prefill_ms / 1e3,
+                wall_s: t0.elapsed().as_secs_f64(),
+            },
+            fallback,
+        ))
+    })
+}

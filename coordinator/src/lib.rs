@@ -1,0 +1,411 @@
+//! `specd coordinator`: serves `specd.v1.Coordinator`. Opens a session on a target-node, starts
+//! a draft-node's loop on it, relays committed tokens (with text) to the client and keeps a
+//! per-session ledger; it stays off the verification loop. If the draft-node fails mid-generation
+//! the request is finished by the target's `Decode` from the committed tokens (the final event
+//! says `fallback`).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use specd_draft_node::connect;
+use specd_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
+use specd_proto::v1::drafter_client::DrafterClient;
+use specd_proto::v1::target_verifier_client::TargetVerifierClient;
+use specd_proto::v1::{self, TokenEvent};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Response, Status};
+
+/// The largest block a request may ask for.
+pub const MAX_GAMMA: u32 = 32;
+
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    pub targets: Vec<String>,
+    pub drafts: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct CoordinatorNode {
+    targets: Arc<Vec<String>>,
+    drafts: Arc<Vec<String>>,
+    next: Arc<AtomicUsize>,
+    sessions: Arc<Mutex<HashMap<String, v1::SessionRecord>>>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>>;
+
+/// Streams text as tokens arrive: the new suffix of the decoded completion, holding back an
+/// incomplete UTF-8 sequence until the end.
+struct TextRelay {
+    client: TargetVerifierClient<Channel>,
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl TextRelay {
+    async fn push(&mut self, ids: &[u32], last: bool) -> Result<String, Status> {
+        self.ids.extend_from_slice(ids);
+        if ids.is_empty() && !last {
+            return Ok(String::new());
+        }
+        let text = self
+            .client
+            .detokenize(v1::DetokenizeRequest {
+                token_ids: self.ids.clone(),
+            })
+            .await?
+            .into_inner()
+            .text;
+        if (!last && text.ends_with('\u{fffd}'))
+            || text.len() <= self.printed
+            || !text.is_char_boundary(self.printed)
+        {
+            return Ok(String::new());
+        }
+        let delta = text[self.printed..].to_owned();
+        self.printed = text.len();
+        Ok(delta)
+    }
+}
+
+impl CoordinatorNode {
+    fn pick(&self, pool: &[String]) -> Option<String> {
+        if pool.is_empty() {
+            None
+        } else {
+            Some(pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone())
+        }
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut v1::SessionRecord)) {
+        if let Some(r) = self.sessions.lock().unwrap().get_mut(id) {
+            f(r);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorNode {
+    type GenerateStream = EventStream;
+
+    async fn generate(
+        &self,
+        req: Request<v1::GenerateRequest>,
+    ) -> Result<Response<Self::GenerateStream>, Status> {
+        let r = req.into_inner();
+        let speculative = match r.mode.as_str() {
+            "" | "speculative" => true,
+            "target-only" => false,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "mode {other:?}: expected speculative or target-only"
+                )))
+            }
+        };
+        if r.gamma > MAX_GAMMA {
+            return Err(Status::invalid_argument(format!(
+                "gamma {} is over the maximum block size of {MAX_GAMMA}",
+                r.gamma
+            )));
+        }
+        let target_url = self
+            .pick(&self.targets)
+            .ok_or_else(|| Status::unavailable("no target-node configured"))?;
+        let mut target = TargetVerifierClient::new(connect(&target_url).await?)
+            .max_decoding_message_size(64 << 20);
+        let opened = target
+            .open_session(v1::OpenSessionRequest {
+                prompt: r.prompt.clone(),
+                chat: r.chat,
+                prompt_ids: Vec::new(),
+                max_tokens: r.max_tokens,
+                sampling: r.sampling,
+                policy: r.policy.clone(),
+            })
+            .await?
+            .into_inner();
+        let sid = opened.session_id.clone();
+        let draft_url = if speculative && r.gamma > 0 {
+            self.pick(&self.drafts)
+        } else {
+            None
+        };
+        self.sessions.lock().unwrap().insert(
+            sid.clone(),
+            v1::SessionRecord {
+                session_id: sid.clone(),
+                target_url: target_url.clone(),
+                draft_url: draft_url.clone().unwrap_or_default(),
+                state: "running".into(),
+                budget: r.policy.as_ref().map_or(0.0, |p| p.budget),
+                rule: r.policy.as_ref().map_or("exact".into(), |p| {
+                    if p.rule.is_empty() {
+                        "exact".into()
+                    } else {
+                        p.rule.clone()
+                    }
+                }),
+                ..Default::default()
+            },
+        );
+        // A draft that cannot start (e.g. another vocabulary) fails the request with its reason.
+        let mut draft_stream = None;
+        if let Some(url) = &draft_url {
+            let started = async {
+                let mut d = DrafterClient::new(connect(url).await?);
+                d.run(v1::RunRequest {
+                    target_url: target_url.clone(),
+                    session_id: sid.clone(),
+                    prompt_ids: opened.prompt_ids.clone(),
+                    gamma: r.gamma,
+                    max_tokens: r.max_tokens,
+                    sampling: r.sampling,
+                    draft_sampling: r.draft_sampling.clone(),
+                })
+                .await
+            }
+            .await;
+            match started {
+                Ok(s) => draft_stream = Some(s.into_inner()),
+                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
+                    let _ = target
+                        .close_session(v1::CloseSessionRequest {
+                            session_id: sid.clone(),
+                        })
+                        .await;
+                    self.sessions.lock().unwrap().remove(&sid);
+                    return Err(s);
+                }
+                // Unreachable draft: the target decodes alone.
+                Err(_) => {}
+            }
+        }
+        let (tx, rx) = mpsc::channel(32);
+        let node = self.clone();
+        let prompt_len = opened.prompt_ids.len() as u64;
+        tokio::spawn(async move {
+            let mut relay = TextRelay {
+                client: target.clone(),
+                ids: Vec::new(),
+                printed: 0,
+            };
+            let mut committed_len = prompt_len;
+            let mut stats = v1::Stats {
+                prompt_tokens: prompt_len,
+                ..Default::default()
+            };
+            let mut done = false;
+            if let Some(mut stream) = draft_stream {
+                // Ends when the draft-node goes away: the target then finishes alone.
+                while let Ok(Some(mut ev)) = stream.message().await {
+                    committed_len = committed_len.max(ev.committed_len);
+                    let last = ev.finished;
+                    ev.text = match relay.push(&ev.token_ids, last).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                            return;
+                        }
+                    };
+                    if let Some(s) = &ev.stats {
+                        stats = v1::Stats {
+                            prompt_tokens: prompt_len,
+                            ..*s
+                        };
+                        ev.stats = Some(stats);
+                    }
+                    node.update(&ev.session_id, |rec| {
+                        rec.completion_tokens = committed_len - prompt_len;
+                        rec.budget_spent = ev.budget_spent;
+                    });
+                    ev.session_id = sid.clone();
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                    if last {
+                        done = true;
+                        break;
+                    }
+                }
+            }
+            if !done {
+                let fallback = draft_url.is_some();
+                node.update(&sid, |rec| rec.fallback = fallback);
+                match target
+                    .decode(v1::DecodeRequest {
+                        session_id: sid.clone(),
+                        from_len: committed_len,
+                    })
+                    .await
+                {
+                    Ok(resp) => {
+                        let mut s = resp.into_inner();
+                        loop {
+                            match s.message().await {
+                                Ok(Some(mut ev)) => {
+                                    let last = ev.finished;
+                                    ev.text =
+                                        relay.push(&ev.token_ids, last).await.unwrap_or_default();
+                                    ev.fallback = fallback;
+                                    if let Some(d) = &ev.stats {
+                                        // Target-only steps add to what the draft phase did.
+                                        let mut merged = stats;
+                                        merged.completion_tokens = d.completion_tokens;
+                                        merged.target_calls = stats.target_calls + d.target_calls;
+                                        merged.verify_ms = stats.verify_ms + d.verify_ms;
+                                        merged.decode_ms = stats.decode_ms + d.decode_ms;
+                                        ev.stats = Some(merged);
+                                    }
+                                    node.update(&sid, |rec| {
+                                        rec.completion_tokens =
+                                            ev.committed_len.saturating_sub(prompt_len);
+                                        rec.budget_spent = ev.budget_spent;
+                                    });
+                                    if tx.send(Ok(ev)).await.is_err() {
+                                        return;
+                                    }
+                                    if last {
+                                        break;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    let _ = tx.send(Err(e)).await;
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                    }
+                }
+            }
+            let _ = target
+                .close_session(v1::CloseSessionRequest {
+                    session_id: sid.clone(),
+                })
+                .await;
+            node.update(&sid, |rec| rec.state = "finished".into());
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_sessions(
+        &self,
+        _: Request<v1::ListSessionsRequest>,
+    ) -> Result<Response<v1::ListSessionsResponse>, Status> {
+        let mut sessions: Vec<v1::SessionRecord> =
+            self.sessions.lock().unwrap().values().cloned().collect();
+        sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        Ok(Response::new(v1::ListSessionsResponse { sessions }))
+    }
+
+    async fn set_session_policy(
+        &self,
+        req: Request<v1::SetSessionPolicyRequest>,
+    ) -> Result<Response<v1::SessionSummary>, Status> {
+        let r = req.into_inner();
+        let url = self
+            .sessions
+            .lock()
+            .unwrap()
+            .get(&r.session_id)
+            .map(|s| s.target_url.clone())
+            .ok_or_else(|| Status::not_found(format!("unknown session {:?}", r.session_id)))?;
+        let mut t = TargetVerifierClient::new(connect(&url).await?);
+        let summary = t
+            .update_policy(v1::UpdatePolicyRequest {
+                session_id: r.session_id.clone(),
+                policy: r.policy,
+            })
+            .await?
+            .into_inner();
+        self.update(&r.session_id, |rec| {
+            rec.rule = summary.rule.clone();
+            rec.budget = summary.budget;
+        });
+        Ok(Response::new(summary))
+    }
+}
+
+/// Checks every peer at start-up (a clear error naming an unreachable or wrong URL), binds the
+/// listener and serves until `shutdown`.
+pub async fn serve(
+    cfg: CoordinatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    if cfg.targets.is_empty() {
+        bail!("--target: give at least one target-node URL");
+    }
+    let mut fingerprints = Vec::new();
+    for url in &cfg.targets {
+        let ch = connect(url)
+            .await
+            .map_err(|s| anyhow::anyhow!("target {url}: {}", s.message()))?;
+        let info = TargetVerifierClient::new(ch)
+            .info(v1::InfoRequest {})
+            .await
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "target {url} does not answer as a specd target-node: {}",
+                    s.message()
+                )
+            })?
+            .into_inner();
+        fingerprints.push((url.clone(), info.vocab_fingerprint));
+    }
+    for url in &cfg.drafts {
+        let ch = connect(url)
+            .await
+            .map_err(|s| anyhow::anyhow!("draft {url}: {}", s.message()))?;
+        let info = DrafterClient::new(ch)
+            .info(v1::InfoRequest {})
+            .await
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "draft {url} does not answer as a specd draft-node: {}",
+                    s.message()
+                )
+            })?
+            .into_inner();
+        for (t, fp) in &fingerprints {
+            if *fp != info.vocab_fingerprint {
+                eprintln!(
+                    "specd coordinator: warning: draft {url} (vocabulary {}) and target {t} (vocabulary {fp}) differ; its requests will be refused",
+                    info.vocab_fingerprint
+                );
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let node = CoordinatorNode {
+        targets: Arc::new(cfg.targets),
+        drafts: Arc::new(cfg.drafts),
+        next: Arc::new(AtomicUsize::new(0)),
+        sessions: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<CoordinatorServer<CoordinatorNode>>()
+        .await;
+    eprintln!("specd coordinator: serving on {}", listener.local_addr()?);
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(CoordinatorServer::new(node))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("coordinator server failed")
+}

@@ -1,0 +1,248 @@
+//! `specd draft-node`: serves `specd.v1.Drafter`. `Run` connects to the target named in the
+//! request, refuses a target with another vocabulary, and runs the engine's speculative loop
+//! (`spec::generate::run`, the same code as the embedded mode) through [`GrpcVerifier`], a
+//! `Verifier` that sends each block on a `Verify` stream and waits for its verdict.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use specd_engine::pipeline::LoadedModel;
+use specd_engine::spec::draft::Drafter;
+use specd_engine::spec::generate::run as run_loop;
+use specd_engine::spec::{DraftBlock, FinishReason, Verdict, Verifier};
+use specd_proto::convert;
+use specd_proto::v1::drafter_server::{Drafter as DrafterRpc, DrafterServer};
+use specd_proto::v1::target_verifier_client::TargetVerifierClient;
+use specd_proto::v1::{self, DraftFrame, TokenEvent};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct DraftConfig {
+    pub listen: SocketAddr,
+    pub max_gamma: usize,
+}
+
+#[derive(Clone)]
+pub struct DraftNode {
+    model: Arc<LoadedModel>,
+    max_gamma: usize,
+}
+
+/// Connects to a node URL with a bounded timeout; an unreachable peer is `UNAVAILABLE`.
+pub async fn connect(url: &str) -> Result<Channel, Status> {
+    let ep = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "invalid URL {url:?}: {e} (expected e.g. http://127.0.0.1:50051)"
+            ))
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    ep.connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot reach {url}: {e}")))
+}
+
+/// A `Verifier` over a gRPC `Verify` stream (called from a blocking thread).
+pub struct GrpcVerifier {
+    session_id: String,
+    frames: mpsc::Sender<DraftFrame>,
+    verdicts: Streaming<v1::Verdict>,
+    handle: tokio::runtime::Handle,
+    seq: u64,
+    /// Committed-token events for the caller.
+    events: mpsc::Sender<Result<TokenEvent, Status>>,
+    pub last_spent: f64,
+}
+
+impl Verifier for GrpcVerifier {
+    fn verify(&mut self, block: &DraftBlock) -> anyhow::Result<Verdict> {
+        self.seq += 1;
+        let frame = DraftFrame {
+            session_id: if self.seq == 1 {
+                self.session_id.clone()
+            } else {
+                String::new()
+            },
+            block: Some(convert::block_to_wire(block, self.seq)),
+        };
+        self.frames
+            .blocking_send(frame)
+            .map_err(|_| anyhow::anyhow!("the target closed the Verify stream"))?;
+        let v = self
+            .handle
+            .block_on(self.verdicts.message())
+            .map_err(|s| anyhow::anyhow!("target: {}: {}", s.code(), s.message()))?
+            .ok_or_else(|| anyhow::anyhow!("the target ended the Verify stream"))?;
+        if v.stale {
+            anyhow::bail!(
+                "the target found block {} stale (committed length {})",
+                v.block_seq,
+                v.committed_len
+            );
+        }
+        self.last_spent = v.budget_spent;
+        let finished = match v.finish_reason.as_str() {
+            "stop" => Some(FinishReason::Stop),
+            "length" => Some(FinishReason::Length),
+            _ => None,
+        };
+        let event = TokenEvent {
+            token_ids: v.committed.clone(),
+            lossy: v.lossy.clone(),
+            charge: v.charge.clone(),
+            budget_spent: v.budget_spent,
+            committed_len: v.committed_len,
+            finished: false,
+            session_id: self.session_id.clone(),
+            ..Default::default()
+        };
+        self.events
+            .blocking_send(Ok(event))
+            .map_err(|_| anyhow::anyhow!("the caller went away"))?;
+        Ok(Verdict {
+            accepted: v.accepted as usize,
+            rejected: v.rejected,
+            token_info: convert::token_info(&v.lossy, &v.charge),
+            committed: v.committed,
+            lossy_accepted: v.lossy_accepted as usize,
+            protected_positions: v.protected_positions as usize,
+            budget_spent: v.budget_spent,
+            committed_len: v.committed_len as usize,
+            finished,
+            verify_s: v.verify_ms / 1e3,
+        })
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DrafterRpc for DraftNode {
+    async fn info(&self, _: Request<v1::InfoRequest>) -> Result<Response<v1::ModelInfo>, Status> {
+        let c = &self.model.llama.config;
+        Ok(Response::new(v1::ModelInfo {
+            protocol_version: specd_proto::PROTOCOL_VERSION.into(),
+            role: "draft".into(),
+            model_id: self.model.name.clone(),
+            vocab_fingerprint: self.model.tokenizer.fingerprint().into(),
+            vocab_size: c.vocab_size as u32,
+            context_length: c.context_length as u32,
+            max_block: self.max_gamma as u32,
+        }))
+    }
+
+    type RunStream = EventStream;
+
+    async fn run(&self, req: Request<v1::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
+        let r = req.into_inner();
+        if r.session_id.is_empty() {
+            return Err(Status::invalid_argument("session_id is required"));
+        }
+        if r.prompt_ids.is_empty() {
+            return Err(Status::invalid_argument(
+                "prompt_ids is required (SessionOpened.prompt_ids)",
+            ));
+        }
+        let sampling = convert::sampling_from_wire(r.sampling.as_ref())?;
+        let mode = convert::draft_sampling_from_wire(&r.draft_sampling)?;
+        let gamma = r.gamma as usize;
+        let channel = connect(&r.target_url).await?;
+        let mut client = TargetVerifierClient::new(channel).max_decoding_message_size(64 << 20);
+        let info = client.info(v1::InfoRequest {}).await?.into_inner();
+        let mine = self.model.tokenizer.fingerprint();
+        if info.vocab_fingerprint != mine {
+            return Err(Status::failed_precondition(format!(
+                "vocabulary mismatch: draft {} has fingerprint {mine}, target {} at {} has {}",
+                self.model.name, info.model_id, r.target_url, info.vocab_fingerprint
+            )));
+        }
+        let gamma = gamma.min(self.max_gamma).min(info.max_block as usize);
+        let (frame_tx, frame_rx) = mpsc::channel(2);
+        let verdicts = client
+            .verify(ReceiverStream::new(frame_rx))
+            .await?
+            .into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let model = self.model.clone();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut verifier = GrpcVerifier {
+                session_id: r.session_id.clone(),
+                frames: frame_tx,
+                verdicts,
+                handle,
+                seq: 0,
+                events: tx.clone(),
+                last_spent: 0.0,
+            };
+            let mut drafter = Drafter::new(model.llama.clone(), sampling, mode);
+            match run_loop(
+                &mut verifier,
+                Some(&mut drafter),
+                &r.prompt_ids,
+                r.max_tokens as usize,
+                gamma,
+                |_| {},
+            ) {
+                Ok(stats) => {
+                    let _ = tx.blocking_send(Ok(TokenEvent {
+                        finished: true,
+                        finish_reason: stats
+                            .finish_reason
+                            .map(|f| format!("{f:?}").to_lowercase())
+                            .unwrap_or_default(),
+                        budget_spent: stats.budget_spent,
+                        committed_len: (r.prompt_ids.len() + stats.completion_tokens) as u64,
+                        stats: Some(convert::stats_to_wire(&stats)),
+                        session_id: r.session_id.clone(),
+                        ..Default::default()
+                    }));
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(Status::aborted(format!(
+                        "speculative loop failed: {e:#}"
+                    ))));
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Binds the listener (a clear error when the address is taken) and serves until `shutdown`.
+pub async fn serve(
+    cfg: DraftConfig,
+    model: LoadedModel,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let node = DraftNode {
+        model: Arc::new(model),
+        max_gamma: cfg.max_gamma,
+    };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<DrafterServer<DraftNode>>().await;
+    eprintln!(
+        "specd draft-node: serving {} on {}",
+        node.model.name,
+        listener.local_addr()?
+    );
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(DrafterServer::new(node))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("draft-node server failed")
+}

@@ -1,0 +1,217 @@
+//! Conversions between wire messages and engine types, with validation: every malformed field is
+//! an `INVALID_ARGUMENT` naming the field.
+
+use std::sync::Arc;
+
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec::generate::RunStats;
+use specd_engine::spec::{DraftBlock, DraftDist, DraftSampling, TokenInfo};
+use specd_engine::tokenizer::Tokenizer;
+use tonic::Status;
+
+use crate::v1;
+
+pub fn sampling_from_wire(s: Option<&v1::Sampling>) -> Result<SamplingParams, Status> {
+    let p = match s {
+        None => SamplingParams::default(),
+        Some(s) => SamplingParams {
+            temperature: s.temperature,
+            top_p: if s.top_p == 0.0 { 1.0 } else { s.top_p },
+            top_k: s.top_k as usize,
+            seed: s.seed,
+        },
+    };
+    p.validate()
+        .map_err(|e| Status::invalid_argument(format!("sampling: {e}")))?;
+    Ok(p)
+}
+
+pub fn sampling_to_wire(p: &SamplingParams) -> v1::Sampling {
+    v1::Sampling {
+        temperature: p.temperature,
+        top_p: p.top_p,
+        top_k: p.top_k as u32,
+        seed: p.seed,
+    }
+}
+
+/// The protect pattern of a wire policy (`None` = no protection).
+pub fn protect_pattern(protect: &str) -> Option<&str> {
+    match protect {
+        "" | "default" => Some(DEFAULT_PROTECT),
+        "none" => None,
+        re => Some(re),
+    }
+}
+
+/// Builds an engine policy; `protect_set` turns a pattern into a token set (cached by callers).
+pub fn policy_from_wire(
+    p: Option<&v1::Policy>,
+    protect_set: impl FnOnce(&str) -> anyhow::Result<Arc<ProtectSet>>,
+) -> Result<Policy, Status> {
+    let Some(p) = p else {
+        return Ok(Policy::default());
+    };
+    let rule = if p.rule.is_empty() {
+        "exact"
+    } else {
+        p.rule.as_str()
+    };
+    let rule = rule
+        .parse()
+        .map_err(|e| Status::invalid_argument(format!("policy.rule: {e:#}")))?;
+    let pacing: Pacing = if p.pacing.is_empty() {
+        Pacing::Linear { burst: 1.0 }
+    } else {
+        p.pacing
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("policy.pacing: {e:#}")))?
+    };
+    let mut policy = Policy {
+        rule,
+        budget: p.budget,
+        protect: None,
+        pacing,
+    };
+    policy
+        .validate()
+        .map_err(|e| Status::invalid_argument(format!("policy.budget: {e:#}")))?;
+    if !policy.rule.is_exact() {
+        if let Some(pat) = protect_pattern(&p.protect) {
+            policy.protect = Some(
+                protect_set(pat)
+                    .map_err(|e| Status::invalid_argument(format!("policy.protect: {e:#}")))?,
+            );
+        }
+    }
+    Ok(policy)
+}
+
+pub fn policy_to_wire(p: &Policy) -> v1::Policy {
+    v1::Policy {
+        rule: p.rule.to_string(),
+        budget: p.budget,
+        protect: p
+            .protect
+            .as_ref()
+            .map_or("none".into(), |s| s.pattern.clone()),
+        pacing: p.pacing.to_string(),
+    }
+}
+
+pub fn build_protect_set(tok: &Tokenizer, pattern: &str) -> anyhow::Result<Arc<ProtectSet>> {
+    Ok(Arc::new(ProtectSet::build(tok, pattern)?))
+}
+
+pub fn draft_sampling_from_wire(s: &str) -> Result<DraftSampling, Status> {
+    match s {
+        "" | "greedy" => Ok(DraftSampling::Greedy),
+        "sample" => Ok(DraftSampling::Sample),
+        other => Err(Status::invalid_argument(format!(
+            "draft_sampling {other:?}: expected greedy or sample"
+        ))),
+    }
+}
+
+pub fn block_to_wire(b: &DraftBlock, seq: u64) -> v1::DraftBlock {
+    let mut out = v1::DraftBlock {
+        block_seq: seq,
+        base_len: b.base_len as u64,
+        tokens: b.tokens.clone(),
+        ..Default::default()
+    };
+    if b.dists.iter().any(|d| matches!(d, DraftDist::Probs(_))) {
+        for (d, &x) in b.dists.iter().zip(&b.tokens) {
+            let probs = match d {
+                DraftDist::Probs(p) => p.clone(),
+                DraftDist::Greedy => Vec::new(),
+            };
+            out.draft_prob
+                .push(probs.get(x as usize).copied().unwrap_or(1.0));
+            out.q.push(v1::Dense { probs });
+        }
+    }
+    out
+}
+
+/// Converts and validates a wire block (token ids, sizes, distributions).
+pub fn block_from_wire(
+    b: &v1::DraftBlock,
+    vocab: usize,
+    max_block: usize,
+) -> Result<DraftBlock, Status> {
+    if b.tokens.len() > max_block {
+        return Err(Status::invalid_argument(format!(
+            "block of {} tokens exceeds the maximum of {max_block}",
+            b.tokens.len()
+        )));
+    }
+    if let Some(&bad) = b.tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Status::invalid_argument(format!(
+            "token id {bad} is outside the vocabulary (size {vocab})"
+        )));
+    }
+    let dists = if b.q.is_empty() {
+        vec![DraftDist::Greedy; b.tokens.len()]
+    } else {
+        if b.q.len() != b.tokens.len() {
+            return Err(Status::invalid_argument(format!(
+                "block has {} tokens but {} distributions",
+                b.tokens.len(),
+                b.q.len()
+            )));
+        }
+        b.q.iter()
+            .map(|d| {
+                if d.probs.is_empty() {
+                    return Ok(DraftDist::Greedy);
+                }
+                if d.probs.len() != vocab {
+                    return Err(Status::invalid_argument(format!(
+                        "draft distribution has {} entries, vocabulary {vocab}",
+                        d.probs.len()
+                    )));
+                }
+                let sum: f64 = d.probs.iter().map(|&p| p as f64).sum();
+                if d.probs.iter().any(|p| !p.is_finite() || *p < 0.0) || (sum - 1.0).abs() > 1e-3 {
+                    return Err(Status::invalid_argument(
+                        "draft distribution is not a probability distribution",
+                    ));
+                }
+                Ok(DraftDist::Probs(d.probs.clone()))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    Ok(DraftBlock {
+        base_len: b.base_len as usize,
+        tokens: b.tokens.clone(),
+        dists,
+    })
+}
+
+pub fn stats_to_wire(s: &RunStats) -> v1::Stats {
+    v1::Stats {
+        completion_tokens: s.completion_tokens as u64,
+        drafted_tokens: s.drafted_tokens as u64,
+        accepted_tokens: s.accepted_tokens as u64,
+        rejections: s.rejections as u64,
+        target_calls: s.target_calls as u64,
+        lossy_accepted_tokens: s.lossy_accepted_tokens as u64,
+        protected_positions: s.protected_positions as u64,
+        draft_steps: s.draft_steps as u64,
+        draft_ms: s.draft_s * 1e3,
+        verify_ms: s.verify_s * 1e3,
+        decode_ms: s.decode_s * 1e3,
+        prefill_ms: 0.0,
+        prompt_tokens: 0,
+    }
+}
+
+pub fn token_info(lossy: &[bool], charge: &[f64]) -> Vec<TokenInfo> {
+    lossy
+        .iter()
+        .zip(charge)
+        .map(|(&lossy, &charge)| TokenInfo { lossy, charge })
+        .collect()
+}

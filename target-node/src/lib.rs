@@ -1,0 +1,466 @@
+//! `specd target-node`: serves `specd.v1.TargetVerifier`. Holds the target model and many
+//! sessions (bounded); a session's KV cache lives until `CloseSession` or idle expiry, not until a
+//! stream closes, so a coordinator can fall back to `Decode` after losing a draft-node.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use specd_engine::pipeline::{encode_prompt, LoadedModel};
+use specd_engine::spec::budget::ProtectSet;
+use specd_engine::spec::target::{SessionParams, TargetSession};
+use specd_engine::spec::{DraftBlock, Verifier};
+use specd_proto::convert::{self, block_from_wire};
+use specd_proto::v1::target_verifier_server::{TargetVerifier, TargetVerifierServer};
+use specd_proto::v1::{self, DraftFrame, TokenEvent, Verdict};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub struct TargetConfig {
+    pub listen: SocketAddr,
+    pub max_sessions: usize,
+    pub idle_timeout: Duration,
+    pub max_block: usize,
+}
+
+struct Slot {
+    session: Mutex<TargetSession>,
+    last_used: Mutex<Instant>,
+}
+
+impl Slot {
+    fn touch(&self) {
+        *self.last_used.lock().unwrap() = Instant::now();
+    }
+}
+
+pub struct TargetService {
+    model: Arc<LoadedModel>,
+    sessions: Mutex<HashMap<String, Arc<Slot>>>,
+    protect_cache: Mutex<HashMap<String, Arc<ProtectSet>>>,
+    next_id: AtomicU64,
+    max_sessions: usize,
+    max_block: usize,
+}
+
+/// The gRPC service: a cheap handle on the shared state.
+#[derive(Clone)]
+pub struct TargetNode(pub Arc<TargetService>);
+
+impl std::ops::Deref for TargetNode {
+    type Target = TargetService;
+    fn deref(&self) -> &TargetService {
+        &self.0
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>>;
+type VerdictStream = Pin<Box<dyn Stream<Item = Result<Verdict, Status>> + Send>>;
+
+fn internal(e: anyhow::Error) -> Status {
+    Status::internal(format!("{e:#}"))
+}
+
+impl TargetService {
+    pub fn new(model: Arc<LoadedModel>, max_sessions: usize, max_block: usize) -> Self {
+        TargetService {
+            model,
+            sessions: Mutex::new(HashMap::new()),
+            protect_cache: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            max_sessions,
+            max_block,
+        }
+    }
+
+    fn info(&self) -> v1::ModelInfo {
+        let c = &self.model.llama.config;
+        v1::ModelInfo {
+            protocol_version: specd_proto::PROTOCOL_VERSION.into(),
+            role: "target".into(),
+            model_id: self.model.name.clone(),
+            vocab_fingerprint: self.model.tokenizer.fingerprint().into(),
+            vocab_size: c.vocab_size as u32,
+            context_length: c.context_length as u32,
+            max_block: self.max_block as u32,
+        }
+    }
+
+    fn slot(&self, id: &str) -> Result<Arc<Slot>, Status> {
+        self.sessions
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "unknown session {id:?} (closed, expired, or never opened)"
+                ))
+            })
+    }
+
+    fn protect_set(&self, pattern: &str) -> anyhow::Result<Arc<ProtectSet>> {
+        if let Some(s) = self.protect_cache.lock().unwrap().get(pattern) {
+            return Ok(s.clone());
+        }
+        let s = convert::build_protect_set(&self.model.tokenizer, pattern)?;
+        self.protect_cache
+            .lock()
+            .unwrap()
+            .insert(pattern.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    /// Removes sessions idle for longer than `timeout`.
+    pub fn expire(&self, timeout: Duration) {
+        self.sessions
+            .lock()
+            .unwrap()
+            .retain(|_, s| s.last_used.lock().unwrap().elapsed() < timeout);
+    }
+
+    fn verdict_to_wire(
+        v: &specd_engine::spec::Verdict,
+        seq: u64,
+        budget: f64,
+        verify_ms: f64,
+    ) -> Verdict {
+        Verdict {
+            block_seq: seq,
+            stale: false,
+            accepted: v.accepted as u32,
+            rejected: v.rejected,
+            committed: v.committed.clone(),
+            lossy: v.token_info.iter().map(|i| i.lossy).collect(),
+            charge: v.token_info.iter().map(|i| i.charge).collect(),
+            committed_len: v.committed_len as u64,
+            lossy_accepted: v.lossy_accepted as u32,
+            protected_positions: v.protected_positions as u32,
+            budget_spent: v.budget_spent,
+            budget_left: (budget - v.budget_spent).max(0.0),
+            finished: v.finished.is_some(),
+            finish_reason: v
+                .finished
+                .map(|f| format!("{f:?}").to_lowercase())
+                .unwrap_or_default(),
+            verify_ms,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl TargetVerifier for TargetNode {
+    async fn info(&self, _: Request<v1::InfoRequest>) -> Result<Response<v1::ModelInfo>, Status> {
+        Ok(Response::new(TargetService::info(self)))
+    }
+
+    async fn open_session(
+        &self,
+        req: Request<v1::OpenSessionRequest>,
+    ) -> Result<Response<v1::SessionOpened>, Status> {
+        let r = req.into_inner();
+        if r.max_tokens == 0 {
+            return Err(Status::invalid_argument("max_tokens must be at least 1"));
+        }
+        let sampling = convert::sampling_from_wire(r.sampling.as_ref())?;
+        let policy = convert::policy_from_wire(r.policy.as_ref(), |p| self.protect_set(p))?;
+        if self.sessions.lock().unwrap().len() >= self.max_sessions {
+            return Err(Status::resource_exhausted(format!(
+                "the target-node holds its maximum of {} sessions",
+                self.max_sessions
+            )));
+        }
+        let prompt = if r.prompt_ids.is_empty() {
+            encode_prompt(&self.model.tokenizer, &r.prompt, r.chat)
+                .map_err(|e| Status::invalid_argument(format!("prompt: {e:#}")))?
+        } else {
+            r.prompt_ids.clone()
+        };
+        let model = self.model.clone();
+        let params = SessionParams {
+            sampling,
+            max_tokens: r.max_tokens as usize,
+            policy,
+        };
+        let ids = prompt.clone();
+        let session = tokio::task::spawn_blocking(move || {
+            TargetSession::open(
+                model.llama.clone(),
+                model.tokenizer.eos_ids.clone(),
+                ids,
+                params,
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let id = format!(
+            "s{}-{:x}",
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+            std::process::id()
+        );
+        self.sessions.lock().unwrap().insert(
+            id.clone(),
+            Arc::new(Slot {
+                session: Mutex::new(session),
+                last_used: Mutex::new(Instant::now()),
+            }),
+        );
+        Ok(Response::new(v1::SessionOpened {
+            session_id: id,
+            prompt_ids: prompt,
+            model: Some(TargetService::info(self)),
+        }))
+    }
+
+    type VerifyStream = VerdictStream;
+
+    async fn verify(
+        &self,
+        req: Request<Streaming<DraftFrame>>,
+    ) -> Result<Response<Self::VerifyStream>, Status> {
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let mut slot: Option<Arc<Slot>> = None;
+            let mut session_id = String::new();
+            loop {
+                let frame = match inbound.message().await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(_) => break,
+                };
+                let result = async {
+                    if slot.is_none()
+                        || (!frame.session_id.is_empty() && frame.session_id != session_id)
+                    {
+                        if frame.session_id.is_empty() {
+                            return Err(Status::invalid_argument(
+                                "the first frame of a Verify stream must name its session",
+                            ));
+                        }
+                        slot = Some(svc.slot(&frame.session_id)?);
+                        session_id = frame.session_id.clone();
+                    }
+                    let slot = slot.clone().expect("session resolved");
+                    let wire = frame
+                        .block
+                        .ok_or_else(|| Status::invalid_argument("frame without a block"))?;
+                    let block: DraftBlock =
+                        block_from_wire(&wire, svc.model.llama.config.vocab_size, svc.max_block)?;
+                    slot.touch();
+                    let seq = wire.block_seq;
+                    let verdict = tokio::task::spawn_blocking(move || {
+                        let mut s = slot.session.lock().unwrap();
+                        if block.base_len != s.tokens().len() {
+                            // Does not build on the committed sequence: answered in-band.
+                            return Ok(Verdict {
+                                block_seq: seq,
+                                stale: true,
+                                committed_len: s.tokens().len() as u64,
+                                budget_spent: s.budget_spent(),
+                                ..Default::default()
+                            });
+                        }
+                        if s.finished().is_some() {
+                            return Err(Status::failed_precondition("the session has finished"));
+                        }
+                        let budget = s.params().policy.budget;
+                        let t0 = Instant::now();
+                        let v = s
+                            .verify(&block)
+                            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+                        Ok(TargetService::verdict_to_wire(
+                            &v,
+                            seq,
+                            budget,
+                            t0.elapsed().as_secs_f64() * 1e3,
+                        ))
+                    })
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))??;
+                    Ok(verdict)
+                }
+                .await;
+                let fatal = result.is_err();
+                if tx.send(result).await.is_err() || fatal {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type DecodeStream = EventStream;
+
+    async fn decode(
+        &self,
+        req: Request<v1::DecodeRequest>,
+    ) -> Result<Response<Self::DecodeStream>, Status> {
+        let r = req.into_inner();
+        let slot = self.slot(&r.session_id)?;
+        let (tx, rx) = mpsc::channel(16);
+        let id = r.session_id.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let mut s = slot.session.lock().unwrap();
+            let (mut calls, mut verify_ms) = (0u64, 0f64);
+            let prompt_len = s.tokens().len() - s.completion().len();
+            let from = (r.from_len as usize).clamp(prompt_len, s.tokens().len());
+            let replay: Vec<u32> = s.tokens()[from..].to_vec();
+            let event = |s: &TargetSession, ids: Vec<u32>, calls: u64, verify_ms: f64| TokenEvent {
+                token_ids: ids.clone(),
+                lossy: vec![false; ids.len()],
+                charge: vec![0.0; ids.len()],
+                budget_spent: s.budget_spent(),
+                committed_len: s.tokens().len() as u64,
+                finished: s.finished().is_some(),
+                finish_reason: s
+                    .finished()
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .unwrap_or_default(),
+                session_id: id.clone(),
+                stats: Some(v1::Stats {
+                    completion_tokens: s.completion().len() as u64,
+                    target_calls: calls,
+                    verify_ms,
+                    decode_ms: started.elapsed().as_secs_f64() * 1e3,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            if (!replay.is_empty() || s.finished().is_some())
+                && tx.blocking_send(Ok(event(&s, replay, 0, 0.0))).is_err()
+            {
+                return;
+            }
+            while s.finished().is_none() {
+                slot.touch();
+                let base = s.tokens().len();
+                let t0 = Instant::now();
+                match s.verify(&DraftBlock::empty(base)) {
+                    Ok(v) => {
+                        calls += 1;
+                        verify_ms += t0.elapsed().as_secs_f64() * 1e3;
+                        if tx
+                            .blocking_send(Ok(event(&s, v.committed, calls, verify_ms)))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(internal(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn update_policy(
+        &self,
+        req: Request<v1::UpdatePolicyRequest>,
+    ) -> Result<Response<v1::SessionSummary>, Status> {
+        let r = req.into_inner();
+        let slot = self.slot(&r.session_id)?;
+        let policy = convert::policy_from_wire(r.policy.as_ref(), |p| self.protect_set(p))?;
+        let mut s = slot.session.lock().unwrap();
+        s.set_policy(policy);
+        Ok(Response::new(summary(&r.session_id, &s)))
+    }
+
+    async fn detokenize(
+        &self,
+        req: Request<v1::DetokenizeRequest>,
+    ) -> Result<Response<v1::DetokenizeResponse>, Status> {
+        let r = req.into_inner();
+        let vocab = self.model.llama.config.vocab_size;
+        if let Some(&bad) = r.token_ids.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Status::invalid_argument(format!(
+                "token id {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        let text = self
+            .model
+            .tokenizer
+            .decode(&r.token_ids)
+            .map_err(internal)?;
+        Ok(Response::new(v1::DetokenizeResponse { text }))
+    }
+
+    async fn close_session(
+        &self,
+        req: Request<v1::CloseSessionRequest>,
+    ) -> Result<Response<v1::SessionSummary>, Status> {
+        let id = req.into_inner().session_id;
+        let slot = self
+            .sessions
+            .lock()
+            .unwrap()
+            .remove(&id)
+            .ok_or_else(|| Status::not_found(format!("unknown session {id:?}")))?;
+        let s = slot.session.lock().unwrap();
+        Ok(Response::new(summary(&id, &s)))
+    }
+}
+
+fn summary(id: &str, s: &TargetSession) -> v1::SessionSummary {
+    v1::SessionSummary {
+        session_id: id.to_owned(),
+        committed_len: s.tokens().len() as u64,
+        budget_spent: s.budget_spent(),
+        rule: s.params().policy.rule.to_string(),
+        budget: s.params().policy.budget,
+    }
+}
+
+/// Binds the listener (a clear error when the address is taken) and serves until `shutdown`.
+pub async fn serve(
+    cfg: TargetConfig,
+    model: LoadedModel,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let svc = TargetNode(Arc::new(TargetService::new(
+        Arc::new(model),
+        cfg.max_sessions,
+        cfg.max_block,
+    )));
+    let expiry = svc.clone();
+    let timeout = cfg.idle_timeout;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1).min(timeout)).await;
+            expiry.expire(timeout);
+        }
+    });
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<TargetVerifierServer<TargetNode>>()
+        .await;
+    eprintln!(
+        "specd target-node: serving {} on {}",
+        svc.model.name,
+        listener.local_addr()?
+    );
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(TargetVerifierServer::new(svc).max_decoding_message_size(64 << 20))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("target-node server failed")
+}
