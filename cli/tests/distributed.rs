@@ -1,0 +1,584 @@
+//! The distributed mode with the real binaries as separate processes on 127.0.0.1:
+//! coordinator → draft-node → target-node equals embedded and target-only output; concurrent
+//! sessions; a draft with another vocabulary is refused; a killed draft-node falls back to the
+//! target; invalid frames get the documented status codes without harming other sessions; start-up
+//! errors are clear.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use specd_proto::v1::target_verifier_client::TargetVerifierClient;
+use specd_proto::v1::{self, DraftBlock, DraftFrame};
+use tonic::Code;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_specd")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node process, killed on drop.
+struct Node {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_ready(url: &str, child: &mut Child) {
+    let start = Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    while start.elapsed() < Duration::from_secs(120) {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("node for {url} exited early: {status}: {err}");
+        }
+        let ok = rt.block_on(async {
+            match tonic::transport::Endpoint::from_shared(url.to_owned())
+                .unwrap()
+                .connect()
+                .await
+            {
+                Ok(ch) => tonic_health_check(ch).await,
+                Err(_) => false,
+            }
+        });
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{url} did not become ready");
+}
+
+async fn tonic_health_check(ch: tonic::transport::Channel) -> bool {
+    // Any node answers Info on its own service; the health service is served too.
+    let mut c = tonic::client::Grpc::new(ch);
+    c.ready().await.is_ok()
+}
+
+fn spawn(args: &[&str], port: u16) -> Node {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node");
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url, &mut child);
+    Node { child, url }
+}
+
+fn target_node(extra: &[&str]) -> Node {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["target-node", "--listen", &listen];
+    args.extend_from_slice(extra);
+    spawn(&args, port)
+}
+
+fn draft_node(model: &str) -> Node {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    spawn(&["draft-node", "--listen", &listen, "--model", model], port)
+}
+
+fn coordinator(target: &Node, draft: Option<&Node>) -> Node {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "coordinator".to_owned(),
+        "--listen".into(),
+        listen,
+        "--target".into(),
+        target.url.clone(),
+    ];
+    if let Some(d) = draft {
+        args.push("--draft".into());
+        args.push(d.url.clone());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(&refs, port)
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run specd")
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "specd failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap()
+}
+
+fn generate(prompt: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["generate", "--prompt", prompt, "--chat", "--json"];
+    args.extend_from_slice(extra);
+    json(&run(&args))
+}
+
+const PROMPTS: &[&str] = &[
+    "Write a haiku about the sea.",
+    "Why do cats purr?",
+    "What is 12 times 7? Show your work.",
+];
+
+#[test]
+fn distributed_equals_embedded_and_target_only() {
+    let t = target_node(&[]);
+    let d = draft_node("smollm2-135m-q4_0");
+    let c = coordinator(&t, Some(&d));
+    for p in PROMPTS {
+        let base = generate(p, &["--max-tokens", "48", "--mode", "target-only"]);
+        let emb = generate(
+            p,
+            &[
+                "--max-tokens",
+                "48",
+                "--gamma",
+                "4",
+                "--draft",
+                "smollm2-135m-q4_0",
+            ],
+        );
+        let dist = generate(
+            p,
+            &[
+                "--max-tokens",
+                "48",
+                "--gamma",
+                "4",
+                "--coordinator",
+                &c.url,
+            ],
+        );
+        assert_eq!(
+            dist["token_ids"], base["token_ids"],
+            "{p}: distributed vs target-only"
+        );
+        assert_eq!(
+            dist["token_ids"], emb["token_ids"],
+            "{p}: distributed vs embedded"
+        );
+        assert_eq!(dist["text"], base["text"]);
+        assert_eq!(dist["fallback"], false);
+        assert_eq!(
+            dist["target_calls"], emb["target_calls"],
+            "same blocks, same verify calls"
+        );
+        assert_eq!(dist["accepted_tokens"], emb["accepted_tokens"]);
+    }
+    // A seeded sampled run gives the same text distributed and embedded.
+    let sampled = [
+        "--max-tokens",
+        "40",
+        "--gamma",
+        "4",
+        "--temperature",
+        "0.8",
+        "--seed",
+        "11",
+        "--draft-sampling",
+        "sample",
+    ];
+    let emb = generate(
+        PROMPTS[1],
+        &[&sampled[..], &["--draft", "smollm2-135m-q4_0"]].concat(),
+    );
+    let dist = generate(
+        PROMPTS[1],
+        &[&sampled[..], &["--coordinator", &c.url]].concat(),
+    );
+    assert_eq!(dist["token_ids"], emb["token_ids"], "seeded sampled run");
+    // A relaxed rule travels with the request and the budget holds.
+    let relaxed = [
+        "--max-tokens",
+        "48",
+        "--gamma",
+        "4",
+        "--rule",
+        "topk:3",
+        "--budget",
+        "3",
+        "--pacing",
+        "none",
+    ];
+    let emb = generate(
+        PROMPTS[1],
+        &[&relaxed[..], &["--draft", "smollm2-135m-q4_0"]].concat(),
+    );
+    let dist = generate(
+        PROMPTS[1],
+        &[&relaxed[..], &["--coordinator", &c.url]].concat(),
+    );
+    assert_eq!(dist["token_ids"], emb["token_ids"], "relaxed rule");
+    assert_eq!(dist["lossy_accepted_tokens"], emb["lossy_accepted_tokens"]);
+    assert!(dist["budget_spent"].as_f64().unwrap() <= 3.0);
+}
+
+#[test]
+fn concurrent_sessions_each_equal_their_sequential_run() {
+    let t = target_node(&[]);
+    let d = draft_node("smollm2-135m-q4_1");
+    let c = coordinator(&t, Some(&d));
+    let prompts: Vec<String> = (0..16)
+        .map(|i| format!("Give me one fact about the number {i}."))
+        .collect();
+    let sequential: Vec<serde_json::Value> = prompts
+        .iter()
+        .map(|p| {
+            generate(
+                p,
+                &[
+                    "--max-tokens",
+                    "24",
+                    "--gamma",
+                    "4",
+                    "--coordinator",
+                    &c.url,
+                ],
+            )
+        })
+        .collect();
+    let url = c.url.clone();
+    let handles: Vec<_> = prompts
+        .iter()
+        .cloned()
+        .map(|p| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                generate(
+                    &p,
+                    &["--max-tokens", "24", "--gamma", "4", "--coordinator", &url],
+                )
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let out = h.join().expect("client thread");
+        assert_eq!(out["token_ids"], sequential[i]["token_ids"], "session {i}");
+    }
+}
+
+/// Writes a tiny llama GGUF with its own 300-token byte-level vocabulary.
+fn tiny_model_with_other_vocab(path: &std::path::Path) {
+    use specd_engine::gguf::{write_gguf, TensorOut, Value};
+    use specd_engine::quant::{quantize, GgmlType};
+    let (vocab, dim, ff, layers) = (300usize, 64usize, 128usize, 1usize);
+    let mut m = BTreeMap::new();
+    let s = |v: &str| Value::String(v.into());
+    m.insert("general.architecture".into(), s("llama"));
+    m.insert("llama.embedding_length".into(), Value::U32(dim as u32));
+    m.insert("llama.block_count".into(), Value::U32(layers as u32));
+    m.insert("llama.feed_forward_length".into(), Value::U32(ff as u32));
+    m.insert("llama.attention.head_count".into(), Value::U32(4));
+    m.insert("llama.attention.head_count_kv".into(), Value::U32(2));
+    m.insert("llama.context_length".into(), Value::U32(512));
+    m.insert("tokenizer.ggml.model".into(), s("gpt2"));
+    m.insert("tokenizer.ggml.pre".into(), s("gpt2"));
+    let bytes: Vec<String> = (0..256u32).map(|b| format!("<0x{b:02X}>")).collect();
+    let mut tokens: Vec<Value> = bytes.iter().map(|t| s(t)).collect();
+    tokens.extend(["t", "o", "to"].map(s));
+    tokens.extend((259..vocab).map(|i| s(&format!("tok{i}"))));
+    m.insert("tokenizer.ggml.tokens".into(), Value::Array(tokens));
+    m.insert("tokenizer.ggml.merges".into(), Value::Array(vec![s("t o")]));
+    m.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(0));
+    let w = |n: usize, k: usize, seed: usize| -> Vec<f32> {
+        (0..n * k)
+            .map(|i| (((i * 31 + seed * 17) % 97) as f32 - 48.0) / 400.0)
+            .collect()
+    };
+    let mat = |name: &str, n: usize, k: usize, seed: usize| TensorOut {
+        name: name.into(),
+        dims: vec![k as u64, n as u64],
+        ggml_type: GgmlType::F32,
+        data: quantize(GgmlType::F32, &w(n, k, seed)).unwrap(),
+    };
+    let vec1 = |name: &str, n: usize| TensorOut {
+        name: name.into(),
+        dims: vec![n as u64],
+        ggml_type: GgmlType::F32,
+        data: quantize(GgmlType::F32, &vec![1.0; n]).unwrap(),
+    };
+    let kv = dim / 4 * 2;
+    let mut t = vec![
+        mat("token_embd.weight", vocab, dim, 1),
+        vec1("output_norm.weight", dim),
+    ];
+    for l in 0..layers {
+        let p = |x: &str| format!("blk.{l}.{x}.weight");
+        t.push(vec1(&p("attn_norm"), dim));
+        t.push(mat(&p("attn_q"), dim, dim, 2));
+        t.push(mat(&p("attn_k"), kv, dim, 3));
+        t.push(mat(&p("attn_v"), kv, dim, 4));
+        t.push(mat(&p("attn_output"), dim, dim, 5));
+        t.push(vec1(&p("ffn_norm"), dim));
+        t.push(mat(&p("ffn_gate"), ff, dim, 6));
+        t.push(mat(&p("ffn_up"), ff, dim, 7));
+        t.push(mat(&p("ffn_down"), dim, ff, 8));
+    }
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write_gguf(&mut f, &m, &t).unwrap();
+}
+
+#[test]
+fn draft_with_another_vocabulary_is_refused_naming_both_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = dir.path().join("tiny.gguf");
+    tiny_model_with_other_vocab(&tiny);
+    let t = target_node(&[]);
+    let d = draft_node(tiny.to_str().unwrap());
+    let c = coordinator(&t, Some(&d));
+    let o = run(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--chat",
+        "--max-tokens",
+        "8",
+        "--coordinator",
+        &c.url,
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("vocabulary mismatch"), "{err}");
+    let fingerprints: Vec<&str> = err
+        .split(|ch: char| !ch.is_ascii_hexdigit())
+        .filter(|w| w.len() == 16)
+        .collect();
+    assert!(
+        fingerprints.len() >= 2 && fingerprints[0] != fingerprints[1],
+        "both fingerprints named: {err}"
+    );
+}
+
+#[test]
+fn killing_the_draft_node_falls_back_to_the_target() {
+    let t = target_node(&[]);
+    let mut d = draft_node("smollm2-135m-q4_0");
+    let c = coordinator(&t, Some(&d));
+    let prompt = PROMPTS[1];
+    let base = generate(prompt, &["--max-tokens", "200", "--mode", "target-only"]);
+    let url = c.url.clone();
+    let client = std::thread::spawn(move || {
+        generate(
+            prompt,
+            &["--max-tokens", "200", "--gamma", "4", "--coordinator", &url],
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    d.child.kill().unwrap();
+    let out = client.join().unwrap();
+    assert_eq!(
+        out["fallback"], true,
+        "the final event must say the target finished alone"
+    );
+    assert_eq!(
+        out["token_ids"], base["token_ids"],
+        "greedy text after fallback equals target-only"
+    );
+}
+
+#[test]
+fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
+    let t = target_node(&["--max-sessions", "3", "--max-block", "8"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = TargetVerifierClient::connect(t.url.clone()).await.unwrap();
+        let open = |max_tokens: u32| v1::OpenSessionRequest {
+            prompt: "Hello there".into(),
+            chat: true,
+            max_tokens,
+            ..Default::default()
+        };
+        assert_eq!(
+            c.open_session(open(0)).await.unwrap_err().code(),
+            Code::InvalidArgument,
+            "max_tokens 0"
+        );
+        let mut bad_policy = open(8);
+        bad_policy.policy = Some(v1::Policy {
+            rule: "topk:0".into(),
+            budget: 1.0,
+            ..Default::default()
+        });
+        assert_eq!(
+            c.open_session(bad_policy).await.unwrap_err().code(),
+            Code::InvalidArgument,
+            "bad rule"
+        );
+        let a = c.open_session(open(16)).await.unwrap().into_inner();
+        let base = a.prompt_ids.len() as u64;
+        let frame = |sid: &str, base_len: u64, tokens: Vec<u32>, seq: u64| DraftFrame {
+            session_id: sid.into(),
+            block: Some(DraftBlock {
+                block_seq: seq,
+                base_len,
+                tokens,
+                ..Default::default()
+            }),
+        };
+        // One bad frame per stream: each ends its stream with the documented code.
+        let verify_one = |c: &mut TargetVerifierClient<tonic::transport::Channel>,
+                          f: DraftFrame| {
+            let mut c = c.clone();
+            async move {
+                let mut s = c.verify(tokio_stream::iter(vec![f])).await?.into_inner();
+                s.message().await
+            }
+        };
+        let e = verify_one(&mut c, frame("nope", 1, vec![1], 1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let e = verify_one(&mut c, frame(&a.session_id, base, vec![49152], 1))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::InvalidArgument,
+            "token id outside the vocabulary"
+        );
+        let e = verify_one(&mut c, frame(&a.session_id, base, vec![1; 9], 1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "block over the maximum");
+        let e = verify_one(&mut c, frame("", base, vec![1], 1))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code(),
+            Code::InvalidArgument,
+            "first frame without a session"
+        );
+        // A stale block is answered in-band and the stream goes on.
+        let frames = vec![
+            frame(&a.session_id, base + 5, vec![1], 1),
+            frame("", base, vec![], 2),
+        ];
+        let mut s = c
+            .verify(tokio_stream::iter(frames))
+            .await
+            .unwrap()
+            .into_inner();
+        let v1 = s.message().await.unwrap().unwrap();
+        assert!(v1.stale && v1.committed_len == base);
+        let v2 = s.message().await.unwrap().unwrap();
+        assert!(
+            !v2.stale && v2.committed.len() == 1,
+            "the stream survived the stale block"
+        );
+        // The session is intact after all that.
+        let mut s = c
+            .verify(tokio_stream::iter(vec![frame(
+                &a.session_id,
+                base + 1,
+                vec![],
+                1,
+            )]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.message().await.unwrap().unwrap().committed_len, base + 2);
+        // Session limit.
+        c.open_session(open(8)).await.unwrap();
+        c.open_session(open(8)).await.unwrap();
+        assert_eq!(
+            c.open_session(open(8)).await.unwrap_err().code(),
+            Code::ResourceExhausted
+        );
+        let e = c
+            .decode(v1::DecodeRequest {
+                session_id: "nope".into(),
+                from_len: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        c.close_session(v1::CloseSessionRequest {
+            session_id: a.session_id.clone(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            c.close_session(v1::CloseSessionRequest {
+                session_id: a.session_id
+            })
+            .await
+            .unwrap_err()
+            .code(),
+            Code::NotFound
+        );
+    });
+}
+
+#[test]
+fn start_up_errors_are_clear() {
+    let busy = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let o = run(&["target-node", "--listen", &addr]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&format!("cannot listen on {addr}")),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(&[
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        "http://127.0.0.1:1",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("cannot reach http://127.0.0.1:1"),
+        "{e}"
+    );
+    let o = run(&[
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--target",
+        "not a url",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("invalid URL"), "{e}");
+    let o = run(&["target-node", "--listen", "nowhere"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--listen"));
+    let o = run(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--coordinator",
+        "http://127.0.0.1:1",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("cannot reach"), "{e}");
+}
