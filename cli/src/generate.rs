@@ -226,14 +226,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut req = args.request()?;
     if let Some(url) = &args.coordinator {
         let stdout = std::io::stdout();
-        let (out, fallback) = crate::remote::generate(url, &req, &args.protect, |t| {
+        let remote = crate::remote::generate(url, &req, &args.protect, |t| {
             if !args.json {
                 let mut o = stdout.lock();
                 let _ = o.write_all(t.as_bytes());
                 let _ = o.flush();
             }
         })?;
-        return finish(&out, &req, &args, Some(fallback));
+        return finish(&remote.output, &req, &args, Some(remote.fallback));
     }
     let target = LoadedModel::load(&args.target, &crate::log)?;
     attach_protection(&mut req, &target.tokenizer, &args.protect)?;

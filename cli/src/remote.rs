@@ -11,14 +11,22 @@ use specd_proto::convert;
 use specd_proto::v1::coordinator_client::CoordinatorClient;
 use specd_proto::v1::{self, GenerateRequest};
 
-/// Runs a request through a coordinator; returns the output and whether the target finished it
-/// alone after losing the draft-node.
+/// What a coordinator returned.
+pub struct Remote {
+    pub output: Output,
+    /// The target finished the request alone after losing the draft-node.
+    pub fallback: bool,
+    /// The final statistics as sent (incl. per-round network overhead).
+    pub wire_stats: v1::Stats,
+}
+
+/// Runs a request through a coordinator.
 pub fn generate(
     url: &str,
     req: &Request,
     protect: &str,
     mut on_text: impl FnMut(&str),
-) -> Result<(Output, bool)> {
+) -> Result<Remote> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -103,8 +111,8 @@ pub fn generate(
             },
             ..Default::default()
         };
-        Ok((
-            Output {
+        Ok(Remote {
+            output: Output {
                 text,
                 prompt_tokens: stats.prompt_tokens as usize,
                 token_ids: ids,
@@ -113,6 +121,7 @@ pub fn generate(
                 wall_s: t0.elapsed().as_secs_f64(),
             },
             fallback,
-        ))
+            wire_stats: stats,
+        })
     })
 }

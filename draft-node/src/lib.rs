@@ -59,6 +59,17 @@ pub struct GrpcVerifier {
     /// Committed-token events for the caller.
     events: mpsc::Sender<Result<TokenEvent, Status>>,
     pub last_spent: f64,
+    /// Round-trip minus target verify time of each round, microseconds.
+    pub overhead_us: Vec<f64>,
+}
+
+/// The q-quantile of `v` (sorted in place).
+pub fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 impl Verifier for GrpcVerifier {
@@ -72,6 +83,7 @@ impl Verifier for GrpcVerifier {
             },
             block: Some(convert::block_to_wire(block, self.seq)),
         };
+        let sent = std::time::Instant::now();
         self.frames
             .blocking_send(frame)
             .map_err(|_| anyhow::anyhow!("the target closed the Verify stream"))?;
@@ -80,6 +92,8 @@ impl Verifier for GrpcVerifier {
             .block_on(self.verdicts.message())
             .map_err(|s| anyhow::anyhow!("target: {}: {}", s.code(), s.message()))?
             .ok_or_else(|| anyhow::anyhow!("the target ended the Verify stream"))?;
+        self.overhead_us
+            .push((sent.elapsed().as_secs_f64() * 1e3 - v.verify_ms).max(0.0) * 1e3);
         if v.stale {
             anyhow::bail!(
                 "the target found block {} stale (committed length {})",
@@ -181,6 +195,7 @@ impl DrafterRpc for DraftNode {
                 seq: 0,
                 events: tx.clone(),
                 last_spent: 0.0,
+                overhead_us: Vec::new(),
             };
             let mut drafter = Drafter::new(model.llama.clone(), sampling, mode);
             match run_loop(
@@ -192,6 +207,10 @@ impl DrafterRpc for DraftNode {
                 |_| {},
             ) {
                 Ok(stats) => {
+                    let mut wire = convert::stats_to_wire(&stats);
+                    wire.rounds = verifier.overhead_us.len() as u64;
+                    wire.round_overhead_us_p50 = quantile(&mut verifier.overhead_us, 0.5);
+                    wire.round_overhead_us_p99 = quantile(&mut verifier.overhead_us, 0.99);
                     let _ = tx.blocking_send(Ok(TokenEvent {
                         finished: true,
                         finish_reason: stats
@@ -200,7 +219,7 @@ impl DrafterRpc for DraftNode {
                             .unwrap_or_default(),
                         budget_spent: stats.budget_spent,
                         committed_len: (r.prompt_ids.len() + stats.completion_tokens) as u64,
-                        stats: Some(convert::stats_to_wire(&stats)),
+                        stats: Some(wire),
                         session_id: r.session_id.clone(),
                         ..Default::default()
                     }));

@@ -203,8 +203,7 @@ pub fn stats_to_wire(s: &RunStats) -> v1::Stats {
         draft_ms: s.draft_s * 1e3,
         verify_ms: s.verify_s * 1e3,
         decode_ms: s.decode_s * 1e3,
-        prefill_ms: 0.0,
-        prompt_tokens: 0,
+        ..Default::default()
     }
 }
 

@@ -1,6 +1,7 @@
 //! `specd bench`: benchmarks that print their figures and ratios against a baseline measured in
 //! the same run.
 
+mod distributed;
 mod generate;
 mod rules;
 
@@ -16,11 +17,14 @@ pub enum BenchCommand {
     /// Every acceptance rule at several knobs and budgets: α, E, tokens/s, lossy accepts, budget
     /// spent, and fidelity (non-argmax tokens against the target at temperature 0).
     Rules(rules::RulesBenchArgs),
+    /// Embedded vs loopback-distributed tokens/s and the per-round network overhead.
+    Distributed(distributed::DistributedBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Generate(a) => generate::bench_generate(a),
         BenchCommand::Rules(a) => rules::bench_rules(a),
+        BenchCommand::Distributed(a) => distributed::bench_distributed(a),
     }
 }

@@ -1,0 +1,180 @@
+//! `specd bench distributed`: embedded vs loopback-distributed speed on the same prompts in the
+//! same run, and the per-round network + scheduling overhead seen by the draft-node.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
+use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::budget::Policy;
+use specd_engine::spec::DraftSampling;
+
+use super::BENCH_PROMPTS;
+
+#[derive(Args)]
+pub struct DistributedBenchArgs {
+    #[arg(long, default_value = DEFAULT_TARGET)]
+    pub target: String,
+    #[arg(long, default_value = DEFAULT_DRAFT)]
+    pub draft: String,
+    #[arg(long, default_value_t = 4)]
+    pub gamma: usize,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// How many of the built-in prompts to run.
+    #[arg(long, default_value_t = 4)]
+    pub prompts: usize,
+    /// Print one JSON line with every figure on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `specd <args>` and waits until it accepts connections on `port`.
+fn start(args: &[String], port: u16) -> Result<Proc> {
+    let exe = std::env::current_exe().context("cannot find the specd binary")?;
+    let mut p = Proc(
+        Command::new(exe)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = p.0.try_wait()? {
+            bail!("`specd {}` exited: {status}", args.join(" "));
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("`specd {}` did not start listening", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(p)
+}
+
+pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
+    if a.prompts == 0 || a.prompts > BENCH_PROMPTS.len() {
+        bail!("--prompts must be in 1..={}", BENCH_PROMPTS.len());
+    }
+    let log = &crate::log;
+    let target = LoadedModel::load(&a.target, log)?;
+    let draft = LoadedModel::load(&a.draft, log)?;
+    let (pt, pd, pc) = (free_port()?, free_port()?, free_port()?);
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    log("starting target-node, draft-node and coordinator on loopback");
+    let _t = start(
+        &[
+            "target-node".into(),
+            "--listen".into(),
+            addr(pt),
+            "--model".into(),
+            a.target.clone(),
+        ],
+        pt,
+    )?;
+    let _d = start(
+        &[
+            "draft-node".into(),
+            "--listen".into(),
+            addr(pd),
+            "--model".into(),
+            a.draft.clone(),
+        ],
+        pd,
+    )?;
+    let _c = start(
+        &[
+            "coordinator".into(),
+            "--listen".into(),
+            addr(pc),
+            "--target".into(),
+            url(pt),
+            "--draft".into(),
+            url(pd),
+        ],
+        pc,
+    )?;
+    let req = |p: &str| Request {
+        prompt: p.to_owned(),
+        chat: true,
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams::default(),
+        gamma: a.gamma,
+        mode: Mode::Speculative,
+        draft_sampling: DraftSampling::Greedy,
+        policy: Policy::default(),
+    };
+    let prompts = &BENCH_PROMPTS[..a.prompts];
+    let (mut e_tok, mut e_s, mut d_tok, mut d_s, mut d_wall) = (0usize, 0f64, 0usize, 0f64, 0f64);
+    let (mut p50s, mut p99s, mut rounds) = (Vec::new(), Vec::new(), 0u64);
+    let mut identical = true;
+    // Warm-up (model pages, connections).
+    crate::remote::generate(&url(pc), &req(prompts[0]), "none", |_| {})?;
+    for (i, p) in prompts.iter().enumerate() {
+        log(&format!("prompt {}/{}", i + 1, prompts.len()));
+        let emb = pipeline::generate(&target, Some(&draft), &req(p), |_| {})?;
+        e_tok += emb.stats.completion_tokens;
+        e_s += emb.stats.decode_s;
+        let dist = crate::remote::generate(&url(pc), &req(p), "none", |_| {})?;
+        d_tok += dist.output.stats.completion_tokens;
+        d_s += dist.output.stats.decode_s;
+        d_wall += dist.output.wall_s;
+        identical &= dist.output.token_ids == emb.token_ids;
+        p50s.push(dist.wire_stats.round_overhead_us_p50);
+        p99s.push(dist.wire_stats.round_overhead_us_p99);
+        rounds += dist.wire_stats.rounds;
+    }
+    let (e_tps, d_tps) = (e_tok as f64 / e_s, d_tok as f64 / d_s);
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (p50, p99) = (med(&mut p50s), p99s.iter().cloned().fold(0f64, f64::max));
+    eprintln!(
+        "target {}, draft {}, γ = {}, {} prompts × {} tokens, greedy",
+        target.name,
+        draft.name,
+        a.gamma,
+        prompts.len(),
+        a.max_tokens
+    );
+    eprintln!("embedded:             {e_tps:7.1} tok/s");
+    eprintln!("distributed loopback: {d_tps:7.1} tok/s  ({:.3}× embedded; client wall incl. session setup {:.1} tok/s)", d_tps / e_tps, d_tok as f64 / d_wall);
+    eprintln!("per-round network + scheduling overhead: p50 {p50:.0} µs (median over prompts), p99 {p99:.0} µs (worst prompt), {rounds} rounds");
+    eprintln!(
+        "outputs identical: {identical}; pipelining: not implemented (rounds are sequential)"
+    );
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "bench": "distributed", "target": target.name, "draft": draft.name, "gamma": a.gamma,
+                "max_tokens": a.max_tokens, "prompts": prompts.len(),
+                "embedded_tokens_per_s": e_tps, "distributed_tokens_per_s": d_tps, "ratio": d_tps / e_tps,
+                "distributed_client_wall_tokens_per_s": d_tok as f64 / d_wall,
+                "round_overhead_us_p50": p50, "round_overhead_us_p99": p99, "rounds": rounds,
+                "outputs_identical": identical, "pipelining": "not implemented",
+            })
+        );
+    }
+    Ok(())
+}
