@@ -50,7 +50,8 @@ pub struct Gsm8kArgs {
     pub target: String,
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
-    /// Run against a remote coordinator instead of the embedded engine.
+    /// Run generations through a coordinator (distributed mode) instead of the embedded engine;
+    /// the target model is still loaded here for scoring (NLL).
     #[arg(long)]
     pub coordinator: Option<String>,
     /// Output directory: results.jsonl (resumable), summary.csv, summary.md, pareto.svg, pareto.png, run.json.
@@ -65,9 +66,6 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     let EvalCommand::Gsm8k(a) = cmd;
     if a.report_only {
         return specd_eval::write_reports(&a.out);
-    }
-    if a.coordinator.is_some() {
-        bail!("--coordinator: the distributed mode is not available in this build yet; run without it (embedded engine)");
     }
     if a.max_tokens == 0 {
         bail!("--max-tokens must be at least 1");
@@ -84,6 +82,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         seeds: a.seeds.clone(),
         shots: a.shots,
         out: a.out.clone(),
+        coordinator: a.coordinator.clone(),
     };
     if !opts.data.is_file() {
         bail!("--data {}: no such file", opts.data.display());

@@ -226,7 +226,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut req = args.request()?;
     if let Some(url) = &args.coordinator {
         let stdout = std::io::stdout();
-        let remote = crate::remote::generate(url, &req, &args.protect, |t| {
+        let remote = specd_coordinator::client::generate(url, &req, &args.protect, |t| {
             if !args.json {
                 let mut o = stdout.lock();
                 let _ = o.write_all(t.as_bytes());

@@ -4,7 +4,6 @@ mod bench;
 mod eval;
 mod generate;
 mod nodes;
-mod remote;
 mod score;
 
 use std::process::ExitCode;

@@ -582,3 +582,103 @@ fn start_up_errors_are_clear() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("cannot reach"), "{e}");
 }
+
+#[test]
+fn eval_runs_through_a_coordinator_and_admin_rpcs_work() {
+    let t = target_node(&[]);
+    let d = draft_node("smollm2-135m-q4_1");
+    let c = coordinator(&t, Some(&d));
+    let out = tempfile::tempdir().unwrap();
+    let data = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/gsm8k/test_dev.jsonl");
+    let o = run(&[
+        "eval",
+        "gsm8k",
+        "--data",
+        data.to_str().unwrap(),
+        "--limit",
+        "1",
+        "--configs",
+        "exact;topk:3@budget=2",
+        "--max-tokens",
+        "16",
+        "--coordinator",
+        &c.url,
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results = std::fs::read_to_string(out.path().join("results.jsonl")).unwrap();
+    let recs: Vec<serde_json::Value> = results
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 3);
+    assert!(recs
+        .iter()
+        .all(|r| r["ok"] == true && r["completion_tokens"].as_u64().unwrap() > 0));
+    let exact = recs.iter().find(|r| r["config"] == "exact").unwrap();
+    assert_eq!(exact["fidelity"], true);
+    assert!(
+        exact["target_calls"].as_u64().unwrap() < 16,
+        "speculative through the coordinator"
+    );
+    // Admin: the sessions are listed with their ledger; a live-session policy change reaches the target.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut admin =
+            specd_proto::v1::coordinator_client::CoordinatorClient::connect(c.url.clone())
+                .await
+                .unwrap();
+        let list = admin
+            .list_sessions(v1::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(list.sessions.len(), 3);
+        assert!(list
+            .sessions
+            .iter()
+            .all(|s| s.state == "finished" && s.completion_tokens > 0));
+        let e = admin
+            .set_session_policy(v1::SetSessionPolicyRequest {
+                session_id: "nope".into(),
+                policy: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        // Tighten a live session on the target directly (what SetSessionPolicy forwards).
+        let mut tc = TargetVerifierClient::connect(t.url.clone()).await.unwrap();
+        let s = tc
+            .open_session(v1::OpenSessionRequest {
+                prompt: "hi".into(),
+                max_tokens: 4,
+                policy: Some(v1::Policy {
+                    rule: "topk:3".into(),
+                    budget: 2.0,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let sum = tc
+            .update_policy(v1::UpdatePolicyRequest {
+                session_id: s.session_id,
+                policy: Some(v1::Policy {
+                    rule: "exact".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(sum.rule, "exact");
+        assert_eq!(sum.budget, 0.0);
+    });
+}

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-use specd_draft_node::connect;
+pub use specd_draft_node::connect;
+
+pub mod client;
 use specd_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use specd_proto::v1::drafter_client::DrafterClient;
 use specd_proto::v1::target_verifier_client::TargetVerifierClient;

@@ -73,6 +73,9 @@ pub struct EvalOptions {
     /// 0 (zero-shot) or 8 (chain-of-thought exemplars from the train file).
     pub shots: usize,
     pub out: PathBuf,
+    /// Run generations through this coordinator (distributed mode) instead of the embedded
+    /// engine; scoring still uses the local target model.
+    pub coordinator: Option<String>,
 }
 
 const INSTRUCTION: &str = "Solve the problem step by step. End your answer with a final line of the form '#### N', where N is the final number.";
@@ -262,7 +265,17 @@ impl<'a> Runner<'a> {
             draft_sampling: DraftSampling::Greedy,
             policy,
         };
-        let out = generate(self.target, Some(self.draft), &req, |_| {})?;
+        let out = match &self.opts.coordinator {
+            None => generate(self.target, Some(self.draft), &req, |_| {})?,
+            Some(url) => {
+                let protect = if config.is_some_and(|c| !c.protect) {
+                    "none"
+                } else {
+                    "default"
+                };
+                specd_coordinator::client::generate(url, &req, protect, |_| {})?.output
+            }
+        };
         let prompt_ids = self.target.tokenizer.encode(&prompt_text, true)?;
         let s = score(&self.target.llama, &prompt_ids, &out.token_ids)?;
         Ok((out, s.nll_sum))

@@ -30,6 +30,7 @@ fn small_run_reports_and_resumes() {
         seeds: vec![0],
         shots: 0,
         out: dir.path().to_path_buf(),
+        coordinator: None,
     };
     specd_eval::run_eval(&opts(1), &target, &draft, "test").unwrap();
     let results = dir.path().join("results.jsonl");
@@ -124,6 +125,7 @@ fn bad_data_lines_are_recorded_and_do_not_stop_the_run() {
         seeds: vec![0],
         shots: 0,
         out: dir.path().join("out"),
+        coordinator: None,
     };
     specd_eval::run_eval(&opts, &target, &draft, "test").unwrap();
     let rs = load_results(&dir.path().join("out/results.jsonl")).unwrap();

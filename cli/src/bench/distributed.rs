@@ -128,13 +128,13 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
     let (mut p50s, mut p99s, mut rounds) = (Vec::new(), Vec::new(), 0u64);
     let mut identical = true;
     // Warm-up (model pages, connections).
-    crate::remote::generate(&url(pc), &req(prompts[0]), "none", |_| {})?;
+    specd_coordinator::client::generate(&url(pc), &req(prompts[0]), "none", |_| {})?;
     for (i, p) in prompts.iter().enumerate() {
         log(&format!("prompt {}/{}", i + 1, prompts.len()));
         let emb = pipeline::generate(&target, Some(&draft), &req(p), |_| {})?;
         e_tok += emb.stats.completion_tokens;
         e_s += emb.stats.decode_s;
-        let dist = crate::remote::generate(&url(pc), &req(p), "none", |_| {})?;
+        let dist = specd_coordinator::client::generate(&url(pc), &req(p), "none", |_| {})?;
         d_tok += dist.output.stats.completion_tokens;
         d_s += dist.output.stats.decode_s;
         d_wall += dist.output.wall_s;

@@ -1,5 +1,5 @@
-//! `specd generate --coordinator URL`: the same request and output as the embedded mode, served
-//! by a coordinator.
+//! A client of the Coordinator service: one request in, the same `Output` as the embedded mode
+//! out (used by `specd generate --coordinator` and `specd eval --coordinator`).
 
 use std::time::Instant;
 
@@ -32,7 +32,7 @@ pub fn generate(
         .build()?;
     rt.block_on(async {
         let t0 = Instant::now();
-        let channel = specd_draft_node::connect(url)
+        let channel = crate::connect(url)
             .await
             .map_err(|s| anyhow!("coordinator {url}: {}", s.message()))?;
         let mut client = CoordinatorClient::new(channel);
