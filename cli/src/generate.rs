@@ -94,6 +94,10 @@ pub struct GenerateArgs {
     /// e.g. http://127.0.0.1:50050. Rule, budget, γ, seed and sampling travel with the request.
     #[arg(long)]
     pub coordinator: Option<String>,
+    /// Distributed mode: draft each block only after the previous verdict (pipelined drafting,
+    /// the default, drafts block n+1 while block n is verified).
+    #[arg(long)]
+    pub no_pipeline: bool,
 }
 
 impl GenerateArgs {
@@ -226,13 +230,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut req = args.request()?;
     if let Some(url) = &args.coordinator {
         let stdout = std::io::stdout();
-        let remote = specd_coordinator::client::generate(url, &req, &args.protect, |t| {
-            if !args.json {
-                let mut o = stdout.lock();
-                let _ = o.write_all(t.as_bytes());
-                let _ = o.flush();
-            }
-        })?;
+        let remote = specd_coordinator::client::generate(
+            url,
+            &req,
+            &args.protect,
+            !args.no_pipeline,
+            |t| {
+                if !args.json {
+                    let mut o = stdout.lock();
+                    let _ = o.write_all(t.as_bytes());
+                    let _ = o.flush();
+                }
+            },
+        )?;
         return finish(&remote.output, &req, &args, Some(remote.fallback));
     }
     let target = LoadedModel::load(&args.target, &crate::log)?;

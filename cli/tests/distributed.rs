@@ -164,17 +164,21 @@ fn distributed_equals_embedded_and_target_only() {
                 "smollm2-135m-q4_0",
             ],
         );
-        let dist = generate(
-            p,
-            &[
-                "--max-tokens",
-                "48",
-                "--gamma",
-                "4",
-                "--coordinator",
-                &c.url,
-            ],
+        let common = [
+            "--max-tokens",
+            "48",
+            "--gamma",
+            "4",
+            "--coordinator",
+            &c.url,
+        ];
+        let dist = generate(p, &[&common[..], &["--no-pipeline"]].concat());
+        let piped = generate(p, &common);
+        assert_eq!(
+            piped["token_ids"], base["token_ids"],
+            "{p}: pipelined distributed vs target-only"
         );
+        assert_eq!(piped["fallback"], false);
         assert_eq!(
             dist["token_ids"], base["token_ids"],
             "{p}: distributed vs target-only"
@@ -208,11 +212,26 @@ fn distributed_equals_embedded_and_target_only() {
         PROMPTS[1],
         &[&sampled[..], &["--draft", "smollm2-135m-q4_0"]].concat(),
     );
+    // With --no-pipeline, a seeded sampled run gives the same text distributed and embedded.
     let dist = generate(
+        PROMPTS[1],
+        &[&sampled[..], &["--coordinator", &c.url, "--no-pipeline"]].concat(),
+    );
+    assert_eq!(dist["token_ids"], emb["token_ids"], "seeded sampled run");
+    // Pipelined seeded runs repeat exactly too: the draft announces each successor, so whether
+    // the target skips a bonus draw never depends on timing.
+    let a = generate(
         PROMPTS[1],
         &[&sampled[..], &["--coordinator", &c.url]].concat(),
     );
-    assert_eq!(dist["token_ids"], emb["token_ids"], "seeded sampled run");
+    let b = generate(
+        PROMPTS[1],
+        &[&sampled[..], &["--coordinator", &c.url]].concat(),
+    );
+    assert_eq!(
+        a["token_ids"], b["token_ids"],
+        "pipelined seeded run repeats"
+    );
     // A relaxed rule travels with the request and the budget holds.
     let relaxed = [
         "--max-tokens",
@@ -232,7 +251,7 @@ fn distributed_equals_embedded_and_target_only() {
     );
     let dist = generate(
         PROMPTS[1],
-        &[&relaxed[..], &["--coordinator", &c.url]].concat(),
+        &[&relaxed[..], &["--coordinator", &c.url, "--no-pipeline"]].concat(),
     );
     assert_eq!(dist["token_ids"], emb["token_ids"], "relaxed rule");
     assert_eq!(dist["lossy_accepted_tokens"], emb["lossy_accepted_tokens"]);

@@ -20,11 +20,12 @@ pub struct Remote {
     pub wire_stats: v1::Stats,
 }
 
-/// Runs a request through a coordinator.
+/// Runs a request through a coordinator (`pipeline`: pipelined drafting on the draft-node).
 pub fn generate(
     url: &str,
     req: &Request,
     protect: &str,
+    pipeline: bool,
     mut on_text: impl FnMut(&str),
 ) -> Result<Remote> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -57,6 +58,7 @@ pub fn generate(
                 DraftSampling::Sample => "sample".into(),
             },
             tenant: String::new(),
+            no_pipeline: !pipeline,
         };
         let mut stream = client
             .generate(wire)

@@ -170,6 +170,7 @@ impl Coordinator for CoordinatorNode {
                     max_tokens: r.max_tokens,
                     sampling: r.sampling,
                     draft_sampling: r.draft_sampling.clone(),
+                    pipeline: !r.no_pipeline,
                 })
                 .await
             }

@@ -61,6 +61,8 @@ pub struct GrpcVerifier {
     pub last_spent: f64,
     /// Round-trip minus target verify time of each round, microseconds.
     pub overhead_us: Vec<f64>,
+    /// Send times of the blocks in flight.
+    sent: std::collections::VecDeque<std::time::Instant>,
 }
 
 /// The q-quantile of `v` (sorted in place).
@@ -73,7 +75,7 @@ pub fn quantile(v: &mut [f64], q: f64) -> f64 {
 }
 
 impl Verifier for GrpcVerifier {
-    fn verify(&mut self, block: &DraftBlock) -> anyhow::Result<Verdict> {
+    fn submit(&mut self, block: DraftBlock) -> anyhow::Result<()> {
         self.seq += 1;
         let frame = DraftFrame {
             session_id: if self.seq == 1 {
@@ -81,25 +83,34 @@ impl Verifier for GrpcVerifier {
             } else {
                 String::new()
             },
-            block: Some(convert::block_to_wire(block, self.seq)),
+            block: Some(convert::block_to_wire(&block, self.seq)),
         };
-        let sent = std::time::Instant::now();
+        self.sent.push_back(std::time::Instant::now());
         self.frames
             .blocking_send(frame)
-            .map_err(|_| anyhow::anyhow!("the target closed the Verify stream"))?;
+            .map_err(|_| anyhow::anyhow!("the target closed the Verify stream"))
+    }
+
+    fn receive(&mut self) -> anyhow::Result<Verdict> {
         let v = self
             .handle
             .block_on(self.verdicts.message())
             .map_err(|s| anyhow::anyhow!("target: {}: {}", s.code(), s.message()))?
             .ok_or_else(|| anyhow::anyhow!("the target ended the Verify stream"))?;
-        self.overhead_us
-            .push((sent.elapsed().as_secs_f64() * 1e3 - v.verify_ms).max(0.0) * 1e3);
+        if let Some(sent) = self.sent.pop_front() {
+            // Sequential rounds only: a pipelined block's wait includes the previous verify.
+            if self.sent.is_empty() && !v.stale {
+                self.overhead_us
+                    .push((sent.elapsed().as_secs_f64() * 1e3 - v.verify_ms).max(0.0) * 1e3);
+            }
+        }
         if v.stale {
-            anyhow::bail!(
-                "the target found block {} stale (committed length {})",
-                v.block_seq,
-                v.committed_len
-            );
+            return Ok(Verdict {
+                stale: true,
+                committed_len: v.committed_len as usize,
+                budget_spent: v.budget_spent,
+                ..Verdict::default()
+            });
         }
         self.last_spent = v.budget_spent;
         let finished = match v.finish_reason.as_str() {
@@ -121,6 +132,7 @@ impl Verifier for GrpcVerifier {
             .blocking_send(Ok(event))
             .map_err(|_| anyhow::anyhow!("the caller went away"))?;
         Ok(Verdict {
+            stale: false,
             accepted: v.accepted as usize,
             rejected: v.rejected,
             token_info: convert::token_info(&v.lossy, &v.charge),
@@ -196,6 +208,7 @@ impl DrafterRpc for DraftNode {
                 events: tx.clone(),
                 last_spent: 0.0,
                 overhead_us: Vec::new(),
+                sent: Default::default(),
             };
             let mut drafter = Drafter::new(model.llama.clone(), sampling, mode);
             match run_loop(
@@ -204,11 +217,13 @@ impl DrafterRpc for DraftNode {
                 &r.prompt_ids,
                 r.max_tokens as usize,
                 gamma,
+                r.pipeline,
                 |_| {},
             ) {
                 Ok(stats) => {
                     let mut wire = convert::stats_to_wire(&stats);
                     wire.rounds = verifier.overhead_us.len() as u64;
+                    wire.stale_blocks = stats.stale_blocks as u64;
                     wire.round_overhead_us_p50 = quantile(&mut verifier.overhead_us, 0.5);
                     wire.round_overhead_us_p99 = quantile(&mut verifier.overhead_us, 0.99);
                     let _ = tx.blocking_send(Ok(TokenEvent {

@@ -180,6 +180,7 @@ pub fn generate(
         &prompt,
         req.max_tokens,
         req.gamma,
+        false,
         |ids| {
             if let Some(t) = stream.push(ids) {
                 on_text(&t);

@@ -102,3 +102,53 @@ fn stops_at_end_of_sequence_inside_a_block() {
     .unwrap();
     assert_eq!(out.token_ids, base.token_ids);
 }
+
+#[test]
+fn pipelined_loop_equals_target_only_in_process() {
+    use specd_engine::pipeline::encode_prompt;
+    use specd_engine::spec::draft::Drafter;
+    use specd_engine::spec::generate::run;
+    use specd_engine::spec::target::{SessionParams, TargetSession};
+    let t = common::target();
+    let mut stale = 0;
+    for d in [common::draft(), common::load("smollm2-135m-q4_0")] {
+        for prompt in &common::PROMPTS[..4] {
+            let ids = encode_prompt(&t.tokenizer, prompt, true).unwrap();
+            let params = SessionParams {
+                sampling: SamplingParams::default(),
+                max_tokens: 48,
+                policy: Default::default(),
+            };
+            let open = || {
+                TargetSession::open(
+                    t.llama.clone(),
+                    t.tokenizer.eos_ids.clone(),
+                    ids.clone(),
+                    params.clone(),
+                )
+                .unwrap()
+            };
+            let mut base = open();
+            let b = run(&mut base, None, &ids, 48, 0, false, |_| {}).unwrap();
+            let mut s = open();
+            let mut drafter = Drafter::new(
+                d.llama.clone(),
+                SamplingParams::default(),
+                DraftSampling::Greedy,
+            );
+            let p = run(&mut s, Some(&mut drafter), &ids, 48, 4, true, |_| {}).unwrap();
+            assert_eq!(
+                s.completion(),
+                base.completion(),
+                "{prompt:?} with {}: pipelined differs from target-only",
+                d.name
+            );
+            assert_eq!(p.completion_tokens, b.completion_tokens);
+            stale += p.stale_blocks;
+        }
+    }
+    assert!(
+        stale > 0,
+        "the weak draft must have produced stale successors"
+    );
+}

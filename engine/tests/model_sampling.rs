@@ -109,12 +109,14 @@ fn first_token_of_speculative_sampling_follows_the_target() {
                         base_len: prompt.len(),
                         tokens: vec![x],
                         dists: vec![DraftDist::Probs(q.clone())],
+                        successor: false,
                     }
                 }
                 "greedy draft" => DraftBlock {
                     base_len: prompt.len(),
                     tokens: vec![argmax(&q)],
                     dists: vec![DraftDist::Greedy],
+                    successor: false,
                 },
                 _ => DraftBlock::empty(prompt.len()),
             };

@@ -273,7 +273,7 @@ impl<'a> Runner<'a> {
                 } else {
                     "default"
                 };
-                specd_coordinator::client::generate(url, &req, protect, |_| {})?.output
+                specd_coordinator::client::generate(url, &req, protect, false, |_| {})?.output
             }
         };
         let prompt_ids = self.target.tokenizer.encode(&prompt_text, true)?;

@@ -187,6 +187,7 @@ pub fn block_from_wire(
         base_len: b.base_len as usize,
         tokens: b.tokens.clone(),
         dists,
+        successor: b.successor,
     })
 }
 

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use specd_engine::pipeline::{encode_prompt, LoadedModel};
 use specd_engine::spec::budget::ProtectSet;
 use specd_engine::spec::target::{SessionParams, TargetSession};
-use specd_engine::spec::{DraftBlock, Verifier};
+use specd_engine::spec::DraftBlock;
 use specd_proto::convert::{self, block_from_wire};
 use specd_proto::v1::target_verifier_server::{TargetVerifier, TargetVerifierServer};
 use specd_proto::v1::{self, DraftFrame, TokenEvent, Verdict};
@@ -259,24 +259,24 @@ impl TargetVerifier for TargetNode {
                     let seq = wire.block_seq;
                     let verdict = tokio::task::spawn_blocking(move || {
                         let mut s = slot.session.lock().unwrap();
-                        if block.base_len != s.tokens().len() {
-                            // Does not build on the committed sequence: answered in-band.
-                            return Ok(Verdict {
-                                block_seq: seq,
-                                stale: true,
-                                committed_len: s.tokens().len() as u64,
-                                budget_spent: s.budget_spent(),
-                                ..Default::default()
-                            });
-                        }
                         if s.finished().is_some() {
                             return Err(Status::failed_precondition("the session has finished"));
                         }
                         let budget = s.params().policy.budget;
                         let t0 = Instant::now();
                         let v = s
-                            .verify(&block)
+                            .verify_block(&block)
                             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+                        if v.stale {
+                            // Does not build on the committed sequence: answered in-band.
+                            return Ok(Verdict {
+                                block_seq: seq,
+                                stale: true,
+                                committed_len: v.committed_len as u64,
+                                budget_spent: v.budget_spent,
+                                ..Default::default()
+                            });
+                        }
                         Ok(TargetService::verdict_to_wire(
                             &v,
                             seq,
@@ -345,7 +345,7 @@ impl TargetVerifier for TargetNode {
                 slot.touch();
                 let base = s.tokens().len();
                 let t0 = Instant::now();
-                match s.verify(&DraftBlock::empty(base)) {
+                match s.verify_block(&DraftBlock::empty(base)) {
                     Ok(v) => {
                         calls += 1;
                         verify_ms += t0.elapsed().as_secs_f64() * 1e3;

@@ -1,12 +1,13 @@
 //! The speculative loop, written once against [`Verifier`]: draft a block, have it judged, commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Instant;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use super::draft::Drafter;
+
 use super::{DraftBlock, FinishReason, Verifier};
 
 /// Counters and timings of one generation (DESIGN §7 definitions).
@@ -33,6 +34,10 @@ pub struct RunStats {
     pub protected_positions: usize,
     /// Budget spent (cumulative, from the target).
     pub budget_spent: f64,
+    /// Pipelining: blocks answered stale (their predecessor was not fully accepted) and the
+    /// tokens drafted for them.
+    pub stale_blocks: usize,
+    pub stale_drafted_tokens: usize,
     /// Per committed token: lossy accept and charge.
     pub token_info: Vec<super::TokenInfo>,
     /// Decode wall time (after prefill), seconds.
@@ -79,14 +84,17 @@ impl RunStats {
 }
 
 /// Runs generation to the end: `prompt` is what the verifier's session was opened with; `gamma`
-/// drafted tokens per block (0, or no drafter, is target-only decoding). `on_commit` sees each
-/// batch of newly committed tokens.
+/// drafted tokens per block (0, or no drafter, is target-only decoding). With `pipeline`, block
+/// n+1 is drafted and submitted (as if block n were fully accepted) before block n's verdict
+/// arrives; it is judged if block n was fully accepted and answered stale otherwise. `on_commit`
+/// sees each batch of newly committed tokens.
 pub fn run(
     verifier: &mut dyn Verifier,
     mut drafter: Option<&mut Drafter>,
     prompt: &[u32],
     max_tokens: usize,
     gamma: usize,
+    pipeline: bool,
     mut on_commit: impl FnMut(&[u32]),
 ) -> Result<RunStats> {
     let mut stats = RunStats::default();
@@ -96,37 +104,77 @@ pub fn run(
         stats.finish_reason = Some(FinishReason::Length);
         return Ok(stats);
     }
-    loop {
-        let remaining = max_tokens - (committed.len() - prompt.len());
-        // A verify commits at most g + 1 tokens: never draft past max_tokens.
+    let completion = |len: usize| len - prompt.len();
+    // Drafts a block on `base` (a verify commits at most g + 1 tokens: never past max_tokens).
+    let mut draft = |base: &[u32], stats: &mut RunStats| -> Result<DraftBlock> {
+        let remaining = max_tokens.saturating_sub(completion(base.len()));
         let g = gamma.min(remaining.saturating_sub(1));
-        let block = match drafter.as_deref_mut() {
+        let mut block = match drafter.as_deref_mut() {
             Some(d) if g > 0 => {
-                let (b, t) = d.propose(&committed, g)?;
+                let (b, t) = d.propose(base, g)?;
                 stats.draft_steps += t.steps;
                 stats.draft_s += t.seconds;
                 b
             }
-            _ => DraftBlock::empty(committed.len()),
+            _ => DraftBlock::empty(base.len()),
         };
-        let verdict = verifier.verify(&block)?;
-        stats.target_calls += 1;
-        stats.drafted_tokens += block.tokens.len();
-        stats.accepted_tokens += verdict.accepted;
-        stats.rejections += verdict.rejected as usize;
-        stats.verify_s += verdict.verify_s;
-        stats.lossy_accepted_tokens += verdict.lossy_accepted;
-        stats.protected_positions += verdict.protected_positions;
-        stats.budget_spent = verdict.budget_spent;
-        stats.token_info.extend_from_slice(&verdict.token_info);
-        let e = stats.verify_by_k.entry(block.tokens.len() + 1).or_default();
-        e.0 += 1;
-        e.1 += verdict.verify_s;
-        committed.extend_from_slice(&verdict.committed);
-        on_commit(&verdict.committed);
-        if let Some(f) = verdict.finished {
-            stats.finish_reason = Some(f);
-            break;
+        // A successor needs room for at least one drafted token after this block.
+        block.successor =
+            pipeline && !block.tokens.is_empty() && remaining >= block.tokens.len() + 2;
+        Ok(block)
+    };
+    let mut in_flight: VecDeque<DraftBlock> = VecDeque::new();
+    let first = draft(&committed, &mut stats)?;
+    verifier.submit(first.clone())?;
+    in_flight.push_back(first);
+    loop {
+        // Pipelining: draft the successor of the newest block while it is being judged.
+        if in_flight.len() == 1 && in_flight[0].successor {
+            let mut optimistic = committed.clone();
+            optimistic.extend_from_slice(&in_flight[0].tokens);
+            let next = draft(&optimistic, &mut stats)?;
+            verifier.submit(next.clone())?;
+            in_flight.push_back(next);
+        }
+        let block = in_flight.pop_front().expect("a block in flight");
+        let verdict = verifier.receive()?;
+        if verdict.stale {
+            stats.stale_blocks += 1;
+            stats.stale_drafted_tokens += block.tokens.len();
+        } else {
+            stats.target_calls += 1;
+            stats.drafted_tokens += block.tokens.len();
+            stats.accepted_tokens += verdict.accepted;
+            stats.rejections += verdict.rejected as usize;
+            stats.verify_s += verdict.verify_s;
+            let e = stats.verify_by_k.entry(block.tokens.len() + 1).or_default();
+            e.0 += 1;
+            e.1 += verdict.verify_s;
+            stats.lossy_accepted_tokens += verdict.lossy_accepted;
+            stats.protected_positions += verdict.protected_positions;
+            stats.budget_spent = verdict.budget_spent;
+            stats.token_info.extend_from_slice(&verdict.token_info);
+            committed.extend_from_slice(&verdict.committed);
+            on_commit(&verdict.committed);
+            if let Some(f) = verdict.finished {
+                stats.finish_reason = Some(f);
+                break;
+            }
+            // The queued successor is judged only if this block was fully accepted with no bonus.
+            // Otherwise its stale verdict comes next, and the real next block goes behind it.
+            if !in_flight
+                .front()
+                .is_some_and(|b| b.base_len == committed.len())
+            {
+                let next = draft(&committed, &mut stats)?;
+                verifier.submit(next.clone())?;
+                in_flight.push_back(next);
+            }
+        }
+        if in_flight.is_empty() {
+            let next = draft(&committed, &mut stats)?;
+            verifier.submit(next.clone())?;
+            in_flight.push_back(next);
         }
     }
     stats.completion_tokens = committed.len() - prompt.len();

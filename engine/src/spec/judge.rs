@@ -28,7 +28,8 @@ pub struct BlockOutcome {
 /// by the absolute position `block.base_len + i`). `row(i)` gives the target's logits at the
 /// position of drafted token `i` (`row(γ)` is the position after the block). Positions are
 /// judged in order; charges are computed before each draw and added to `spent`; nothing after the
-/// first rejection is judged.
+/// first rejection is judged. Without `bonus`, a fully accepted block gets no extra token.
+#[allow(clippy::too_many_arguments)]
 pub fn judge_block<'a>(
     policy: &Policy,
     sampling: &SamplingParams,
@@ -36,6 +37,7 @@ pub fn judge_block<'a>(
     t0: usize,
     horizon: usize,
     block: &DraftBlock,
+    bonus: bool,
     row: impl Fn(usize) -> &'a [f32],
 ) -> BlockOutcome {
     let seed = sampling.seed;
@@ -105,9 +107,11 @@ pub fn judge_block<'a>(
             return out;
         }
     }
-    let p = sampling_dist(row(g), sampling);
-    out.tokens
-        .push(p.sample(uniform(seed, (block.base_len + g) as u64, Purpose::Bonus)));
-    out.info.push(TokenInfo::default());
+    if bonus {
+        let p = sampling_dist(row(g), sampling);
+        out.tokens
+            .push(p.sample(uniform(seed, (block.base_len + g) as u64, Purpose::Bonus)));
+        out.info.push(TokenInfo::default());
+    }
     out
 }

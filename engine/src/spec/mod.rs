@@ -45,6 +45,10 @@ pub struct DraftBlock {
     pub tokens: Vec<u32>,
     /// One per token.
     pub dists: Vec<DraftDist>,
+    /// Pipelining: a block building on all of this one follows. If this block is fully
+    /// accepted, the target samples no bonus token; it keeps the distribution after the block and
+    /// judges the successor's first token against it (still exact).
+    pub successor: bool,
 }
 
 impl DraftBlock {
@@ -53,6 +57,7 @@ impl DraftBlock {
             base_len,
             tokens: Vec::new(),
             dists: Vec::new(),
+            successor: false,
         }
     }
 }
@@ -78,8 +83,11 @@ pub struct TokenInfo {
 }
 
 /// The target's answer to a block.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Verdict {
+    /// The block did not build on the committed sequence and was not judged (pipelining: the
+    /// block before it was not fully accepted).
+    pub stale: bool,
     /// Drafted tokens accepted (a prefix of the block).
     pub accepted: usize,
     /// Whether a drafted token was rejected (false when all were accepted or the block was empty).
@@ -102,9 +110,20 @@ pub struct Verdict {
     pub verify_s: f64,
 }
 
-/// Judges drafted blocks against the target and commits tokens.
+/// Judges drafted blocks against the target and commits tokens. Blocks are answered in the
+/// order they are submitted; submitting a block before the previous verdict arrived is
+/// pipelining (the target may then skip the bonus token, see `TargetSession::verify_queued`).
 pub trait Verifier {
-    /// Judges `block` (which must build on the committed length) and commits tokens. An empty
-    /// block is one step of target-only decoding.
-    fn verify(&mut self, block: &DraftBlock) -> anyhow::Result<Verdict>;
+    /// Sends a block to be judged (may return before it is judged). An empty block is one step of
+    /// target-only decoding.
+    fn submit(&mut self, block: DraftBlock) -> anyhow::Result<()>;
+
+    /// The verdict on the oldest block not yet answered.
+    fn receive(&mut self) -> anyhow::Result<Verdict>;
+
+    /// Judges `block` (which must build on the committed length) and commits tokens.
+    fn verify(&mut self, block: &DraftBlock) -> anyhow::Result<Verdict> {
+        self.submit(block.clone())?;
+        self.receive()
+    }
 }

@@ -47,6 +47,11 @@ pub struct TargetSession {
     finished: Option<FinishReason>,
     /// Budget spent so far.
     spent: f64,
+    /// Logits after the last committed token, kept when a fully accepted block had a queued
+    /// successor (pipelining); the cache then holds every committed token.
+    kept: Option<Vec<f32>>,
+    /// Blocks submitted and not yet judged (in-process pipelining).
+    queue: std::collections::VecDeque<DraftBlock>,
     /// Seconds spent on prefill.
     pub prefill_s: f64,
 }
@@ -86,6 +91,8 @@ impl TargetSession {
             eos,
             finished,
             spent: 0.0,
+            kept: None,
+            queue: Default::default(),
         })
     }
 
@@ -145,17 +152,22 @@ impl TargetSession {
     }
 }
 
-impl Verifier for TargetSession {
-    fn verify(&mut self, block: &DraftBlock) -> Result<Verdict> {
+impl TargetSession {
+    /// Judges `block` and commits. If the block announces a successor (pipelining) and is fully
+    /// accepted, no bonus token is sampled: the target keeps the distribution after the block and
+    /// judges the successor's first token against it (still exact). A block that does not build
+    /// on the committed sequence is answered `stale`, not judged.
+    pub fn verify_block(&mut self, block: &DraftBlock) -> Result<Verdict> {
         if let Some(f) = self.finished {
             bail!("the session has already finished ({f:?})");
         }
         if block.base_len != self.tokens.len() {
-            bail!(
-                "block builds on {} tokens but {} are committed",
-                block.base_len,
-                self.tokens.len()
-            );
+            return Ok(Verdict {
+                stale: true,
+                committed_len: self.tokens.len(),
+                budget_spent: self.spent,
+                ..Verdict::default()
+            });
         }
         if block.dists.len() != block.tokens.len() {
             bail!(
@@ -170,12 +182,28 @@ impl Verifier for TargetSession {
         }
         let base = self.tokens.len();
         let g = block.tokens.len();
-        let mut feed = Vec::with_capacity(g + 1);
-        feed.push(*self.tokens.last().expect("non-empty prompt"));
-        feed.extend_from_slice(&block.tokens);
         let t0 = Instant::now();
-        let logits = self.model.forward(&mut self.cache, &feed, 0)?;
+        // With a kept distribution the cache already holds every committed token; otherwise it
+        // holds all but the last, which is fed first.
+        let kept = self.kept.take();
+        let logits = match &kept {
+            Some(_) => self.model.forward(&mut self.cache, &block.tokens, 0)?,
+            None => {
+                let mut feed = Vec::with_capacity(g + 1);
+                feed.push(*self.tokens.last().expect("non-empty prompt"));
+                feed.extend_from_slice(&block.tokens);
+                self.model.forward(&mut self.cache, &feed, 0)?
+            }
+        };
         let verify_s = t0.elapsed().as_secs_f64();
+        let row = |i: usize| -> &[f32] {
+            match &kept {
+                Some(k) if i == 0 => k,
+                Some(_) => &logits[(i - 1) * vocab..i * vocab],
+                None => &logits[i * vocab..(i + 1) * vocab],
+            }
+        };
+        let keep_p = g > 0 && block.successor;
         let out = judge_block(
             &self.params.policy,
             &self.params.sampling,
@@ -183,15 +211,22 @@ impl Verifier for TargetSession {
             base - self.prompt_len,
             self.params.max_tokens,
             block,
-            |i| &logits[i * vocab..(i + 1) * vocab],
+            !keep_p,
+            row,
         );
         let (mut info, accepted, rejected) = (out.info, out.accepted, out.rejected);
         let (lossy_accepted, protected_positions) = (out.lossy_accepted, out.protected_positions);
-        let new = out.tokens;
-        let committed = self.commit(&new);
+        let committed = self.commit(&out.tokens);
         info.truncate(committed.len());
-        self.cache.truncate(self.tokens.len() - 1);
+        if keep_p && !rejected && self.finished.is_none() {
+            // Fully accepted, no bonus: the cache holds every committed token and the
+            // distribution after the block waits for the queued block.
+            self.kept = Some(row(g).to_vec());
+        } else {
+            self.cache.truncate(self.tokens.len() - 1);
+        }
         Ok(Verdict {
+            stale: false,
             accepted,
             rejected,
             committed,
@@ -203,5 +238,20 @@ impl Verifier for TargetSession {
             finished: self.finished,
             verify_s,
         })
+    }
+}
+
+impl Verifier for TargetSession {
+    fn submit(&mut self, block: DraftBlock) -> Result<()> {
+        self.queue.push_back(block);
+        Ok(())
+    }
+
+    fn receive(&mut self) -> Result<Verdict> {
+        let block = self
+            .queue
+            .pop_front()
+            .ok_or_else(|| anyhow::anyhow!("no block was submitted"))?;
+        self.verify_block(&block)
     }
 }
