@@ -162,9 +162,9 @@ pub fn run(
             }
             // The queued successor is judged only if this block was fully accepted with no bonus.
             // Otherwise its stale verdict comes next, and the real next block goes behind it.
-            if !in_flight
+            if in_flight
                 .front()
-                .is_some_and(|b| b.base_len == committed.len())
+                .is_none_or(|b| b.base_len != committed.len())
             {
                 let next = draft(&committed, &mut stats)?;
                 verifier.submit(next.clone())?;
