@@ -71,6 +71,39 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Places point labels (in pixels, top-left of the text) so that they do not overlap: each goes
+/// right of its point and moves down until its box is free. Same placement for SVG and PNG.
+fn place_labels(c: &Chart, s: &Scale) -> Vec<Vec<(f64, f64)>> {
+    let mut boxes: Vec<(f64, f64, f64, f64)> = Vec::new();
+    c.series
+        .iter()
+        .map(|ser| {
+            ser.points
+                .iter()
+                .map(|(x, y, label)| {
+                    let w = 8.0 * label.chars().count() as f64;
+                    let (lx, mut ly) = (s.px(*x) + 8.0, s.py(*y) - 14.0);
+                    // Points in the lower half stack their labels upwards, the others downwards.
+                    let step = if s.py(*y) > H as f64 / 2.0 {
+                        -12.0
+                    } else {
+                        12.0
+                    };
+                    if !label.is_empty() {
+                        while boxes.iter().any(|b| {
+                            lx < b.0 + b.2 && b.0 < lx + w && ly < b.1 + b.3 && b.1 < ly + 11.0
+                        }) {
+                            ly += step;
+                        }
+                        boxes.push((lx, ly, w, 11.0));
+                    }
+                    (lx, ly)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 impl Chart {
     pub fn to_svg(&self) -> String {
         let s = Scale::of(self);
@@ -113,19 +146,20 @@ impl Chart {
             (ay0 + ay1) / 2.0,
             esc(&self.y_label)
         );
+        let labels = place_labels(self, &s);
         for (si, ser) in self.series.iter().enumerate() {
             let c = hex(ser.color);
-            for (x, y, label) in &ser.points {
+            for (pi, (x, y, label)) in ser.points.iter().enumerate() {
                 let (px, py) = (s.px(*x), s.py(*y));
+                let (lx, ly) = labels[si][pi];
                 if si == 0 {
                     o += &format!("<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"5\" fill=\"{c}\"/>\n");
                 } else {
                     o += &format!("<rect x=\"{:.1}\" y=\"{:.1}\" width=\"9\" height=\"9\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"/>\n", px - 4.5, py - 4.5);
                 }
                 o += &format!(
-                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{c}\">{}</text>\n",
-                    px + 7.0,
-                    py - 6.0,
+                    "<text x=\"{lx:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{c}\">{}</text>\n",
+                    ly + 9.0,
                     esc(label)
                 );
             }
@@ -192,21 +226,17 @@ impl Chart {
             1,
         );
         c.text(4, TOP as usize - 18, &self.y_label, black, 1);
+        let labels = place_labels(self, &s);
         for (si, ser) in self.series.iter().enumerate() {
-            for (x, y, label) in &ser.points {
+            for (pi, (x, y, label)) in ser.points.iter().enumerate() {
                 let (px, py) = (s.px(*x), s.py(*y));
                 if si == 0 {
                     c.disc(px, py, 5.0, ser.color);
                 } else {
                     c.square(px, py, 5.0, ser.color);
                 }
-                c.text(
-                    px as usize + 8,
-                    (py as usize).saturating_sub(12),
-                    label,
-                    ser.color,
-                    1,
-                );
+                let (lx, ly) = labels[si][pi];
+                c.text(lx as usize, ly.max(0.0) as usize, label, ser.color, 1);
             }
             let ly = TOP as usize + 12 + 22 * si;
             c.disc(W as f64 - RIGHT + 25.0, ly as f64 + 4.0, 5.0, ser.color);
