@@ -164,12 +164,15 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
         prompts.len(),
         a.max_tokens
     );
-    eprintln!("embedded:             {e_tps:7.1} tok/s");
-    eprintln!("distributed (no pipe): {d_tps:7.1} tok/s  ({:.3}× embedded; client wall incl. session setup {:.1} tok/s)", d_tps / e_tps, d_tok as f64 / d_wall);
+    eprintln!("embedded:               {e_tps:7.1} tok/s");
+    eprintln!("distributed, sequential: {d_tps:7.1} tok/s  ({:.3}× embedded; client wall incl. session setup {:.1} tok/s)", d_tps / e_tps, d_tok as f64 / d_wall);
     eprintln!("per-round network + scheduling overhead: p50 {p50:.0} µs (median over prompts), p99 {p99:.0} µs (worst prompt), {rounds} rounds");
     eprintln!(
-        "outputs identical: {identical}; pipelining: not implemented (rounds are sequential)"
+        "distributed, pipelined: {pl_tps:7.1} tok/s  ({:.3}× embedded, {:.3}× unpipelined; {pl_stale} stale blocks)",
+        pl_tps / e_tps,
+        pl_tps / d_tps
     );
+    eprintln!("outputs identical (greedy, all three): {identical}");
     if a.json {
         println!(
             "{}",
