@@ -103,9 +103,16 @@ fn run(
         let rows: Vec<Vec<f32>> = (0..=g)
             .map(|i| logits(&target(&[&seq[..], &block.tokens[..i]].concat())))
             .collect();
-        let out = judge_block(policy, &sampling, &mut spent, seq.len(), len, &block, |i| {
-            &rows[i]
-        });
+        let out = judge_block(
+            policy,
+            &sampling,
+            &mut spent,
+            seq.len(),
+            len,
+            &block,
+            true,
+            |i| &rows[i],
+        );
         for (t, info) in out.tokens.iter().zip(&out.info) {
             if seq.len() < len {
                 seq.push(*t);

@@ -52,6 +52,7 @@ fn first_token_of_speculative_sampling_follows_the_target() {
     let params = SessionParams {
         sampling,
         max_tokens: 8,
+        policy: Default::default(),
     };
     let base = TargetSession::open(
         t.llama.clone(),
