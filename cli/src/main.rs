@@ -32,6 +32,8 @@ enum Command {
     DraftNode(nodes::DraftNodeArgs),
     /// Serve the public API: sessions, routing, budget ledger (specd.v1.Coordinator).
     Coordinator(nodes::CoordinatorArgs),
+    /// Emulate a WAN link: a TCP proxy adding delay, jitter and a bandwidth limit per direction.
+    Link(nodes::LinkArgs),
     /// Teacher-force a continuation through a model: per-token NLL and argmax agreement.
     Score(score::ScoreArgs),
     /// Manage offline model presets.
@@ -119,6 +121,7 @@ fn main() -> ExitCode {
         Command::TargetNode(a) => nodes::target_node(a),
         Command::DraftNode(a) => nodes::draft_node(a),
         Command::Coordinator(a) => nodes::coordinator(a),
+        Command::Link(a) => nodes::link(a),
         Command::Models(cmd) => models(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(cmd) => eval::run(cmd),

@@ -104,3 +104,45 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
     };
     runtime()?.block_on(specd_coordinator::serve(cfg, ctrl_c()))
 }
+
+#[derive(Args)]
+pub struct LinkArgs {
+    /// Address to accept connections on, e.g. 127.0.0.1:50061.
+    #[arg(long)]
+    pub listen: String,
+    /// Where to forward them, e.g. 127.0.0.1:50051 (a target-node).
+    #[arg(long)]
+    pub upstream: String,
+    /// One-way delay of each direction (RTT = 2 × delay), e.g. 20ms.
+    #[arg(long, default_value = "0ms")]
+    pub delay: String,
+    /// Uniform jitter added to each chunk's delay (byte order is kept), e.g. 2ms.
+    #[arg(long, default_value = "0ms")]
+    pub jitter: String,
+    /// Bandwidth of each direction, e.g. 100mbit or 10MB/s (default: unlimited).
+    #[arg(long)]
+    pub rate: Option<String>,
+    /// Seed of the jitter.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn link(a: LinkArgs) -> Result<()> {
+    let cfg = specd_link::LinkConfig {
+        listen: parse_listen(&a.listen)?,
+        upstream: a.upstream.clone(),
+        delay: specd_link::parse_duration(&a.delay).context("--delay")?,
+        jitter: specd_link::parse_duration(&a.jitter).context("--jitter")?,
+        rate: a
+            .rate
+            .as_deref()
+            .map(specd_link::parse_rate)
+            .transpose()
+            .context("--rate")?,
+        seed: a.seed,
+    };
+    if a.upstream.parse::<SocketAddr>().is_err() && !a.upstream.contains(':') {
+        anyhow::bail!("--upstream {:?}: expected HOST:PORT", a.upstream);
+    }
+    runtime()?.block_on(specd_link::serve(cfg, ctrl_c()))
+}

@@ -703,3 +703,69 @@ fn eval_runs_through_a_coordinator_and_admin_rpcs_work() {
         assert_eq!(sum.budget, 0.0);
     });
 }
+
+#[test]
+fn generation_through_the_link_emulator_is_unchanged_and_slower() {
+    let t = target_node(&[]);
+    let d = draft_node("smollm2-135m-q4_1");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let upstream = t.url.trim_start_matches("http://").to_owned();
+    let mut child = Command::new(bin())
+        .args([
+            "link",
+            "--listen",
+            &listen,
+            "--upstream",
+            &upstream,
+            "--delay",
+            "10ms",
+            "--jitter",
+            "1ms",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&format!("http://{listen}"), &mut child);
+    let link = Node {
+        child,
+        url: format!("http://{listen}"),
+    };
+    let direct = coordinator(&t, Some(&d));
+    let slow = coordinator(&link, Some(&d));
+    let args = |url: &str| {
+        vec![
+            "--max-tokens".to_owned(),
+            "24".into(),
+            "--gamma".into(),
+            "4".into(),
+            "--coordinator".into(),
+            url.to_owned(),
+        ]
+    };
+    let a = generate(
+        PROMPTS[0],
+        &args(&direct.url)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let b = generate(
+        PROMPTS[0],
+        &args(&slow.url)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        a["token_ids"], b["token_ids"],
+        "the link must not change the output"
+    );
+    // Every verify round pays at least one 20 ms round trip through the link.
+    let rounds = b["target_calls"].as_f64().unwrap();
+    assert!(
+        b["decode_ms"].as_f64().unwrap() >= rounds * 19.0,
+        "{} ms for {rounds} rounds",
+        b["decode_ms"]
+    );
+}
