@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -27,6 +27,9 @@ use tonic::{Code, Request, Response, Status};
 /// The largest block a request may ask for.
 pub const MAX_GAMMA: u32 = 32;
 
+/// Finished sessions kept in the admin table.
+const MAX_FINISHED: usize = 1024;
+
 pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     pub targets: Vec<String>,
@@ -38,6 +41,8 @@ pub struct CoordinatorNode {
     targets: Arc<Vec<String>>,
     drafts: Arc<Vec<String>>,
     next: Arc<AtomicUsize>,
+    /// Sessions created so far (orders the admin table).
+    created: Arc<AtomicU64>,
     sessions: Arc<Mutex<HashMap<String, v1::SessionRecord>>>,
 }
 
@@ -83,6 +88,22 @@ impl CoordinatorNode {
             None
         } else {
             Some(pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone())
+        }
+    }
+
+    /// Keeps the session table bounded: beyond `MAX_FINISHED` finished sessions, the oldest go.
+    fn prune(&self) {
+        let mut t = self.sessions.lock().unwrap();
+        let mut finished: Vec<(u64, String)> = t
+            .iter()
+            .filter(|(_, r)| r.state == "finished")
+            .map(|(id, r)| (r.seq, id.clone()))
+            .collect();
+        if finished.len() > MAX_FINISHED {
+            finished.sort();
+            for (_, id) in &finished[..finished.len() - MAX_FINISHED] {
+                t.remove(id);
+            }
         }
     }
 
@@ -146,6 +167,7 @@ impl Coordinator for CoordinatorNode {
                 target_url: target_url.clone(),
                 draft_url: draft_url.clone().unwrap_or_default(),
                 state: "running".into(),
+                seq: self.created.fetch_add(1, Ordering::Relaxed),
                 budget: r.policy.as_ref().map_or(0.0, |p| p.budget),
                 rule: r.policy.as_ref().map_or("exact".into(), |p| {
                     if p.rule.is_empty() {
@@ -297,6 +319,7 @@ impl Coordinator for CoordinatorNode {
                 })
                 .await;
             node.update(&sid, |rec| rec.state = "finished".into());
+            node.prune();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -395,6 +418,7 @@ pub async fn serve(
         targets: Arc::new(cfg.targets),
         drafts: Arc::new(cfg.drafts),
         next: Arc::new(AtomicUsize::new(0)),
+        created: Arc::new(AtomicU64::new(0)),
         sessions: Arc::new(Mutex::new(HashMap::new())),
     };
     let (reporter, health) = tonic_health::server::health_reporter();

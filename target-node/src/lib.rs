@@ -22,6 +22,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Distinct protected-token patterns kept built at once.
+const MAX_CACHED_PATTERNS: usize = 32;
+
 pub struct TargetConfig {
     pub listen: SocketAddr,
     pub max_sessions: usize,
@@ -110,10 +113,12 @@ impl TargetService {
             return Ok(s.clone());
         }
         let s = convert::build_protect_set(&self.model.tokenizer, pattern)?;
-        self.protect_cache
-            .lock()
-            .unwrap()
-            .insert(pattern.to_owned(), s.clone());
+        let mut cache = self.protect_cache.lock().unwrap();
+        // Patterns come from requests: bound the cache (the default pattern is rebuilt if evicted).
+        if cache.len() >= MAX_CACHED_PATTERNS {
+            cache.clear();
+        }
+        cache.insert(pattern.to_owned(), s.clone());
         Ok(s)
     }
 
