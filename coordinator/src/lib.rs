@@ -411,9 +411,7 @@ pub async fn serve(
             }
         }
     }
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = specd_proto::bind(cfg.listen).await?;
     let node = CoordinatorNode {
         targets: Arc::new(cfg.targets),
         drafts: Arc::new(cfg.drafts),

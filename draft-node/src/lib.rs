@@ -152,16 +152,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>
 #[tonic::async_trait]
 impl DrafterRpc for DraftNode {
     async fn info(&self, _: Request<v1::InfoRequest>) -> Result<Response<v1::ModelInfo>, Status> {
-        let c = &self.model.llama.config;
-        Ok(Response::new(v1::ModelInfo {
-            protocol_version: specd_proto::PROTOCOL_VERSION.into(),
-            role: "draft".into(),
-            model_id: self.model.name.clone(),
-            vocab_fingerprint: self.model.tokenizer.fingerprint().into(),
-            vocab_size: c.vocab_size as u32,
-            context_length: c.context_length as u32,
-            max_block: self.max_gamma as u32,
-        }))
+        Ok(Response::new(convert::model_info(
+            &self.model,
+            "draft",
+            self.max_gamma,
+        )))
     }
 
     type RunStream = EventStream;
@@ -256,9 +251,7 @@ pub async fn serve(
     model: LoadedModel,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = specd_proto::bind(cfg.listen).await?;
     let node = DraftNode {
         model: Arc::new(model),
         max_gamma: cfg.max_gamma,

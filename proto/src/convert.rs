@@ -12,6 +12,24 @@ use tonic::Status;
 
 use crate::v1;
 
+/// A node's `Info` answer for its model (`role`: "target" or "draft").
+pub fn model_info(
+    model: &specd_engine::pipeline::LoadedModel,
+    role: &str,
+    max_block: usize,
+) -> v1::ModelInfo {
+    let c = &model.llama.config;
+    v1::ModelInfo {
+        protocol_version: crate::PROTOCOL_VERSION.into(),
+        role: role.into(),
+        model_id: model.name.clone(),
+        vocab_fingerprint: model.tokenizer.fingerprint().into(),
+        vocab_size: c.vocab_size as u32,
+        context_length: c.context_length as u32,
+        max_block: max_block as u32,
+    }
+}
+
 pub fn sampling_from_wire(s: Option<&v1::Sampling>) -> Result<SamplingParams, Status> {
     let p = match s {
         None => SamplingParams::default(),

@@ -83,16 +83,7 @@ impl TargetService {
     }
 
     fn info(&self) -> v1::ModelInfo {
-        let c = &self.model.llama.config;
-        v1::ModelInfo {
-            protocol_version: specd_proto::PROTOCOL_VERSION.into(),
-            role: "target".into(),
-            model_id: self.model.name.clone(),
-            vocab_fingerprint: self.model.tokenizer.fingerprint().into(),
-            vocab_size: c.vocab_size as u32,
-            context_length: c.context_length as u32,
-            max_block: self.max_block as u32,
-        }
+        convert::model_info(&self.model, "target", self.max_block)
     }
 
     fn slot(&self, id: &str) -> Result<Arc<Slot>, Status> {
@@ -434,9 +425,7 @@ pub async fn serve(
     model: LoadedModel,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = specd_proto::bind(cfg.listen).await?;
     let svc = TargetNode(Arc::new(TargetService::new(
         Arc::new(model),
         cfg.max_sessions,
