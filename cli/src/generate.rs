@@ -9,6 +9,7 @@ use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec::gamma::{GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec::rules::Rule;
 use specd_engine::spec::DraftSampling;
 use specd_engine::tokenizer::Tokenizer;
@@ -59,9 +60,15 @@ pub struct GenerateArgs {
     /// Target model (same forms as --draft).
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub target: String,
-    /// Drafted tokens per block (0 = target-only decoding).
-    #[arg(long, default_value_t = 8)]
-    pub gamma: usize,
+    /// Drafted tokens per block: a number (0 = target-only decoding), `auto` (each round, the γ in
+    /// [0, --gamma-max] the latency model predicts fastest from running estimates of the
+    /// acceptance rate, draft and verify times and the round trip; 0 = a target-only round) or
+    /// `heuristic` (+2 after a fully accepted block, −1 otherwise, within [1, --gamma-max]).
+    #[arg(long, default_value = "8")]
+    pub gamma: String,
+    /// Largest block `auto` and `heuristic` may choose.
+    #[arg(long, default_value_t = DEFAULT_GAMMA_MAX)]
+    pub gamma_max: usize,
     /// Acceptance rule: exact, lenient:λ, topk:k, threshold:τ, typical:ε,δ or divergence:T
     /// (docs/rules.md). `exact` keeps the target's output distribution exactly; the others accept
     /// more, within --budget.
@@ -110,10 +117,16 @@ impl GenerateArgs {
         if self.max_tokens == 0 {
             bail!("--max-tokens must be at least 1");
         }
-        if self.gamma > MAX_GAMMA {
+        let gamma = GammaPolicy::parse(&self.gamma, self.gamma_max)
+            .map_err(|e| anyhow::anyhow!("--gamma: {e}"))?;
+        if let GammaPolicy::Fixed(n) = gamma {
+            if n > MAX_GAMMA {
+                bail!("--gamma {n} is over the maximum block size of {MAX_GAMMA}");
+            }
+        } else if self.gamma_max > MAX_GAMMA {
             bail!(
-                "--gamma {} is over the maximum block size of {MAX_GAMMA}",
-                self.gamma
+                "--gamma-max {} is over the maximum block size of {MAX_GAMMA}",
+                self.gamma_max
             );
         }
         let sampling = SamplingParams {
@@ -129,9 +142,9 @@ impl GenerateArgs {
             max_tokens: self.max_tokens,
             sampling,
             gamma: if matches!(self.mode, ModeArg::TargetOnly) {
-                0
+                GammaPolicy::Fixed(0)
             } else {
-                self.gamma
+                gamma
             },
             mode: match self.mode {
                 ModeArg::Speculative => Mode::Speculative,
@@ -188,7 +201,7 @@ pub fn output_json(
         .iter()
         .map(|(k, (n, t))| (k.to_string(), json!(1e3 * t / *n as f64)))
         .collect();
-    json!({
+    let mut j = json!({
         "text": out.text,
         "token_ids": out.token_ids,
         "prompt_tokens": out.prompt_tokens,
@@ -222,8 +235,24 @@ pub fn output_json(
         "seed": req.sampling.seed,
         "draft_sampling": req.draft_sampling,
         "target": args.target,
-        "draft": if req.gamma > 0 { Some(&args.draft) } else { None },
-    })
+        "draft": if req.gamma.speculative() { Some(&args.draft) } else { None },
+    });
+    // The γ policy's outcome and the latency model's final estimates.
+    let gamma = json!({
+        "gamma_max": s.gamma_max,
+        "mean_gamma": s.mean_gamma,
+        "est_alpha": s.estimates.alpha,
+        "est_t_draft_ms": s.estimates.t_draft * 1e3,
+        "est_t_draft_fixed_ms": s.estimates.t_draft_fixed * 1e3,
+        "est_t_verify_ms": s.estimates.t_verify1 * 1e3,
+        "est_t_verify_slope_ms": s.estimates.t_verify_slope * 1e3,
+        "est_rtt_ms": s.estimates.rtt * 1e3,
+        "stale_blocks": s.stale_blocks,
+    });
+    if let (Some(o), serde_json::Value::Object(g)) = (j.as_object_mut(), gamma) {
+        o.extend(g);
+    }
+    j
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -247,7 +276,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let target = LoadedModel::load(&args.target, &crate::log)?;
     attach_protection(&mut req, &target.tokenizer, &args.protect)?;
-    let draft = if req.gamma > 0 {
+    let draft = if req.gamma.speculative() {
         Some(LoadedModel::load(&args.draft, &crate::log)?)
     } else {
         None
@@ -281,7 +310,7 @@ fn finish(
         println!();
         let s = &out.stats;
         eprintln!(
-            "[{} tokens in {:.0} ms: {:.1} tok/s | prefill {} tokens {:.0} ms | target calls {} | drafted {} accepted {} alpha {:.3} | {:.2} tokens/call | lossy {} budget {:.2}/{} | finish {:?}]",
+            "[{} tokens in {:.0} ms: {:.1} tok/s | prefill {} tokens {:.0} ms | target calls {} | drafted {} accepted {} alpha {:.3} | {:.2} tokens/call | γ {} (mean {:.1}) | lossy {} budget {:.2}/{} | finish {:?}]",
             s.completion_tokens,
             s.decode_s * 1e3,
             s.tokens_per_s(),
@@ -292,6 +321,8 @@ fn finish(
             s.accepted_tokens,
             s.alpha(),
             s.tokens_per_call(),
+            req.gamma,
+            s.mean_gamma,
             s.lossy_accepted_tokens,
             s.budget_spent,
             req.policy.budget,

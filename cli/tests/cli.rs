@@ -101,6 +101,37 @@ fn generate_json_contract() {
         "greedy speculative must equal target-only"
     );
     assert_eq!(base["text"], spec["text"]);
+    // γ = auto: the latency model's choices and final estimates are reported.
+    let auto = json_line(&specd(&[
+        "generate",
+        "--prompt",
+        "Write a haiku about the sea.",
+        "--chat",
+        "--max-tokens",
+        "24",
+        "--gamma",
+        "auto",
+        "--gamma-max",
+        "6",
+        "--json",
+    ]));
+    assert_eq!(auto["token_ids"], base["token_ids"]);
+    assert_eq!(auto["gamma"], "auto");
+    assert_eq!(auto["gamma_max"], 6);
+    let mean = auto["mean_gamma"].as_f64().unwrap();
+    assert!((0.0..=6.0).contains(&mean), "mean γ {mean}");
+    for key in [
+        "est_alpha",
+        "est_t_draft_ms",
+        "est_t_verify_ms",
+        "est_t_verify_slope_ms",
+        "est_rtt_ms",
+    ] {
+        let v = auto[key].as_f64().unwrap_or(-1.0);
+        assert!(v >= 0.0, "{key} = {v}");
+    }
+    assert!(auto["est_t_verify_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(spec["mean_gamma"], 4.0, "a fixed γ is its own mean");
 }
 
 #[test]
@@ -128,6 +159,15 @@ fn invalid_flag_values_are_named() {
     fails_with(&with(&["--top-p", "0"]), &["--top-p"]);
     fails_with(&with(&["--top-p", "1.5"]), &["--top-p"]);
     fails_with(&with(&["--gamma", "100"]), &["--gamma", "32"]);
+    fails_with(&with(&["--gamma", "fast"]), &["--gamma", "fast", "auto"]);
+    fails_with(
+        &with(&["--gamma", "auto", "--gamma-max", "40"]),
+        &["--gamma-max", "32"],
+    );
+    fails_with(
+        &with(&["--gamma", "heuristic", "--gamma-max", "0"]),
+        &["--gamma", "heuristic"],
+    );
     fails_with(&with(&["--max-tokens", "0"]), &["--max-tokens"]);
     fails_with(&with(&["--rule", "bogus"]), &["--rule", "bogus"]);
     fails_with(&with(&["--mode", "fast"]), &["--mode"]);

@@ -761,6 +761,18 @@ fn generation_through_the_link_emulator_is_unchanged_and_slower() {
         a["token_ids"], b["token_ids"],
         "the link must not change the output"
     );
+    // Pipelined (the default): a fully accepted block's successor is judged, not stale. With the
+    // strong draft (α ≈ 0.97) most blocks are fully accepted.
+    for r in [&a, &b] {
+        let (stale, calls) = (
+            r["stale_blocks"].as_u64().unwrap(),
+            r["target_calls"].as_u64().unwrap(),
+        );
+        assert!(
+            2 * stale <= calls,
+            "{stale} stale blocks for {calls} verify calls"
+        );
+    }
     // Every verify round pays at least one 20 ms round trip through the link.
     let rounds = b["target_calls"].as_f64().unwrap();
     assert!(
@@ -768,4 +780,78 @@ fn generation_through_the_link_emulator_is_unchanged_and_slower() {
         "{} ms for {rounds} rounds",
         b["decode_ms"]
     );
+    // Adaptive block sizes change no output, and their estimates see the link.
+    for policy in ["auto", "heuristic"] {
+        let c = generate(
+            PROMPTS[0],
+            &[
+                "--max-tokens",
+                "24",
+                "--gamma",
+                policy,
+                "--gamma-max",
+                "12",
+                "--coordinator",
+                &slow.url,
+            ],
+        );
+        assert_eq!(c["token_ids"], a["token_ids"], "γ {policy}");
+        assert_eq!(c["gamma"], policy);
+        assert_eq!(c["gamma_max"], 12);
+        let mean = c["mean_gamma"].as_f64().unwrap();
+        assert!(mean > 0.0 && mean <= 12.0, "γ {policy}: mean γ {mean}");
+        let rtt = c["est_rtt_ms"].as_f64().unwrap();
+        assert!(
+            rtt >= 19.0,
+            "γ {policy}: estimated RTT {rtt} ms through a 20 ms link"
+        );
+        assert!(c["est_t_verify_ms"].as_f64().unwrap() > 0.0);
+        assert!(c["est_t_draft_ms"].as_f64().unwrap() > 0.0);
+        let alpha = c["est_alpha"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&alpha));
+    }
+    let direct_auto = generate(
+        PROMPTS[0],
+        &[
+            "--max-tokens",
+            "24",
+            "--gamma",
+            "auto",
+            "--coordinator",
+            &direct.url,
+        ],
+    );
+    assert!(direct_auto["est_rtt_ms"].as_f64().unwrap() < 19.0);
+    // Target-only decoding streams through the link: it pays the delay once per response, not
+    // once per token (the text travels with the tokens: no detokenize round trip per event).
+    let base = generate(
+        PROMPTS[0],
+        &[
+            "--max-tokens",
+            "48",
+            "--mode",
+            "target-only",
+            "--coordinator",
+            &slow.url,
+        ],
+    );
+    let n = base["completion_tokens"].as_f64().unwrap();
+    assert!(n >= 24.0, "{n} tokens");
+    assert!(
+        base["wall_ms"].as_f64().unwrap() < n * 20.0,
+        "{} ms for {n} streamed tokens through a 20 ms link",
+        base["wall_ms"]
+    );
+    let direct_base = generate(
+        PROMPTS[0],
+        &[
+            "--max-tokens",
+            "48",
+            "--mode",
+            "target-only",
+            "--coordinator",
+            &direct.url,
+        ],
+    );
+    assert_eq!(base["text"], direct_base["text"]);
 }

@@ -18,6 +18,11 @@ pub struct Remote {
     pub fallback: bool,
     /// The final statistics as sent (incl. per-round network overhead).
     pub wire_stats: v1::Stats,
+    /// Seconds from the request to the first event carrying tokens, and how many it carried:
+    /// after it, the client sees the steady-state rate (`completion − first_tokens` tokens in
+    /// `wall_s − first_event_s`), free of session set-up and prefill.
+    pub first_event_s: f64,
+    pub first_event_tokens: usize,
 }
 
 /// Runs a request through a coordinator (`pipeline`: pipelined drafting on the draft-node).
@@ -37,12 +42,15 @@ pub fn generate(
             .await
             .map_err(|s| anyhow!("coordinator {url}: {}", s.message()))?;
         let mut client = CoordinatorClient::new(channel);
+        let (gamma, gamma_policy, gamma_max) = convert::gamma_to_wire(req.gamma);
         let wire = GenerateRequest {
             prompt: req.prompt.clone(),
             chat: req.chat,
             max_tokens: req.max_tokens as u32,
             sampling: Some(convert::sampling_to_wire(&req.sampling)),
-            gamma: req.gamma as u32,
+            gamma,
+            gamma_policy,
+            gamma_max,
             policy: Some(v1::Policy {
                 rule: req.policy.rule.to_string(),
                 budget: req.policy.budget,
@@ -69,11 +77,15 @@ pub fn generate(
         let (mut ids, mut info, mut text) = (Vec::new(), Vec::new(), String::new());
         let (mut stats, mut spent, mut finish, mut fallback) =
             (v1::Stats::default(), 0.0, String::new(), false);
+        let mut first: Option<(f64, usize)> = None;
         while let Some(ev) = stream
             .message()
             .await
             .map_err(|s| anyhow!("generation failed: {}: {}", s.code(), s.message()))?
         {
+            if first.is_none() && !ev.token_ids.is_empty() {
+                first = Some((t0.elapsed().as_secs_f64(), ev.token_ids.len()));
+            }
             ids.extend_from_slice(&ev.token_ids);
             info.extend(convert::token_info(&ev.lossy, &ev.charge));
             if !ev.text.is_empty() {
@@ -100,12 +112,18 @@ pub fn generate(
             target_calls: stats.target_calls as usize,
             draft_steps: stats.draft_steps as usize,
             draft_s: stats.draft_ms / 1e3,
+            draft_prefill_s: stats.draft_prefill_ms / 1e3,
             verify_s: stats.verify_ms / 1e3,
             lossy_accepted_tokens: stats.lossy_accepted_tokens as usize,
             protected_positions: stats.protected_positions as usize,
             budget_spent: spent,
             token_info: info,
             decode_s: stats.decode_ms / 1e3,
+            stale_blocks: stats.stale_blocks as usize,
+            gamma_policy: stats.gamma_policy.clone(),
+            gamma_max: stats.gamma_max as usize,
+            mean_gamma: stats.mean_gamma,
+            estimates: convert::estimates_from_wire(&stats),
             finish_reason: match finish.as_str() {
                 "stop" => Some(FinishReason::Stop),
                 "length" => Some(FinishReason::Length),
@@ -113,14 +131,18 @@ pub fn generate(
             },
             ..Default::default()
         };
+        let wall_s = t0.elapsed().as_secs_f64();
+        let (first_event_s, first_event_tokens) = first.unwrap_or((wall_s, ids.len()));
         Ok(Remote {
+            first_event_s,
+            first_event_tokens,
             output: Output {
                 text,
                 prompt_tokens: stats.prompt_tokens as usize,
                 token_ids: ids,
                 stats: run,
                 prefill_s: stats.prefill_ms / 1e3,
-                wall_s: t0.elapsed().as_secs_f64(),
+                wall_s,
             },
             fallback,
             wire_stats: stats,

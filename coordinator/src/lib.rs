@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 pub use specd_draft_node::connect;
 
 pub mod client;
+use specd_proto::convert;
 use specd_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use specd_proto::v1::drafter_client::DrafterClient;
 use specd_proto::v1::target_verifier_client::TargetVerifierClient;
@@ -48,8 +49,10 @@ pub struct CoordinatorNode {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>>;
 
-/// Streams text as tokens arrive: the new suffix of the decoded completion, holding back an
-/// incomplete UTF-8 sequence until the end.
+/// The text of a session's completion as relayed so far. The draft-node (or, for target-only
+/// decoding, the target) sends text with its tokens; after a fallback, the coordinator asks the
+/// target to detokenize (the new suffix of the decoded completion, holding back an incomplete
+/// UTF-8 sequence until the end).
 struct TextRelay {
     client: TargetVerifierClient<Channel>,
     ids: Vec<u32>,
@@ -57,6 +60,12 @@ struct TextRelay {
 }
 
 impl TextRelay {
+    /// Records tokens whose text the sender already decoded.
+    fn sent(&mut self, ids: &[u32], text: &str) {
+        self.ids.extend_from_slice(ids);
+        self.printed += text.len();
+    }
+
     async fn push(&mut self, ids: &[u32], last: bool) -> Result<String, Status> {
         self.ids.extend_from_slice(ids);
         if ids.is_empty() && !last {
@@ -132,12 +141,8 @@ impl Coordinator for CoordinatorNode {
                 )))
             }
         };
-        if r.gamma > MAX_GAMMA {
-            return Err(Status::invalid_argument(format!(
-                "gamma {} is over the maximum block size of {MAX_GAMMA}",
-                r.gamma
-            )));
-        }
+        let gamma =
+            convert::gamma_from_wire(r.gamma, &r.gamma_policy, r.gamma_max, MAX_GAMMA as usize)?;
         let target_url = self
             .pick(&self.targets)
             .ok_or_else(|| Status::unavailable("no target-node configured"))?;
@@ -155,7 +160,7 @@ impl Coordinator for CoordinatorNode {
             .await?
             .into_inner();
         let sid = opened.session_id.clone();
-        let draft_url = if speculative && r.gamma > 0 {
+        let draft_url = if speculative && gamma.speculative() {
             self.pick(&self.drafts)
         } else {
             None
@@ -189,6 +194,8 @@ impl Coordinator for CoordinatorNode {
                     session_id: sid.clone(),
                     prompt_ids: opened.prompt_ids.clone(),
                     gamma: r.gamma,
+                    gamma_policy: r.gamma_policy.clone(),
+                    gamma_max: r.gamma_max,
                     max_tokens: r.max_tokens,
                     sampling: r.sampling,
                     draft_sampling: r.draft_sampling.clone(),
@@ -232,19 +239,13 @@ impl Coordinator for CoordinatorNode {
                 while let Ok(Some(mut ev)) = stream.message().await {
                     committed_len = committed_len.max(ev.committed_len);
                     let last = ev.finished;
-                    ev.text = match relay.push(&ev.token_ids, last).await {
-                        Ok(t) => t,
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                            return;
-                        }
-                    };
+                    relay.sent(&ev.token_ids, &ev.text);
                     if let Some(s) = &ev.stats {
                         stats = v1::Stats {
                             prompt_tokens: prompt_len,
-                            ..*s
+                            ..s.clone()
                         };
-                        ev.stats = Some(stats);
+                        ev.stats = Some(stats.clone());
                     }
                     node.update(&ev.session_id, |rec| {
                         rec.completion_tokens = committed_len - prompt_len;
@@ -276,12 +277,18 @@ impl Coordinator for CoordinatorNode {
                             match s.message().await {
                                 Ok(Some(mut ev)) => {
                                     let last = ev.finished;
-                                    ev.text =
-                                        relay.push(&ev.token_ids, last).await.unwrap_or_default();
+                                    if fallback {
+                                        ev.text = relay
+                                            .push(&ev.token_ids, last)
+                                            .await
+                                            .unwrap_or_default();
+                                    } else {
+                                        relay.sent(&ev.token_ids, &ev.text);
+                                    }
                                     ev.fallback = fallback;
                                     if let Some(d) = &ev.stats {
                                         // Target-only steps add to what the draft phase did.
-                                        let mut merged = stats;
+                                        let mut merged = stats.clone();
                                         merged.completion_tokens = d.completion_tokens;
                                         merged.target_calls = stats.target_calls + d.target_calls;
                                         merged.verify_ms = stats.verify_ms + d.verify_ms;

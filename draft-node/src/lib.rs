@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use specd_engine::pipeline::LoadedModel;
+use specd_engine::pipeline::{LoadedModel, TextStream};
 use specd_engine::spec::draft::Drafter;
 use specd_engine::spec::generate::run as run_loop;
 use specd_engine::spec::{DraftBlock, FinishReason, Verdict, Verifier};
@@ -61,8 +61,12 @@ pub struct GrpcVerifier {
     pub last_spent: f64,
     /// Round-trip minus target verify time of each round, microseconds.
     pub overhead_us: Vec<f64>,
-    /// Send times of the blocks in flight.
-    sent: std::collections::VecDeque<std::time::Instant>,
+    /// Send times of the blocks in flight, and whether each was alone in flight when sent.
+    sent: std::collections::VecDeque<(std::time::Instant, bool)>,
+    /// The text of the committed tokens is decoded here (the draft shares the target's
+    /// vocabulary), so relaying it costs no round trip to the target.
+    model: Arc<LoadedModel>,
+    pub text: TextStream,
 }
 
 /// The q-quantile of `v` (sorted in place).
@@ -85,7 +89,8 @@ impl Verifier for GrpcVerifier {
             },
             block: Some(convert::block_to_wire(&block, self.seq)),
         };
-        self.sent.push_back(std::time::Instant::now());
+        let alone = self.sent.is_empty();
+        self.sent.push_back((std::time::Instant::now(), alone));
         self.frames
             .blocking_send(frame)
             .map_err(|_| anyhow::anyhow!("the target closed the Verify stream"))
@@ -97,9 +102,9 @@ impl Verifier for GrpcVerifier {
             .block_on(self.verdicts.message())
             .map_err(|s| anyhow::anyhow!("target: {}: {}", s.code(), s.message()))?
             .ok_or_else(|| anyhow::anyhow!("the target ended the Verify stream"))?;
-        if let Some(sent) = self.sent.pop_front() {
-            // Sequential rounds only: a pipelined block's wait includes the previous verify.
-            if self.sent.is_empty() && !v.stale {
+        if let Some((sent, alone)) = self.sent.pop_front() {
+            // Blocks sent alone only: a pipelined block's wait includes the previous verify.
+            if alone && !v.stale {
                 self.overhead_us
                     .push((sent.elapsed().as_secs_f64() * 1e3 - v.verify_ms).max(0.0) * 1e3);
             }
@@ -118,7 +123,12 @@ impl Verifier for GrpcVerifier {
             "length" => Some(FinishReason::Length),
             _ => None,
         };
+        let text = self
+            .text
+            .push(&self.model.tokenizer, &v.committed, false)
+            .unwrap_or_default();
         let event = TokenEvent {
+            text,
             token_ids: v.committed.clone(),
             lossy: v.lossy.clone(),
             charge: v.charge.clone(),
@@ -173,7 +183,7 @@ impl DrafterRpc for DraftNode {
         }
         let sampling = convert::sampling_from_wire(r.sampling.as_ref())?;
         let mode = convert::draft_sampling_from_wire(&r.draft_sampling)?;
-        let gamma = r.gamma as usize;
+        let gamma = convert::gamma_from_wire(r.gamma, &r.gamma_policy, r.gamma_max, usize::MAX)?;
         let channel = connect(&r.target_url).await?;
         let mut client = TargetVerifierClient::new(channel).max_decoding_message_size(64 << 20);
         let info = client.info(v1::InfoRequest {}).await?.into_inner();
@@ -184,7 +194,7 @@ impl DrafterRpc for DraftNode {
                 self.model.name, info.model_id, r.target_url, info.vocab_fingerprint
             )));
         }
-        let gamma = gamma.min(self.max_gamma).min(info.max_block as usize);
+        let gamma = gamma.capped(self.max_gamma.min(info.max_block as usize));
         let (frame_tx, frame_rx) = mpsc::channel(2);
         let verdicts = client
             .verify(ReceiverStream::new(frame_rx))
@@ -204,6 +214,8 @@ impl DrafterRpc for DraftNode {
                 last_spent: 0.0,
                 overhead_us: Vec::new(),
                 sent: Default::default(),
+                model: model.clone(),
+                text: TextStream::new(),
             };
             let mut drafter = Drafter::new(model.llama.clone(), sampling, mode);
             match run_loop(
@@ -218,10 +230,14 @@ impl DrafterRpc for DraftNode {
                 Ok(stats) => {
                     let mut wire = convert::stats_to_wire(&stats);
                     wire.rounds = verifier.overhead_us.len() as u64;
-                    wire.stale_blocks = stats.stale_blocks as u64;
                     wire.round_overhead_us_p50 = quantile(&mut verifier.overhead_us, 0.5);
                     wire.round_overhead_us_p99 = quantile(&mut verifier.overhead_us, 0.99);
+                    let text = verifier
+                        .text
+                        .push(&model.tokenizer, &[], true)
+                        .unwrap_or_default();
                     let _ = tx.blocking_send(Ok(TokenEvent {
+                        text,
                         finished: true,
                         finish_reason: stats
                             .finish_reason

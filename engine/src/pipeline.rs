@@ -13,6 +13,7 @@ use crate::sampling::SamplingParams;
 use crate::source::ModelSource;
 use crate::spec::budget::Policy;
 use crate::spec::draft::Drafter;
+use crate::spec::gamma::GammaPolicy;
 use crate::spec::generate::{run, RunStats};
 use crate::spec::target::{SessionParams, TargetSession};
 use crate::spec::DraftSampling;
@@ -82,7 +83,8 @@ pub struct Request {
     pub chat: bool,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
-    pub gamma: usize,
+    /// Drafted tokens per block: fixed, `auto` or `heuristic` (see [`crate::spec::gamma`]).
+    pub gamma: GammaPolicy,
     pub mode: Mode,
     pub draft_sampling: DraftSampling,
     /// Acceptance rule, budget, protection, pacing.
@@ -110,26 +112,26 @@ pub fn encode_prompt(tok: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u3
 }
 
 /// Streams text as tokens are committed: emits the new suffix of the decoded completion, holding
-/// back an incomplete UTF-8 sequence.
-pub struct TextStream<'a> {
-    tok: &'a Tokenizer,
+/// back an incomplete UTF-8 sequence until the last push.
+#[derive(Debug, Clone, Default)]
+pub struct TextStream {
     ids: Vec<u32>,
     printed: usize,
 }
 
-impl<'a> TextStream<'a> {
-    pub fn new(tok: &'a Tokenizer) -> Self {
-        TextStream {
-            tok,
-            ids: Vec::new(),
-            printed: 0,
-        }
+impl TextStream {
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    pub fn push(&mut self, ids: &[u32]) -> Option<String> {
+    /// Adds committed tokens; returns the new text, if any (`last`: flush whatever is held back).
+    pub fn push(&mut self, tok: &Tokenizer, ids: &[u32], last: bool) -> Option<String> {
         self.ids.extend_from_slice(ids);
-        let text = self.tok.decode(&self.ids).ok()?;
-        if text.ends_with('\u{fffd}')
+        if ids.is_empty() && !last {
+            return None;
+        }
+        let text = tok.decode(&self.ids).ok()?;
+        if (!last && text.ends_with('\u{fffd}'))
             || text.len() <= self.printed
             || !text.is_char_boundary(self.printed)
         {
@@ -162,7 +164,7 @@ pub fn generate(
         params,
     )?;
     let mut drafter = match (req.mode, draft) {
-        (Mode::Speculative, Some(d)) if req.gamma > 0 => {
+        (Mode::Speculative, Some(d)) if req.gamma.speculative() => {
             check_pair(target, d)?;
             Some(Drafter::new(
                 d.llama.clone(),
@@ -170,10 +172,12 @@ pub fn generate(
                 req.draft_sampling,
             ))
         }
-        (Mode::Speculative, None) if req.gamma > 0 => bail!("speculative mode needs a draft model"),
+        (Mode::Speculative, None) if req.gamma.speculative() => {
+            bail!("speculative mode needs a draft model")
+        }
         _ => None,
     };
-    let mut stream = TextStream::new(&target.tokenizer);
+    let mut stream = TextStream::new();
     let stats = run(
         &mut session,
         drafter.as_mut(),
@@ -182,11 +186,14 @@ pub fn generate(
         req.gamma,
         false,
         |ids| {
-            if let Some(t) = stream.push(ids) {
+            if let Some(t) = stream.push(&target.tokenizer, ids, false) {
                 on_text(&t);
             }
         },
     )?;
+    if let Some(t) = stream.push(&target.tokenizer, &[], true) {
+        on_text(&t);
+    }
     let token_ids = session.completion().to_vec();
     Ok(Output {
         text: target.tokenizer.decode(&token_ids)?,

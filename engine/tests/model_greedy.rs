@@ -5,9 +5,14 @@ mod common;
 
 use specd_engine::pipeline::{generate, Mode, Request};
 use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::gamma::GammaPolicy;
 use specd_engine::spec::{DraftSampling, FinishReason};
 
 fn request(prompt: &str, gamma: usize, mode: Mode, max_tokens: usize) -> Request {
+    with_policy(prompt, GammaPolicy::Fixed(gamma), mode, max_tokens)
+}
+
+fn with_policy(prompt: &str, gamma: GammaPolicy, mode: Mode, max_tokens: usize) -> Request {
     Request {
         prompt: prompt.into(),
         chat: true,
@@ -25,7 +30,7 @@ fn speculative_greedy_equals_target_only() {
     let (t, d) = (common::target(), common::draft());
     let weak = common::load("smollm2-135m-q4_0");
     let mut total_rejections = 0;
-    for prompt in &common::PROMPTS[..10] {
+    for (i, prompt) in common::PROMPTS[..10].iter().enumerate() {
         let base = generate(&t, None, &request(prompt, 0, Mode::TargetOnly, 64), |_| {}).unwrap();
         assert!(!base.token_ids.is_empty());
         assert_eq!(
@@ -33,12 +38,24 @@ fn speculative_greedy_equals_target_only() {
             base.token_ids.len(),
             "target-only: one call per token"
         );
-        for gamma in [1, 4, 8] {
+        let mut policies = vec![
+            GammaPolicy::Fixed(1),
+            GammaPolicy::Fixed(4),
+            GammaPolicy::Fixed(8),
+        ];
+        // The adaptive policies change γ from block to block: still exact.
+        if i < 4 {
+            policies.extend([
+                GammaPolicy::Auto { max: 16 },
+                GammaPolicy::Heuristic { max: 16 },
+            ]);
+        }
+        for gamma in policies {
             for draft in [&d, &weak] {
                 let out = generate(
                     &t,
                     Some(draft),
-                    &request(prompt, gamma, Mode::Speculative, 64),
+                    &with_policy(prompt, gamma, Mode::Speculative, 64),
                     |_| {},
                 )
                 .unwrap();
@@ -129,14 +146,32 @@ fn pipelined_loop_equals_target_only_in_process() {
                 .unwrap()
             };
             let mut base = open();
-            let b = run(&mut base, None, &ids, 48, 0, false, |_| {}).unwrap();
+            let b = run(
+                &mut base,
+                None,
+                &ids,
+                48,
+                GammaPolicy::Fixed(0),
+                false,
+                |_| {},
+            )
+            .unwrap();
             let mut s = open();
             let mut drafter = Drafter::new(
                 d.llama.clone(),
                 SamplingParams::default(),
                 DraftSampling::Greedy,
             );
-            let p = run(&mut s, Some(&mut drafter), &ids, 48, 4, true, |_| {}).unwrap();
+            let p = run(
+                &mut s,
+                Some(&mut drafter),
+                &ids,
+                48,
+                GammaPolicy::Fixed(4),
+                true,
+                |_| {},
+            )
+            .unwrap();
             assert_eq!(
                 s.completion(),
                 base.completion(),

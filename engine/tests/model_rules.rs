@@ -10,6 +10,7 @@ use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
 use specd_engine::spec::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec::gamma::GammaPolicy;
 use specd_engine::spec::DraftSampling;
 
 #[test]
@@ -23,7 +24,7 @@ fn budget_bounds_non_argmax_tokens_at_temperature_zero() {
         chat: true,
         max_tokens: 64,
         sampling: SamplingParams::default(),
-        gamma: if mode == Mode::TargetOnly { 0 } else { 4 },
+        gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { 4 }),
         mode,
         draft_sampling: DraftSampling::Greedy,
         policy,
@@ -109,7 +110,7 @@ fn relaxation_raises_tokens_per_call() {
             chat: true,
             max_tokens: 96,
             sampling: SamplingParams::default(),
-            gamma: 4,
+            gamma: GammaPolicy::Fixed(4),
             mode: Mode::Speculative,
             draft_sampling: DraftSampling::Greedy,
             policy,

@@ -5,6 +5,7 @@ mod common;
 
 use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
 use specd_engine::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
+use specd_engine::spec::gamma::GammaPolicy;
 use specd_engine::spec::target::{SessionParams, TargetSession};
 use specd_engine::spec::{DraftBlock, DraftDist, DraftSampling, Verifier};
 
@@ -153,7 +154,7 @@ fn seeded_sampled_runs_repeat_exactly() {
             top_k: 50,
             seed,
         },
-        gamma,
+        gamma: GammaPolicy::Fixed(gamma),
         mode: Mode::Speculative,
         draft_sampling,
         policy: Default::default(),

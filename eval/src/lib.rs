@@ -158,6 +158,8 @@ pub fn write_reports(out: &Path) -> Result<()> {
                     .iter()
                     .map(|r| (r.speedup, r.fidelity, short(&r.config)))
                     .collect(),
+                square: false,
+                line: plot::Line::None,
             },
             plot::Series {
                 name: "gold accuracy".into(),
@@ -166,8 +168,12 @@ pub fn write_reports(out: &Path) -> Result<()> {
                     .iter()
                     .map(|r| (r.speedup, r.accuracy, String::new()))
                     .collect(),
+                square: true,
+                line: plot::Line::None,
             },
         ],
+        y_range: Some((0.0, 1.05)),
+        x_ticks: Vec::new(),
     };
     std::fs::write(out.join("pareto.svg"), chart.to_svg())?;
     chart.write_png(&out.join("pareto.png"))?;

@@ -1,16 +1,28 @@
-//! A small scatter chart written both as SVG and as PNG (drawn here, text from an 8×8 bitmap
-//! font), so reports need no plotting stack or system fonts.
+//! A small scatter / line chart written both as SVG and as PNG (drawn here, text from an 8×8
+//! bitmap font), so reports need no plotting stack or system fonts.
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use font8x8::UnicodeFonts;
 
+/// How a series joins its points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Line {
+    #[default]
+    None,
+    Solid,
+    Dashed,
+}
+
 pub struct Series {
     pub name: String,
     pub color: [u8; 3],
     /// (x, y, label)
     pub points: Vec<(f64, f64, String)>,
+    /// Hollow squares instead of discs.
+    pub square: bool,
+    pub line: Line,
 }
 
 pub struct Chart {
@@ -18,6 +30,10 @@ pub struct Chart {
     pub x_label: String,
     pub y_label: String,
     pub series: Vec<Series>,
+    /// The y axis; `None`: from 0 to a little above the highest point.
+    pub y_range: Option<(f64, f64)>,
+    /// Labelled x ticks (e.g. categories at 0, 1, 2…); empty: five evenly spaced numbers.
+    pub x_ticks: Vec<(f64, String)>,
 }
 
 const W: usize = 900;
@@ -46,11 +62,33 @@ impl Scale {
             (x0, x1) = (0.0, 1.0);
         }
         let pad = ((x1 - x0) * 0.1).max(0.05);
+        let (y0, y1) = c.y_range.unwrap_or_else(|| {
+            let top = c
+                .series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.1))
+                .fold(0.0f64, f64::max);
+            (0.0, if top > 0.0 { top * 1.1 } else { 1.0 })
+        });
         Scale {
             x0: x0 - pad,
             x1: x1 + pad,
-            y0: 0.0,
-            y1: 1.05,
+            y0,
+            y1,
+        }
+    }
+
+    /// The x ticks: the chart's own, or five evenly spaced.
+    fn x_ticks(&self, c: &Chart) -> Vec<(f64, String)> {
+        if c.x_ticks.is_empty() {
+            (0..=5)
+                .map(|i| {
+                    let x = self.x0 + (self.x1 - self.x0) * i as f64 / 5.0;
+                    (x, format!("{x:.2}"))
+                })
+                .collect()
+        } else {
+            c.x_ticks.clone()
         }
     }
     fn px(&self, x: f64) -> f64 {
@@ -117,14 +155,16 @@ impl Chart {
         );
         let (ax0, ax1, ay0, ay1) = (s.px(s.x0), s.px(s.x1), s.py(s.y0), s.py(s.y1));
         o += &format!("<rect x=\"{ax0}\" y=\"{ay1}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n", ax1 - ax0, ay0 - ay1);
-        for i in 0..=5 {
-            let x = s.x0 + (s.x1 - s.x0) * i as f64 / 5.0;
-            let y = s.y0 + (s.y1 - s.y0) * i as f64 / 5.0;
+        for (x, label) in s.x_ticks(self) {
             o += &format!(
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{x:.2}</text>\n",
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n",
                 s.px(x),
-                ay0 + 18.0
+                ay0 + 18.0,
+                esc(&label)
             );
+        }
+        for i in 0..=5 {
+            let y = s.y0 + (s.y1 - s.y0) * i as f64 / 5.0;
             o += &format!(
                 "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{y:.2}</text>\n",
                 ax0 - 6.0,
@@ -149,10 +189,25 @@ impl Chart {
         let labels = place_labels(self, &s);
         for (si, ser) in self.series.iter().enumerate() {
             let c = hex(ser.color);
+            let dash = match ser.line {
+                Line::Dashed => " stroke-dasharray=\"6 4\"",
+                _ => "",
+            };
+            if ser.line != Line::None && ser.points.len() > 1 {
+                let pts: Vec<String> = ser
+                    .points
+                    .iter()
+                    .map(|(x, y, _)| format!("{:.1},{:.1}", s.px(*x), s.py(*y)))
+                    .collect();
+                o += &format!(
+                    "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"{dash}/>\n",
+                    pts.join(" ")
+                );
+            }
             for (pi, (x, y, label)) in ser.points.iter().enumerate() {
                 let (px, py) = (s.px(*x), s.py(*y));
                 let (lx, ly) = labels[si][pi];
-                if si == 0 {
+                if !ser.square {
                     o += &format!("<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"5\" fill=\"{c}\"/>\n");
                 } else {
                     o += &format!("<rect x=\"{:.1}\" y=\"{:.1}\" width=\"9\" height=\"9\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"/>\n", px - 4.5, py - 4.5);
@@ -164,11 +219,21 @@ impl Chart {
                 );
             }
             let ly = TOP + 20.0 + 22.0 * si as f64;
-            o += &format!(
-                "<rect x=\"{}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{c}\"/>\n",
-                W as f64 - RIGHT + 20.0,
-                ly - 9.0
-            );
+            if ser.line == Line::None {
+                o += &format!(
+                    "<rect x=\"{}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{c}\"/>\n",
+                    W as f64 - RIGHT + 20.0,
+                    ly - 9.0
+                );
+            } else {
+                o += &format!(
+                    "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{c}\" stroke-width=\"2\"{dash}/>\n",
+                    W as f64 - RIGHT + 10.0,
+                    W as f64 - RIGHT + 32.0,
+                    ly - 4.0,
+                    ly - 4.0
+                );
+            }
             o += &format!(
                 "<text x=\"{}\" y=\"{ly:.1}\">{}</text>\n",
                 W as f64 - RIGHT + 36.0,
@@ -193,18 +258,18 @@ impl Chart {
             2,
         );
         let (ax0, ax1, ay0, ay1) = (s.px(s.x0), s.px(s.x1), s.py(s.y0), s.py(s.y1));
-        for i in 0..=5 {
-            let x = s.x0 + (s.x1 - s.x0) * i as f64 / 5.0;
-            let y = s.y0 + (s.y1 - s.y0) * i as f64 / 5.0;
-            c.hline(ax0, ax1, s.py(y), [221, 221, 221]);
-            let lx = format!("{x:.2}");
+        for (x, lx) in s.x_ticks(self) {
             c.text(
-                s.px(x) as usize - lx.len() * 4,
+                (s.px(x) as usize).saturating_sub(lx.chars().count() * 4),
                 ay0 as usize + 8,
                 &lx,
                 black,
                 1,
             );
+        }
+        for i in 0..=5 {
+            let y = s.y0 + (s.y1 - s.y0) * i as f64 / 5.0;
+            c.hline(ax0, ax1, s.py(y), [221, 221, 221]);
             let ly = format!("{y:.2}");
             c.text(
                 ax0 as usize - 6 - ly.len() * 8,
@@ -228,18 +293,30 @@ impl Chart {
         c.text(4, TOP as usize - 18, &self.y_label, black, 1);
         let labels = place_labels(self, &s);
         for (si, ser) in self.series.iter().enumerate() {
+            if ser.line != Line::None {
+                for w in ser.points.windows(2) {
+                    let (a, b) = ((s.px(w[0].0), s.py(w[0].1)), (s.px(w[1].0), s.py(w[1].1)));
+                    c.line(a, b, ser.color, ser.line == Line::Dashed);
+                }
+            }
             for (pi, (x, y, label)) in ser.points.iter().enumerate() {
                 let (px, py) = (s.px(*x), s.py(*y));
-                if si == 0 {
-                    c.disc(px, py, 5.0, ser.color);
-                } else {
+                if ser.square {
                     c.square(px, py, 5.0, ser.color);
+                } else {
+                    c.disc(px, py, 5.0, ser.color);
                 }
                 let (lx, ly) = labels[si][pi];
                 c.text(lx as usize, ly.max(0.0) as usize, label, ser.color, 1);
             }
             let ly = TOP as usize + 12 + 22 * si;
-            c.disc(W as f64 - RIGHT + 25.0, ly as f64 + 4.0, 5.0, ser.color);
+            if ser.line == Line::None {
+                c.disc(W as f64 - RIGHT + 25.0, ly as f64 + 4.0, 5.0, ser.color);
+            } else {
+                let y = ly as f64 + 4.0;
+                let x0 = W as f64 - RIGHT + 10.0;
+                c.line((x0, y), (x0 + 22.0, y), ser.color, ser.line == Line::Dashed);
+            }
             c.text(W - RIGHT as usize + 36, ly, &ser.name, black, 1);
         }
         c.px
@@ -276,6 +353,19 @@ impl Canvas {
     fn vline(&mut self, x: f64, y0: f64, y1: f64, c: [u8; 3]) {
         for y in y0 as i64..=y1 as i64 {
             self.set(x as i64, y, c);
+        }
+    }
+    /// A 2-pixel-wide segment; dashed: 6 pixels on, 4 off.
+    fn line(&mut self, a: (f64, f64), b: (f64, f64), c: [u8; 3], dashed: bool) {
+        let n = (b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil().max(1.0) as usize;
+        for i in 0..=n {
+            if dashed && i % 10 >= 6 {
+                continue;
+            }
+            let t = i as f64 / n as f64;
+            let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+            self.set(x as i64, y as i64, c);
+            self.set(x as i64, y as i64 + 1, c);
         }
     }
     fn disc(&mut self, cx: f64, cy: f64, r: f64, c: [u8; 3]) {
@@ -336,7 +426,11 @@ mod tests {
                 name: "fidelity".into(),
                 color: [200, 30, 30],
                 points: vec![(1.0, 0.5, "exact".into())],
+                square: false,
+                line: Line::None,
             }],
+            y_range: Some((0.0, 1.05)),
+            x_ticks: Vec::new(),
         };
         let svg = chart.to_svg();
         assert!(svg.starts_with("<svg") && svg.contains("exact") && svg.contains("<circle"));
@@ -352,5 +446,39 @@ mod tests {
             &std::fs::read(dir.path().join("a.png")).unwrap()[1..4],
             b"PNG"
         );
+    }
+
+    #[test]
+    fn draws_dashed_lines_with_category_ticks() {
+        let chart = Chart {
+            title: "speedup vs RTT".into(),
+            x_label: "RTT".into(),
+            y_label: "speedup".into(),
+            series: vec![
+                Series {
+                    name: "measured".into(),
+                    color: [10, 120, 10],
+                    points: vec![(0.0, 1.0, String::new()), (1.0, 0.5, String::new())],
+                    square: false,
+                    line: Line::Solid,
+                },
+                Series {
+                    name: "predicted".into(),
+                    color: [10, 10, 200],
+                    points: vec![(0.0, 1.2, String::new()), (1.0, 0.6, String::new())],
+                    square: true,
+                    line: Line::Dashed,
+                },
+            ],
+            y_range: None,
+            x_ticks: vec![(0.0, "0 ms".into()), (1.0, "50 ms".into())],
+        };
+        let svg = chart.to_svg();
+        assert!(svg.contains("<polyline") && svg.contains("stroke-dasharray"));
+        assert!(svg.contains("50 ms"));
+        let px = chart.to_pixels();
+        let count = |c: [u8; 3]| px.chunks(3).filter(|p| *p == c).count();
+        // Both lines drawn; the dashed one with fewer pixels per length than a solid one would.
+        assert!(count([10, 120, 10]) > 200 && count([10, 10, 200]) > 100);
     }
 }

@@ -13,6 +13,7 @@ use specd_engine::pipeline::{generate, LoadedModel, Mode, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
 use specd_engine::spec::budget::{Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec::gamma::GammaPolicy;
 use specd_engine::spec::DraftSampling;
 
 use crate::config::EvalConfig;
@@ -260,7 +261,7 @@ impl<'a> Runner<'a> {
                 top_k: 0,
                 seed,
             },
-            gamma,
+            gamma: GammaPolicy::Fixed(gamma),
             mode,
             draft_sampling: DraftSampling::Greedy,
             policy,

@@ -128,7 +128,10 @@ async fn pump(
     };
     let mut sent = 0u64;
     while let Some((at, data)) = rx.recv().await {
-        tokio::time::sleep_until(at).await;
+        // A release time already reached goes out at once (a timer would round up to its tick).
+        if at > Instant::now() {
+            tokio::time::sleep_until(at).await;
+        }
         if to.write_all(&data).await.is_err() {
             break;
         }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec::generate::RunStats;
 use specd_engine::spec::{DraftBlock, DraftDist, DraftSampling, TokenInfo};
 use specd_engine::tokenizer::Tokenizer;
@@ -137,6 +138,7 @@ pub fn block_to_wire(b: &DraftBlock, seq: u64) -> v1::DraftBlock {
         block_seq: seq,
         base_len: b.base_len as u64,
         tokens: b.tokens.clone(),
+        successor: b.successor,
         ..Default::default()
     };
     if b.dists.iter().any(|d| matches!(d, DraftDist::Probs(_))) {
@@ -222,7 +224,68 @@ pub fn stats_to_wire(s: &RunStats) -> v1::Stats {
         draft_ms: s.draft_s * 1e3,
         verify_ms: s.verify_s * 1e3,
         decode_ms: s.decode_s * 1e3,
+        stale_blocks: s.stale_blocks as u64,
+        gamma_policy: s.gamma_policy.clone(),
+        gamma_max: s.gamma_max as u32,
+        mean_gamma: s.mean_gamma,
+        est_alpha: s.estimates.alpha,
+        est_t_draft_ms: s.estimates.t_draft * 1e3,
+        est_t_verify_ms: s.estimates.t_verify1 * 1e3,
+        est_t_verify_slope_ms: s.estimates.t_verify_slope * 1e3,
+        est_rtt_ms: s.estimates.rtt * 1e3,
+        est_t_draft_fixed_ms: s.estimates.t_draft_fixed * 1e3,
+        draft_prefill_ms: s.draft_prefill_s * 1e3,
         ..Default::default()
+    }
+}
+
+/// The latency-model estimates carried by wire stats.
+pub fn estimates_from_wire(s: &v1::Stats) -> Estimates {
+    Estimates {
+        alpha: s.est_alpha,
+        t_draft: s.est_t_draft_ms / 1e3,
+        t_draft_fixed: s.est_t_draft_fixed_ms / 1e3,
+        t_verify1: s.est_t_verify_ms / 1e3,
+        t_verify_slope: s.est_t_verify_slope_ms / 1e3,
+        rtt: s.est_rtt_ms / 1e3,
+    }
+}
+
+/// A request's block-size policy: `gamma_policy` "" / "fixed" uses `gamma`; "auto" and
+/// "heuristic" are bounded by `gamma_max` (0: the default) and by `limit`.
+pub fn gamma_from_wire(
+    gamma: u32,
+    policy: &str,
+    gamma_max: u32,
+    limit: usize,
+) -> Result<GammaPolicy, Status> {
+    let max = if gamma_max == 0 {
+        DEFAULT_GAMMA_MAX
+    } else {
+        gamma_max as usize
+    };
+    match policy {
+        "" | "fixed" if gamma as usize > limit => Err(Status::invalid_argument(format!(
+            "gamma {gamma} is over the maximum block size of {limit}"
+        ))),
+        "" | "fixed" => Ok(GammaPolicy::Fixed(gamma as usize)),
+        "auto" | "heuristic" if max > limit => Err(Status::invalid_argument(format!(
+            "gamma_max {max} is over the maximum block size of {limit}"
+        ))),
+        "auto" | "heuristic" => {
+            GammaPolicy::parse(policy, max).map_err(|e| Status::invalid_argument(format!("{e:#}")))
+        }
+        other => Err(Status::invalid_argument(format!(
+            "gamma_policy {other:?}: expected fixed, auto or heuristic"
+        ))),
+    }
+}
+
+/// `(gamma, gamma_policy, gamma_max)` for the wire.
+pub fn gamma_to_wire(g: GammaPolicy) -> (u32, String, u32) {
+    match g {
+        GammaPolicy::Fixed(n) => (n as u32, String::new(), 0),
+        other => (0, other.kind().to_owned(), other.max() as u32),
     }
 }
 
@@ -232,4 +295,56 @@ pub fn token_info(lossy: &[bool], charge: &[f64]) -> Vec<TokenInfo> {
         .zip(charge)
         .map(|(&lossy, &charge)| TokenInfo { lossy, charge })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_round_trip_with_their_successor_flag() {
+        for successor in [false, true] {
+            let block = DraftBlock {
+                base_len: 7,
+                tokens: vec![1, 2],
+                dists: vec![
+                    DraftDist::Probs(vec![0.25, 0.5, 0.25]),
+                    DraftDist::Probs(vec![0.0, 0.0, 1.0]),
+                ],
+                successor,
+            };
+            let wire = block_to_wire(&block, 3);
+            assert_eq!(wire.block_seq, 3);
+            assert_eq!(block_from_wire(&wire, 3, 8).unwrap(), block);
+        }
+    }
+
+    #[test]
+    fn gamma_policies_cross_the_wire() {
+        for g in [
+            GammaPolicy::Fixed(0),
+            GammaPolicy::Fixed(5),
+            GammaPolicy::Auto { max: 12 },
+            GammaPolicy::Heuristic { max: 3 },
+        ] {
+            let (gamma, policy, max) = gamma_to_wire(g);
+            assert_eq!(gamma_from_wire(gamma, &policy, max, 32).unwrap(), g);
+        }
+        let auto = gamma_from_wire(0, "auto", 0, 32).unwrap();
+        assert_eq!(
+            auto,
+            GammaPolicy::Auto {
+                max: DEFAULT_GAMMA_MAX
+            }
+        );
+        for (gamma, policy, max, needle) in [
+            (40, "", 0, "gamma 40"),
+            (0, "auto", 64, "gamma_max 64"),
+            (0, "fastest", 0, "fastest"),
+        ] {
+            let e = gamma_from_wire(gamma, policy, max, 32).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().contains(needle), "{}", e.message());
+        }
+    }
 }

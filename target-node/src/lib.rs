@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use specd_engine::pipeline::{encode_prompt, LoadedModel};
+use specd_engine::pipeline::{encode_prompt, LoadedModel, TextStream};
 use specd_engine::spec::budget::ProtectSet;
 use specd_engine::spec::target::{SessionParams, TargetSession};
 use specd_engine::spec::DraftBlock;
@@ -304,6 +304,7 @@ impl TargetVerifier for TargetNode {
         let slot = self.slot(&r.session_id)?;
         let (tx, rx) = mpsc::channel(16);
         let id = r.session_id.clone();
+        let model = self.model.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut s = slot.session.lock().unwrap();
@@ -311,27 +312,36 @@ impl TargetVerifier for TargetNode {
             let prompt_len = s.tokens().len() - s.completion().len();
             let from = (r.from_len as usize).clamp(prompt_len, s.tokens().len());
             let replay: Vec<u32> = s.tokens()[from..].to_vec();
-            let event = |s: &TargetSession, ids: Vec<u32>, calls: u64, verify_ms: f64| TokenEvent {
-                token_ids: ids.clone(),
-                lossy: vec![false; ids.len()],
-                charge: vec![0.0; ids.len()],
-                budget_spent: s.budget_spent(),
-                committed_len: s.tokens().len() as u64,
-                finished: s.finished().is_some(),
-                finish_reason: s
-                    .finished()
-                    .map(|f| format!("{f:?}").to_lowercase())
-                    .unwrap_or_default(),
-                session_id: id.clone(),
-                stats: Some(v1::Stats {
-                    completion_tokens: s.completion().len() as u64,
-                    target_calls: calls,
-                    verify_ms,
-                    decode_ms: started.elapsed().as_secs_f64() * 1e3,
+            // Decoding from the prompt, the text travels with the tokens (no Detokenize round
+            // trip per event); a resumed decode leaves the text to the caller, who knows what it
+            // has already shown.
+            let mut text = (from == prompt_len).then(TextStream::new);
+            let mut event =
+                |s: &TargetSession, ids: Vec<u32>, calls: u64, verify_ms: f64| TokenEvent {
+                    text: text
+                        .as_mut()
+                        .and_then(|t| t.push(&model.tokenizer, &ids, s.finished().is_some()))
+                        .unwrap_or_default(),
+                    token_ids: ids.clone(),
+                    lossy: vec![false; ids.len()],
+                    charge: vec![0.0; ids.len()],
+                    budget_spent: s.budget_spent(),
+                    committed_len: s.tokens().len() as u64,
+                    finished: s.finished().is_some(),
+                    finish_reason: s
+                        .finished()
+                        .map(|f| format!("{f:?}").to_lowercase())
+                        .unwrap_or_default(),
+                    session_id: id.clone(),
+                    stats: Some(v1::Stats {
+                        completion_tokens: s.completion().len() as u64,
+                        target_calls: calls,
+                        verify_ms,
+                        decode_ms: started.elapsed().as_secs_f64() * 1e3,
+                        ..Default::default()
+                    }),
                     ..Default::default()
-                }),
-                ..Default::default()
-            };
+                };
             if (!replay.is_empty() || s.finished().is_some())
                 && tx.blocking_send(Ok(event(&s, replay, 0, 0.0))).is_err()
             {

@@ -1,19 +1,17 @@
 //! `specd bench distributed`: embedded vs loopback-distributed speed on the same prompts in the
 //! same run, and the per-round network + scheduling overhead seen by the draft-node.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::budget::Policy;
+use specd_engine::spec::gamma::GammaPolicy;
 use specd_engine::spec::DraftSampling;
 
+use super::procs::{free_port, start};
 use super::BENCH_PROMPTS;
 
 #[derive(Args)]
@@ -32,42 +30,6 @@ pub struct DistributedBenchArgs {
     /// Print one JSON line with every figure on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Starts `specd <args>` and waits until it accepts connections on `port`.
-fn start(args: &[String], port: u16) -> Result<Proc> {
-    let exe = std::env::current_exe().context("cannot find the specd binary")?;
-    let mut p = Proc(
-        Command::new(exe)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = p.0.try_wait()? {
-            bail!("`specd {}` exited: {status}", args.join(" "));
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            bail!("`specd {}` did not start listening", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(p)
 }
 
 pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
@@ -118,7 +80,7 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
         chat: true,
         max_tokens: a.max_tokens,
         sampling: SamplingParams::default(),
-        gamma: a.gamma,
+        gamma: GammaPolicy::Fixed(a.gamma),
         mode: Mode::Speculative,
         draft_sampling: DraftSampling::Greedy,
         policy: Policy::default(),

@@ -10,6 +10,7 @@ use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::budget::Policy;
+use specd_engine::spec::gamma::GammaPolicy;
 use specd_engine::spec::DraftSampling;
 
 /// Prompts of the generation benchmark (chat format).
@@ -116,7 +117,7 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         chat: true,
         max_tokens: a.max_tokens,
         sampling,
-        gamma,
+        gamma: GammaPolicy::Fixed(gamma),
         mode,
         draft_sampling: DraftSampling::Greedy,
         policy: Policy::default(),

@@ -3,6 +3,8 @@
 
 mod distributed;
 mod generate;
+mod latency;
+mod procs;
 mod rules;
 
 use anyhow::Result;
@@ -19,6 +21,10 @@ pub enum BenchCommand {
     Rules(rules::RulesBenchArgs),
     /// Embedded vs loopback-distributed tokens/s and the per-round network overhead.
     Distributed(distributed::DistributedBenchArgs),
+    /// Speedup over streamed target-only decoding against the draft–target round-trip time, per
+    /// block-size policy (fixed γ, auto, heuristic), with and without pipelining, beside the
+    /// latency model's prediction (starts target-node, draft-node, link and coordinator).
+    Latency(latency::LatencyBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -26,5 +32,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Generate(a) => generate::bench_generate(a),
         BenchCommand::Rules(a) => rules::bench_rules(a),
         BenchCommand::Distributed(a) => distributed::bench_distributed(a),
+        BenchCommand::Latency(a) => latency::bench_latency(a),
     }
 }

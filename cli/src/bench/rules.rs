@@ -11,6 +11,7 @@ use specd_engine::presets::DEFAULT_TARGET;
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
 use specd_engine::spec::budget::{Pacing, Policy, ProtectSet};
+use specd_engine::spec::gamma::GammaPolicy;
 use specd_engine::spec::rules::Rule;
 use specd_engine::spec::DraftSampling;
 
@@ -82,7 +83,7 @@ pub fn bench_rules(a: RulesBenchArgs) -> Result<()> {
             chat: true,
             max_tokens: a.max_tokens,
             sampling,
-            gamma: if mode == Mode::TargetOnly { 0 } else { a.gamma },
+            gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { a.gamma }),
             mode,
             draft_sampling: DraftSampling::Greedy,
             policy,

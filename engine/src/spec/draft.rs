@@ -26,6 +26,9 @@ pub struct DraftTiming {
     /// Draft forwards run.
     pub steps: usize,
     pub seconds: f64,
+    /// Seconds of the first forward when it had to feed more than two tokens (the prompt, or a
+    /// sequence the draft had not seen): a prefill, not a per-token cost.
+    pub prefill_s: f64,
 }
 
 impl Drafter {
@@ -72,6 +75,11 @@ impl Drafter {
         let feed = &committed[keep..];
         let mut logits = self.model.forward(&mut self.cache, feed, feed.len() - 1)?;
         self.cache_tokens.extend_from_slice(feed);
+        let prefill_s = if feed.len() > 2 {
+            t0.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
         let mut steps = 1;
         let sample = self.mode == DraftSampling::Sample && !self.sampling.greedy();
         let mut block = DraftBlock::empty(committed.len());
@@ -103,6 +111,7 @@ impl Drafter {
             DraftTiming {
                 steps,
                 seconds: t0.elapsed().as_secs_f64(),
+                prefill_s,
             },
         ))
     }

@@ -7,6 +7,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::draft::Drafter;
+use super::gamma::{Estimates, GammaController, GammaPolicy};
 
 use super::{DraftBlock, FinishReason, Verifier};
 
@@ -24,7 +25,9 @@ pub struct RunStats {
     pub target_calls: usize,
     /// Draft forwards.
     pub draft_steps: usize,
+    /// Seconds drafting, the draft's prefill included (also given alone).
     pub draft_s: f64,
+    pub draft_prefill_s: f64,
     pub verify_s: f64,
     /// Verify forwards and their total seconds, by forward size k = block length + 1.
     pub verify_by_k: BTreeMap<usize, (usize, f64)>,
@@ -43,6 +46,12 @@ pub struct RunStats {
     /// Decode wall time (after prefill), seconds.
     pub decode_s: f64,
     pub finish_reason: Option<FinishReason>,
+    /// The γ policy (`4`, `auto`, `heuristic`), its bound, and the mean γ it chose per block.
+    pub gamma_policy: String,
+    pub gamma_max: usize,
+    pub mean_gamma: f64,
+    /// The latency model's running estimates at the end (what `auto` last decided from).
+    pub estimates: Estimates,
 }
 
 impl RunStats {
@@ -84,64 +93,97 @@ impl RunStats {
 }
 
 /// Runs generation to the end: `prompt` is what the verifier's session was opened with; `gamma`
-/// drafted tokens per block (0, or no drafter, is target-only decoding). With `pipeline`, block
-/// n+1 is drafted and submitted (as if block n were fully accepted) before block n's verdict
-/// arrives; it is judged if block n was fully accepted and answered stale otherwise. `on_commit`
-/// sees each batch of newly committed tokens.
+/// chooses the drafted tokens of each block (a block of 0, or no drafter, is a step of
+/// target-only decoding). With `pipeline`, block n+1 is drafted and submitted (as if block n were
+/// fully accepted) before block n's verdict arrives; it is judged if block n was fully accepted
+/// and answered stale otherwise. `on_commit` sees each batch of newly committed tokens.
 pub fn run(
     verifier: &mut dyn Verifier,
     mut drafter: Option<&mut Drafter>,
     prompt: &[u32],
     max_tokens: usize,
-    gamma: usize,
+    gamma: GammaPolicy,
     pipeline: bool,
     mut on_commit: impl FnMut(&[u32]),
 ) -> Result<RunStats> {
     let mut stats = RunStats::default();
     let mut committed = prompt.to_vec();
     let t0 = Instant::now();
+    let mut ctl = GammaController::new(
+        if drafter.is_some() {
+            gamma
+        } else {
+            GammaPolicy::Fixed(0)
+        },
+        pipeline,
+    );
     if max_tokens == 0 {
         stats.finish_reason = Some(FinishReason::Length);
         return Ok(stats);
     }
     let completion = |len: usize| len - prompt.len();
     // Drafts a block on `base` (a verify commits at most g + 1 tokens: never past max_tokens).
-    let mut draft = |base: &[u32], stats: &mut RunStats| -> Result<DraftBlock> {
-        let remaining = max_tokens.saturating_sub(completion(base.len()));
-        let g = gamma.min(remaining.saturating_sub(1));
-        let mut block = match drafter.as_deref_mut() {
-            Some(d) if g > 0 => {
-                let (b, t) = d.propose(base, g)?;
-                stats.draft_steps += t.steps;
-                stats.draft_s += t.seconds;
-                b
-            }
-            _ => DraftBlock::empty(base.len()),
+    let mut draft =
+        |base: &[u32], ctl: &mut GammaController, stats: &mut RunStats| -> Result<DraftBlock> {
+            let remaining = max_tokens.saturating_sub(completion(base.len()));
+            let g = ctl.next_gamma().min(remaining.saturating_sub(1));
+            let mut block = match drafter.as_deref_mut() {
+                Some(d) if g > 0 => {
+                    let (b, t) = d.propose(base, g)?;
+                    stats.draft_steps += t.steps;
+                    stats.draft_s += t.seconds;
+                    stats.draft_prefill_s += t.prefill_s;
+                    // A prefill forward is no per-token cost: keep it out of the t_d estimate.
+                    if t.prefill_s > 0.0 {
+                        ctl.observe_draft(t.steps - 1, t.seconds - t.prefill_s);
+                    } else {
+                        ctl.observe_draft(t.steps, t.seconds);
+                    }
+                    b
+                }
+                _ => DraftBlock::empty(base.len()),
+            };
+            // A successor needs room for at least one drafted token after this block.
+            block.successor =
+                pipeline && !block.tokens.is_empty() && remaining >= block.tokens.len() + 2;
+            Ok(block)
         };
-        // A successor needs room for at least one drafted token after this block.
-        block.successor =
-            pipeline && !block.tokens.is_empty() && remaining >= block.tokens.len() + 2;
-        Ok(block)
+    // Blocks submitted and not yet answered: the block, when it was sent, and whether it was
+    // alone in flight (only then does its round time measure RTT + t_v).
+    let mut in_flight: VecDeque<(DraftBlock, Instant, bool)> = VecDeque::new();
+    let submit = |verifier: &mut dyn Verifier,
+                  in_flight: &mut VecDeque<(DraftBlock, Instant, bool)>,
+                  block: DraftBlock|
+     -> Result<()> {
+        let alone = in_flight.is_empty();
+        verifier.submit(block.clone())?;
+        in_flight.push_back((block, Instant::now(), alone));
+        Ok(())
     };
-    let mut in_flight: VecDeque<DraftBlock> = VecDeque::new();
-    let first = draft(&committed, &mut stats)?;
-    verifier.submit(first.clone())?;
-    in_flight.push_back(first);
+    let first = draft(&committed, &mut ctl, &mut stats)?;
+    submit(verifier, &mut in_flight, first)?;
     loop {
         // Pipelining: draft the successor of the newest block while it is being judged.
-        if in_flight.len() == 1 && in_flight[0].successor {
+        if in_flight.len() == 1 && in_flight[0].0.successor {
             let mut optimistic = committed.clone();
-            optimistic.extend_from_slice(&in_flight[0].tokens);
-            let next = draft(&optimistic, &mut stats)?;
-            verifier.submit(next.clone())?;
-            in_flight.push_back(next);
+            optimistic.extend_from_slice(&in_flight[0].0.tokens);
+            let next = draft(&optimistic, &mut ctl, &mut stats)?;
+            submit(verifier, &mut in_flight, next)?;
         }
-        let block = in_flight.pop_front().expect("a block in flight");
+        let (block, sent, alone) = in_flight.pop_front().expect("a block in flight");
         let verdict = verifier.receive()?;
         if verdict.stale {
             stats.stale_blocks += 1;
             stats.stale_drafted_tokens += block.tokens.len();
         } else {
+            let round_s = sent.elapsed().as_secs_f64();
+            ctl.observe_verdict(
+                block.tokens.len(),
+                verdict.accepted,
+                verdict.rejected,
+                verdict.verify_s,
+                alone.then_some(round_s - verdict.verify_s),
+            );
             stats.target_calls += 1;
             stats.drafted_tokens += block.tokens.len();
             stats.accepted_tokens += verdict.accepted;
@@ -164,20 +206,22 @@ pub fn run(
             // Otherwise its stale verdict comes next, and the real next block goes behind it.
             if in_flight
                 .front()
-                .is_none_or(|b| b.base_len != committed.len())
+                .is_none_or(|b| b.0.base_len != committed.len())
             {
-                let next = draft(&committed, &mut stats)?;
-                verifier.submit(next.clone())?;
-                in_flight.push_back(next);
+                let next = draft(&committed, &mut ctl, &mut stats)?;
+                submit(verifier, &mut in_flight, next)?;
             }
         }
         if in_flight.is_empty() {
-            let next = draft(&committed, &mut stats)?;
-            verifier.submit(next.clone())?;
-            in_flight.push_back(next);
+            let next = draft(&committed, &mut ctl, &mut stats)?;
+            submit(verifier, &mut in_flight, next)?;
         }
     }
     stats.completion_tokens = committed.len() - prompt.len();
     stats.decode_s = t0.elapsed().as_secs_f64();
+    stats.gamma_policy = ctl.policy().to_string();
+    stats.gamma_max = ctl.policy().max();
+    stats.mean_gamma = ctl.mean_gamma();
+    stats.estimates = ctl.estimator.snapshot();
     Ok(stats)
 }

@@ -5,11 +5,13 @@
 //!   source of truth for what is committed. [`target::LocalVerifier`] runs the target in-process
 //!   (embedded mode); a gRPC implementation plugs in the same way (distributed mode);
 //! - [`generate::run`] is the loop; `γ = 0` (or no drafter) is target-only decoding, through the
-//!   same verify call with an empty block.
+//!   same verify call with an empty block; [`gamma`] chooses γ per block (fixed, `auto` from the
+//!   latency model, or the +2/−1 heuristic).
 
 pub mod budget;
 pub mod draft;
 pub mod exact;
+pub mod gamma;
 pub mod generate;
 pub mod judge;
 pub mod rules;

@@ -1,0 +1,677 @@
+//! `specd bench latency`: speed against network round-trip time, per block-size policy, measured
+//! beside the latency model's prediction (DESIGN §7).
+//!
+//! Starts a target-node and a draft-node on loopback and, for each RTT, a `specd link` (each
+//! direction delayed by RTT/2) in front of the target and a coordinator that reaches the target
+//! through it: every verify round pays the round trip, the coordinator's session set-up too. The
+//! baseline is target-only decoding on the target node streamed to the client through the same
+//! link: it pays the delay once per response, not once per token. Rates are the client's
+//! steady-state rates (tokens after the first event over the time after it), so set-up and
+//! prefill are left out of both sides.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+use specd_coordinator::client::{self, Remote};
+use specd_engine::pipeline::{Mode, Request};
+use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::budget::Policy;
+use specd_engine::spec::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
+use specd_engine::spec::DraftSampling;
+use specd_eval::plot;
+
+use super::procs::{free_port, start};
+use super::BENCH_PROMPTS;
+
+#[derive(Args)]
+pub struct LatencyBenchArgs {
+    #[arg(long, default_value = DEFAULT_TARGET)]
+    pub target: String,
+    #[arg(long, default_value = DEFAULT_DRAFT)]
+    pub draft: String,
+    /// Round-trip times to emulate, comma-separated; a bare number is in milliseconds
+    /// (e.g. 0,2,10,50ms). The link delays each direction by half.
+    #[arg(long, default_value = "0,2,10,50ms")]
+    pub rtt: String,
+    /// Block-size policies to compare, comma-separated: numbers, `auto`, `heuristic`.
+    #[arg(long, default_value = "1,2,4,8,auto,heuristic")]
+    pub gamma: String,
+    /// Largest block `auto` and `heuristic` may choose.
+    #[arg(long, default_value_t = DEFAULT_GAMMA_MAX)]
+    pub gamma_max: usize,
+    /// Pipelined drafting: `on`, `off` or `on,off` (both, compared).
+    #[arg(long, default_value = "on,off")]
+    pub pipeline: String,
+    /// Jitter added to each direction's delay (seeded, order kept).
+    #[arg(long, default_value = "0ms")]
+    pub jitter: String,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// How many of the built-in prompts to run at each point.
+    #[arg(long, default_value_t = 4)]
+    pub prompts: usize,
+    /// Print one JSON line per point and a summary line on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write results.jsonl, summary.md and the plots (latency-pipelined / latency-sequential,
+    /// SVG and PNG) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Parses `0,2,10,50ms`: items without a unit are milliseconds.
+pub fn parse_rtts(s: &str) -> Result<Vec<Duration>> {
+    let v = s
+        .split(',')
+        .map(|item| {
+            let item = item.trim();
+            match item.parse::<f64>() {
+                Ok(ms) if ms.is_finite() && ms >= 0.0 => Ok(Duration::from_secs_f64(ms / 1e3)),
+                Ok(_) => bail!("--rtt {item:?}: a round-trip time must be >= 0"),
+                Err(_) => specd_link::parse_duration(item).with_context(|| format!("--rtt {s:?}")),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if v.is_empty() {
+        bail!("--rtt: give at least one round-trip time");
+    }
+    Ok(v)
+}
+
+/// Parses `on`, `off`, `on,off`.
+fn parse_pipelines(s: &str) -> Result<Vec<bool>> {
+    s.split(',')
+        .map(|p| match p.trim() {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            other => bail!("--pipeline {other:?}: expected on, off or on,off"),
+        })
+        .collect()
+}
+
+/// Totals of one configuration at one RTT over the prompts.
+#[derive(Default, Clone)]
+struct Acc {
+    steady_tokens: usize,
+    steady_s: f64,
+    tokens: usize,
+    wall_s: f64,
+    accepted: usize,
+    judged: usize,
+    target_calls: usize,
+    draft_ms: f64,
+    draft_prefill_ms: f64,
+    verify_ms: f64,
+    stale: u64,
+    gamma_sum: f64,
+    rounds_p50_us: Vec<f64>,
+    last_estimates: Estimates,
+    identical: bool,
+}
+
+impl Acc {
+    fn add(&mut self, r: &Remote, same_as_baseline: bool) {
+        let s = &r.wire_stats;
+        let o = &r.output;
+        self.steady_tokens += o.token_ids.len().saturating_sub(r.first_event_tokens);
+        self.steady_s += o.wall_s - r.first_event_s;
+        self.tokens += o.token_ids.len();
+        self.wall_s += o.wall_s;
+        self.accepted += s.accepted_tokens as usize;
+        self.judged += (s.accepted_tokens + s.rejections) as usize;
+        self.target_calls += s.target_calls as usize;
+        self.draft_ms += s.draft_ms;
+        self.draft_prefill_ms += s.draft_prefill_ms;
+        self.verify_ms += s.verify_ms;
+        self.stale += s.stale_blocks;
+        self.gamma_sum += s.mean_gamma * s.target_calls as f64;
+        if s.rounds > 0 {
+            self.rounds_p50_us.push(s.round_overhead_us_p50);
+        }
+        self.last_estimates = specd_proto::convert::estimates_from_wire(s);
+        self.identical = same_as_baseline;
+    }
+
+    fn rate(&self) -> f64 {
+        if self.steady_s > 0.0 {
+            self.steady_tokens as f64 / self.steady_s
+        } else {
+            0.0
+        }
+    }
+
+    fn alpha(&self) -> f64 {
+        if self.judged == 0 {
+            0.0
+        } else {
+            self.accepted as f64 / self.judged as f64
+        }
+    }
+
+    fn mean_gamma(&self) -> f64 {
+        if self.target_calls == 0 {
+            0.0
+        } else {
+            self.gamma_sum / self.target_calls as f64
+        }
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Least squares `y = a + b·x` (b ≥ 0; one point: `a = 0`, the line through the origin).
+fn fit_line(pts: &[(f64, f64)]) -> (f64, f64) {
+    let n = pts.len() as f64;
+    let mx = pts.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = pts.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = pts.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = pts.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    if sxx > 0.0 {
+        let b = (sxy / sxx).max(0.0);
+        (my - b * mx, b)
+    } else if mx > 0.0 {
+        (0.0, my / mx)
+    } else {
+        (my, 0.0)
+    }
+}
+
+/// The latency model's inputs at one RTT, from the fixed-γ runs (sequential ones when there are
+/// any: pipelined round times overlap): pooled α; a line through each run's draft time per round
+/// against γ (`c_d + γ·t_d`, the draft's prefill left out); a line through t_v(1) of the baseline
+/// and t_v(γ+1) of each run; the median per-round time outside the models.
+fn model_inputs(base: &Acc, fixed: &[(usize, bool, &Acc)]) -> Estimates {
+    let seq: Vec<_> = fixed.iter().filter(|f| !f.1).collect();
+    let runs: Vec<_> = if seq.is_empty() {
+        fixed.iter().collect()
+    } else {
+        seq
+    };
+    let (acc, judged) = runs
+        .iter()
+        .fold((0, 0), |a, r| (a.0 + r.2.accepted, a.1 + r.2.judged));
+    let per_call = |ms: f64, calls: usize| ms / calls.max(1) as f64 / 1e3;
+    let draft: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r.0 as f64,
+                per_call(r.2.draft_ms - r.2.draft_prefill_ms, r.2.target_calls),
+            )
+        })
+        .collect();
+    let (t_draft_fixed, t_draft) = if draft.is_empty() {
+        (0.0, 0.0)
+    } else {
+        fit_line(&draft)
+    };
+    let mut verify = vec![(0.0, per_call(base.verify_ms, base.target_calls))];
+    verify.extend(
+        runs.iter()
+            .map(|r| (r.0 as f64, per_call(r.2.verify_ms, r.2.target_calls))),
+    );
+    let (t_verify1, t_verify_slope) = fit_line(&verify);
+    let p50s: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.2.rounds_p50_us.iter().copied())
+        .collect();
+    Estimates {
+        alpha: if judged > 0 {
+            acc as f64 / judged as f64
+        } else {
+            0.0
+        },
+        t_draft,
+        t_draft_fixed: t_draft_fixed.max(0.0),
+        t_verify1: t_verify1.max(1e-6),
+        t_verify_slope,
+        rtt: median(&p50s) / 1e6,
+    }
+}
+
+const COLORS: [[u8; 3]; 8] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [23, 190, 207],
+];
+
+pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
+    let rtts = parse_rtts(&a.rtt)?;
+    let policies = a
+        .gamma
+        .split(',')
+        .map(|g| GammaPolicy::parse(g, a.gamma_max).map_err(|e| anyhow::anyhow!("--gamma: {e}")))
+        .collect::<Result<Vec<_>>>()?;
+    if policies.iter().any(|p| !p.speculative()) {
+        bail!("--gamma: 0 is the baseline, always measured; give block sizes >= 1");
+    }
+    if policies
+        .iter()
+        .any(|p| p.max() > crate::generate::MAX_GAMMA)
+    {
+        bail!(
+            "--gamma / --gamma-max: over the maximum block size of {}",
+            crate::generate::MAX_GAMMA
+        );
+    }
+    let pipelines = parse_pipelines(&a.pipeline)?;
+    let jitter = specd_link::parse_duration(&a.jitter).context("--jitter")?;
+    if a.prompts == 0 || a.prompts > BENCH_PROMPTS.len() {
+        bail!("--prompts must be in 1..={}", BENCH_PROMPTS.len());
+    }
+    if a.max_tokens < 2 {
+        bail!("--max-tokens must be at least 2");
+    }
+    if let Some(dir) = &a.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create --out {}", dir.display()))?;
+    }
+    let log = &crate::log;
+    let (pt, pd) = (free_port()?, free_port()?);
+    let addr = |p: u16| format!("127.0.0.1:{p}");
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    log("starting target-node and draft-node on loopback");
+    let _t = start(
+        &[
+            "target-node".into(),
+            "--listen".into(),
+            addr(pt),
+            "--model".into(),
+            a.target.clone(),
+        ],
+        pt,
+    )?;
+    let _d = start(
+        &[
+            "draft-node".into(),
+            "--listen".into(),
+            addr(pd),
+            "--model".into(),
+            a.draft.clone(),
+        ],
+        pd,
+    )?;
+    let req = |p: &str, gamma: GammaPolicy, max_tokens: usize| Request {
+        prompt: p.to_owned(),
+        chat: true,
+        max_tokens,
+        sampling: SamplingParams::default(),
+        gamma,
+        mode: if gamma.speculative() {
+            Mode::Speculative
+        } else {
+            Mode::TargetOnly
+        },
+        draft_sampling: DraftSampling::Greedy,
+        policy: Policy::default(),
+    };
+    let prompts = &BENCH_PROMPTS[..a.prompts];
+    let total = rtts.len() * prompts.len() * (1 + pipelines.len() * policies.len());
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} runs  {elapsed_precise} elapsed, ETA {eta_precise}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    // (rtt index, pipeline, policy index) → totals; policy index usize::MAX = baseline.
+    let mut accs: BTreeMap<(usize, bool, usize), Acc> = BTreeMap::new();
+    const BASE: usize = usize::MAX;
+    for (ri, rtt) in rtts.iter().enumerate() {
+        let (pl, pc) = (free_port()?, free_port()?);
+        let delay_us = rtt.as_micros() / 2;
+        let link = start(
+            &[
+                "link".into(),
+                "--listen".into(),
+                addr(pl),
+                "--upstream".into(),
+                addr(pt),
+                "--delay".into(),
+                format!("{delay_us}us"),
+                "--jitter".into(),
+                format!("{}us", jitter.as_micros()),
+                "--seed".into(),
+                "1".into(),
+            ],
+            pl,
+        )?;
+        let coord = start(
+            &[
+                "coordinator".into(),
+                "--listen".into(),
+                addr(pc),
+                "--target".into(),
+                url(pl),
+                "--draft".into(),
+                url(pd),
+            ],
+            pc,
+        )?;
+        let run = |r: &Request, pipeline: bool| {
+            client::generate(&url(pc), r, "none", pipeline, |_| {})
+                .with_context(|| format!("RTT {rtt:?}, γ {}", r.gamma))
+        };
+        bar.set_message(format!("RTT {:.0} ms", rtt.as_secs_f64() * 1e3));
+        // Warm-up: connections, model pages.
+        run(&req(prompts[0], GammaPolicy::Fixed(0), 8), false)?;
+        run(&req(prompts[0], GammaPolicy::Fixed(4), 8), true)?;
+        for p in prompts {
+            let base = run(&req(p, GammaPolicy::Fixed(0), a.max_tokens), false)?;
+            accs.entry((ri, false, BASE)).or_default().add(&base, true);
+            bar.inc(1);
+            for &pipe in &pipelines {
+                for (pi, &pol) in policies.iter().enumerate() {
+                    let r = run(&req(p, pol, a.max_tokens), pipe)?;
+                    let same = r.output.token_ids == base.output.token_ids;
+                    let acc = accs.entry((ri, pipe, pi)).or_default();
+                    let all_same = acc.tokens == 0 || acc.identical;
+                    acc.add(&r, same && all_same);
+                    bar.inc(1);
+                }
+            }
+        }
+        drop(coord);
+        drop(link);
+    }
+    bar.finish_and_clear();
+
+    // Results, predictions, the table.
+    let mut rows = Vec::new();
+    let mut checks = Vec::new();
+    let mut table = String::from(
+        "| RTT | pipelined | γ | tok/s | speedup | predicted | α | mean γ | stale blocks | greedy output = target-only |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for (ri, rtt) in rtts.iter().enumerate() {
+        let rtt_ms = rtt.as_secs_f64() * 1e3;
+        let base = &accs[&(ri, false, BASE)];
+        let base_rate = base.rate();
+        let t_base = 1.0 / base_rate;
+        table += &format!(
+            "| {rtt_ms:.0} ms | – | target-only | {base_rate:.1} | 1.000 | – | – | 0 | – | – |\n"
+        );
+        rows.push(json!({
+            "rtt_ms": rtt_ms, "pipeline": false, "gamma": "target-only", "tokens_per_s": base_rate,
+            "speedup": 1.0, "tokens": base.tokens, "wall_tokens_per_s": base.tokens as f64 / base.wall_s,
+            "t_verify_ms": base.verify_ms / base.target_calls.max(1) as f64,
+        }));
+        let fixed: Vec<(usize, bool, &Acc)> = pipelines
+            .iter()
+            .flat_map(|&pipe| {
+                policies
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(pi, p)| match p {
+                        GammaPolicy::Fixed(g) => Some((*g, pipe, pi)),
+                        _ => None,
+                    })
+            })
+            .map(|(g, pipe, pi)| (g, pipe, &accs[&(ri, pipe, pi)]))
+            .collect();
+        let est = model_inputs(base, &fixed);
+        for &pipe in &pipelines {
+            let mut speedups = Vec::new();
+            for (pi, pol) in policies.iter().enumerate() {
+                let acc = &accs[&(ri, pipe, pi)];
+                let speedup = acc.rate() / base_rate;
+                let gamma_for_model = match pol {
+                    GammaPolicy::Fixed(g) => *g,
+                    GammaPolicy::Auto { max } => est.best_gamma(0, *max, pipe),
+                    GammaPolicy::Heuristic { .. } => acc.mean_gamma().round() as usize,
+                };
+                let predicted = est.speedup(gamma_for_model, pipe, t_base);
+                table += &format!(
+                    "| {rtt_ms:.0} ms | {} | {pol} | {:.1} | {speedup:.3} | {predicted:.3} | {:.3} | {:.2} | {} | {} |\n",
+                    if pipe { "yes" } else { "no" },
+                    acc.rate(),
+                    acc.alpha(),
+                    acc.mean_gamma(),
+                    acc.stale,
+                    if acc.identical { "yes" } else { "NO" },
+                );
+                rows.push(json!({
+                    "rtt_ms": rtt_ms, "pipeline": pipe, "gamma": pol, "gamma_max": pol.max(),
+                    "tokens_per_s": acc.rate(), "speedup": speedup, "predicted_speedup": predicted,
+                    "model_gamma": gamma_for_model, "alpha": acc.alpha(), "mean_gamma": acc.mean_gamma(),
+                    "target_calls": acc.target_calls, "tokens": acc.tokens,
+                    "wall_tokens_per_s": acc.tokens as f64 / acc.wall_s,
+                    "wall_speedup": (acc.tokens as f64 / acc.wall_s) / (base.tokens as f64 / base.wall_s),
+                    "stale_blocks": acc.stale, "outputs_identical": acc.identical,
+                    "est_alpha": acc.last_estimates.alpha,
+                    "est_t_draft_ms": acc.last_estimates.t_draft * 1e3,
+                    "est_t_draft_fixed_ms": acc.last_estimates.t_draft_fixed * 1e3,
+                    "est_t_verify_ms": acc.last_estimates.t_verify1 * 1e3,
+                    "est_t_verify_slope_ms": acc.last_estimates.t_verify_slope * 1e3,
+                    "est_rtt_ms": acc.last_estimates.rtt * 1e3,
+                }));
+                speedups.push((pol, speedup, predicted));
+            }
+            let fixed_sp: Vec<(usize, f64)> = speedups
+                .iter()
+                .filter_map(|(p, s, _)| match p {
+                    GammaPolicy::Fixed(g) => Some((*g, *s)),
+                    _ => None,
+                })
+                .collect();
+            let find = |kind: &str| {
+                speedups
+                    .iter()
+                    .find(|(p, _, _)| p.kind() == kind)
+                    .map(|x| x.1)
+            };
+            if let (Some(best), Some(worst)) = (
+                fixed_sp.iter().copied().max_by(|x, y| x.1.total_cmp(&y.1)),
+                fixed_sp.iter().copied().min_by(|x, y| x.1.total_cmp(&y.1)),
+            ) {
+                checks.push(json!({
+                    "rtt_ms": rtt_ms, "pipeline": pipe,
+                    "best_fixed_gamma": best.0, "best_fixed_speedup": best.1,
+                    "worst_fixed_gamma": worst.0, "worst_fixed_speedup": worst.1,
+                    "auto_speedup": find("auto"), "heuristic_speedup": find("heuristic"),
+                    "auto_vs_best": find("auto").map(|s| s / best.1),
+                    "auto_vs_worst": find("auto").map(|s| s / worst.1),
+                    "heuristic_vs_best": find("heuristic").map(|s| s / best.1),
+                    "model_inputs": {
+                        "alpha": est.alpha, "t_draft_ms": est.t_draft * 1e3, "t_draft_fixed_ms": est.t_draft_fixed * 1e3,
+                        "t_verify1_ms": est.t_verify1 * 1e3, "t_verify_slope_ms": est.t_verify_slope * 1e3,
+                        "rtt_outside_models_ms": est.rtt * 1e3, "baseline_ms_per_token": t_base * 1e3,
+                    },
+                }));
+            }
+        }
+    }
+    eprintln!(
+        "target {}, draft {}, {} prompts × {} tokens, greedy, exact rule; rates are the client's steady state",
+        a.target,
+        a.draft,
+        prompts.len(),
+        a.max_tokens
+    );
+    eprint!("{table}");
+    let mut check_md = String::from(
+        "| RTT | pipelined | best fixed γ | worst fixed γ | auto / best | auto / worst | heuristic / best |\n|---|---|---|---|---|---|---|\n",
+    );
+    for c in &checks {
+        let f = |k: &str| c[k].as_f64().map_or("–".into(), |v| format!("{v:.3}"));
+        check_md += &format!(
+            "| {} ms | {} | {} ({}) | {} ({}) | {} | {} | {} |\n",
+            c["rtt_ms"],
+            if c["pipeline"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
+            c["best_fixed_gamma"],
+            f("best_fixed_speedup"),
+            c["worst_fixed_gamma"],
+            f("worst_fixed_speedup"),
+            f("auto_vs_best"),
+            f("auto_vs_worst"),
+            f("heuristic_vs_best"),
+        );
+    }
+    eprint!("{check_md}");
+    if a.json {
+        let mut o = std::io::stdout().lock();
+        for r in &rows {
+            writeln!(o, "{r}")?;
+        }
+        writeln!(
+            o,
+            "{}",
+            json!({"bench": "latency", "target": a.target, "draft": a.draft, "prompts": prompts.len(),
+                   "max_tokens": a.max_tokens, "gamma_max": a.gamma_max, "jitter": a.jitter, "summary": checks})
+        )?;
+    }
+    if let Some(dir) = &a.out {
+        let mut f = std::fs::File::create(dir.join("results.jsonl"))?;
+        for r in &rows {
+            writeln!(f, "{r}")?;
+        }
+        std::fs::write(
+            dir.join("summary.md"),
+            format!(
+                "Target {}, draft {}, {} prompts × {} tokens, greedy, exact rule, jitter {}.\n\n{table}\n{check_md}",
+                a.target,
+                a.draft,
+                prompts.len(),
+                a.max_tokens,
+                a.jitter
+            ),
+        )?;
+        std::fs::write(
+            dir.join("summary.json"),
+            serde_json::to_string_pretty(&json!({"summary": checks, "args": {
+                "rtt": a.rtt, "gamma": a.gamma, "gamma_max": a.gamma_max, "pipeline": a.pipeline,
+                "jitter": a.jitter, "max_tokens": a.max_tokens, "prompts": a.prompts,
+                "target": a.target, "draft": a.draft}}))?,
+        )?;
+        for &pipe in &pipelines {
+            let series = policies
+                .iter()
+                .enumerate()
+                .flat_map(|(pi, pol)| {
+                    let color = COLORS[pi % COLORS.len()];
+                    let pts = |key: &str| {
+                        rows.iter()
+                            .filter(|r| r["pipeline"] == json!(pipe) && r["gamma"] == json!(pol))
+                            .enumerate()
+                            .map(|(i, r)| (i as f64, r[key].as_f64().unwrap_or(0.0), String::new()))
+                            .collect::<Vec<_>>()
+                    };
+                    [
+                        plot::Series {
+                            name: format!("γ={pol} measured"),
+                            color,
+                            points: pts("speedup"),
+                            square: false,
+                            line: plot::Line::Solid,
+                        },
+                        plot::Series {
+                            name: format!("γ={pol} model"),
+                            color,
+                            points: pts("predicted_speedup"),
+                            square: true,
+                            line: plot::Line::Dashed,
+                        },
+                    ]
+                })
+                .collect();
+            let chart = plot::Chart {
+                title: format!(
+                    "Speedup over streamed target-only vs RTT ({})",
+                    if pipe { "pipelined" } else { "sequential" }
+                ),
+                x_label: "round-trip time between draft and target".into(),
+                y_label: "speedup".into(),
+                series,
+                y_range: None,
+                x_ticks: rtts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (i as f64, format!("{:.0} ms", r.as_secs_f64() * 1e3)))
+                    .collect(),
+            };
+            let name = if pipe {
+                "latency-pipelined"
+            } else {
+                "latency-sequential"
+            };
+            std::fs::write(dir.join(format!("{name}.svg")), chart.to_svg())?;
+            chart.write_png(&dir.join(format!("{name}.png")))?;
+        }
+        log(&format!("wrote {}", dir.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rtt_lists_default_to_milliseconds() {
+        let v = parse_rtts("0,2,10,50ms").unwrap();
+        assert_eq!(
+            v,
+            [0, 2, 10, 50].map(Duration::from_millis).to_vec(),
+            "bare numbers are ms"
+        );
+        assert_eq!(
+            parse_rtts("1.5s").unwrap(),
+            vec![Duration::from_millis(1500)]
+        );
+        let e = format!("{:#}", parse_rtts("0,fast").unwrap_err());
+        assert!(e.contains("fast"), "{e}");
+        assert!(parse_rtts("-2").is_err());
+        assert!(parse_pipelines("on,maybe").is_err());
+        assert_eq!(parse_pipelines("on,off").unwrap(), vec![true, false]);
+    }
+
+    #[test]
+    fn model_inputs_fit_the_cost_lines_and_pool_alpha() {
+        let acc =
+            |calls: usize, verify_ms: f64, draft_ms: f64, accepted: usize, judged: usize| Acc {
+                target_calls: calls,
+                verify_ms,
+                draft_ms: draft_ms + 30.0,
+                draft_prefill_ms: 30.0,
+                accepted,
+                judged,
+                rounds_p50_us: vec![700.0],
+                ..Acc::default()
+            };
+        let base = acc(10, 80.0, 0.0, 0, 0); // t_v(1) = 8 ms
+                                             // γ = 2: t_v(3) = 10 ms, 13 ms of drafting per round; γ = 4: 14 ms and 25 ms.
+        let (g2, g4) = (acc(10, 100.0, 130.0, 3, 4), acc(10, 140.0, 250.0, 6, 8));
+        let est = model_inputs(&base, &[(2, false, &g2), (4, false, &g4)]);
+        assert!((est.alpha - 0.75).abs() < 1e-12);
+        assert!((est.t_draft - 0.006).abs() < 1e-12, "{est:?}");
+        assert!((est.t_draft_fixed - 0.001).abs() < 1e-12, "{est:?}");
+        assert!((est.rtt - 0.0007).abs() < 1e-12);
+        // Least squares through (0, 8), (2, 10), (4, 14): slope 1.5, intercept 7.667 ms.
+        assert!((est.t_verify_slope - 0.0015).abs() < 1e-9, "{est:?}");
+        assert!((est.t_verify1 - 0.0076667).abs() < 1e-6, "{est:?}");
+        // A pipelined-only sweep still gets inputs.
+        let est = model_inputs(&base, &[(2, true, &g2)]);
+        assert!((est.t_draft - 0.0065).abs() < 1e-12, "{est:?}");
+    }
+}

@@ -1,0 +1,56 @@
+//! Node processes for the benchmarks: `specd <subcommand>` children on loopback ports, killed
+//! when dropped.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A child process, killed and reaped on drop.
+pub struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port free at the time of asking.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `specd <args>` and waits until it accepts connections on `port`.
+pub fn start(args: &[String], port: u16) -> Result<Proc> {
+    let exe = std::env::current_exe().context("cannot find the specd binary")?;
+    // The child's messages go to a log file, quoted if it fails to start.
+    let log = std::env::temp_dir().join(format!("specd-bench-{}-{port}.log", std::process::id()));
+    let mut p = Proc(
+        Command::new(exe)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::File::create(&log)
+                    .with_context(|| format!("cannot create {}", log.display()))?,
+            )
+            .spawn()?,
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = p.0.try_wait()? {
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!(
+                "`specd {}` exited: {status}\n{}",
+                args.join(" "),
+                said.trim_end()
+            );
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("`specd {}` did not start listening", args.join(" "));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(p)
+}
