@@ -56,6 +56,9 @@ pub struct LatencyBenchArgs {
     /// How many of the built-in prompts to run at each point.
     #[arg(long, default_value_t = 4)]
     pub prompts: usize,
+    /// Runs of each prompt per configuration (every configuration interleaved prompt by prompt).
+    #[arg(long, default_value_t = 1)]
+    pub reps: usize,
     /// Print one JSON line per point and a summary line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -189,27 +192,22 @@ fn fit_line(pts: &[(f64, f64)]) -> (f64, f64) {
     }
 }
 
-/// The latency model's inputs at one RTT, from the fixed-γ runs (sequential ones when there are
-/// any: pipelined round times overlap): pooled α; a line through each run's draft time per round
-/// against γ (`c_d + γ·t_d`, the draft's prefill left out); a line through t_v(1) of the baseline
-/// and t_v(γ+1) of each run; the median per-round time outside the models.
-fn model_inputs(base: &Acc, fixed: &[(usize, bool, &Acc)]) -> Estimates {
-    let seq: Vec<_> = fixed.iter().filter(|f| !f.1).collect();
-    let runs: Vec<_> = if seq.is_empty() {
-        fixed.iter().collect()
-    } else {
-        seq
-    };
+/// The latency model's inputs at one RTT, measured in the fixed-γ runs `(γ, totals)` of one mode
+/// (in-run costs: when draft and target share cores, pipelined runs are slower per forward):
+/// pooled α; a line through each run's draft time per round against γ (`c_d + γ·t_d`, the
+/// draft's prefill left out); a line through t_v(1) of the baseline and t_v(γ+1) of each run;
+/// the median per-round time outside the models (rounds with one block in flight).
+fn model_inputs(base: &Acc, runs: &[(usize, &Acc)]) -> Estimates {
     let (acc, judged) = runs
         .iter()
-        .fold((0, 0), |a, r| (a.0 + r.2.accepted, a.1 + r.2.judged));
+        .fold((0, 0), |a, r| (a.0 + r.1.accepted, a.1 + r.1.judged));
     let per_call = |ms: f64, calls: usize| ms / calls.max(1) as f64 / 1e3;
     let draft: Vec<(f64, f64)> = runs
         .iter()
         .map(|r| {
             (
                 r.0 as f64,
-                per_call(r.2.draft_ms - r.2.draft_prefill_ms, r.2.target_calls),
+                per_call(r.1.draft_ms - r.1.draft_prefill_ms, r.1.target_calls),
             )
         })
         .collect();
@@ -221,12 +219,12 @@ fn model_inputs(base: &Acc, fixed: &[(usize, bool, &Acc)]) -> Estimates {
     let mut verify = vec![(0.0, per_call(base.verify_ms, base.target_calls))];
     verify.extend(
         runs.iter()
-            .map(|r| (r.0 as f64, per_call(r.2.verify_ms, r.2.target_calls))),
+            .map(|r| (r.0 as f64, per_call(r.1.verify_ms, r.1.target_calls))),
     );
     let (t_verify1, t_verify_slope) = fit_line(&verify);
     let p50s: Vec<f64> = runs
         .iter()
-        .flat_map(|r| r.2.rounds_p50_us.iter().copied())
+        .flat_map(|r| r.1.rounds_p50_us.iter().copied())
         .collect();
     Estimates {
         alpha: if judged > 0 {
@@ -271,6 +269,9 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
             "--gamma / --gamma-max: over the maximum block size of {}",
             crate::generate::MAX_GAMMA
         );
+    }
+    if !policies.iter().any(|p| matches!(p, GammaPolicy::Fixed(_))) {
+        bail!("--gamma: give at least one fixed γ (the model's inputs are measured on them)");
     }
     let pipelines = parse_pipelines(&a.pipeline)?;
     let jitter = specd_link::parse_duration(&a.jitter).context("--jitter")?;
@@ -324,7 +325,10 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
         policy: Policy::default(),
     };
     let prompts = &BENCH_PROMPTS[..a.prompts];
-    let total = rtts.len() * prompts.len() * (1 + pipelines.len() * policies.len());
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    let total = a.reps * rtts.len() * prompts.len() * (1 + pipelines.len() * policies.len());
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -374,7 +378,7 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
         // Warm-up: connections, model pages.
         run(&req(prompts[0], GammaPolicy::Fixed(0), 8), false)?;
         run(&req(prompts[0], GammaPolicy::Fixed(4), 8), true)?;
-        for p in prompts {
+        for p in (0..a.reps).flat_map(|_| prompts.iter()) {
             let base = run(&req(p, GammaPolicy::Fixed(0), a.max_tokens), false)?;
             accs.entry((ri, false, BASE)).or_default().add(&base, true);
             bar.inc(1);
@@ -398,7 +402,7 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut checks = Vec::new();
     let mut table = String::from(
-        "| RTT | pipelined | γ | tok/s | speedup | predicted | α | mean γ | stale blocks | greedy output = target-only |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| RTT | pipelined | γ | tok/s | speedup | predicted (in-run costs; apart: sequential costs) | α | mean γ | stale blocks | greedy output = target-only |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (ri, rtt) in rtts.iter().enumerate() {
         let rtt_ms = rtt.as_secs_f64() * 1e3;
@@ -426,8 +430,23 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
             })
             .map(|(g, pipe, pi)| (g, pipe, &accs[&(ri, pipe, pi)]))
             .collect();
-        let est = model_inputs(base, &fixed);
+        let inputs = |pipe: bool| {
+            let runs: Vec<(usize, &Acc)> = fixed
+                .iter()
+                .filter(|f| f.1 == pipe)
+                .map(|f| (f.0, f.2))
+                .collect();
+            (!runs.is_empty()).then(|| model_inputs(base, &runs))
+        };
         for &pipe in &pipelines {
+            let Some(est) = inputs(pipe) else {
+                bail!(
+                    "--gamma: give at least one fixed γ (the model's inputs are measured on them)"
+                );
+            };
+            // Pipelined: what the model predicts with the sequential runs' costs, i.e. if drafting
+            // and verifying did not share cores.
+            let apart = if pipe { inputs(false) } else { None };
             let mut speedups = Vec::new();
             for (pi, pol) in policies.iter().enumerate() {
                 let acc = &accs[&(ri, pipe, pi)];
@@ -438,10 +457,18 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
                     GammaPolicy::Heuristic { .. } => acc.mean_gamma().round() as usize,
                 };
                 let predicted = est.speedup(gamma_for_model, pipe, t_base);
+                let predicted_apart = apart.map(|e| {
+                    let g = match pol {
+                        GammaPolicy::Auto { max } => e.best_gamma(0, *max, pipe),
+                        _ => gamma_for_model,
+                    };
+                    e.speedup(g, pipe, t_base)
+                });
                 table += &format!(
-                    "| {rtt_ms:.0} ms | {} | {pol} | {:.1} | {speedup:.3} | {predicted:.3} | {:.3} | {:.2} | {} | {} |\n",
+                    "| {rtt_ms:.0} ms | {} | {pol} | {:.1} | {speedup:.3} | {predicted:.3}{} | {:.3} | {:.2} | {} | {} |\n",
                     if pipe { "yes" } else { "no" },
                     acc.rate(),
+                    predicted_apart.map_or(String::new(), |p| format!(" ({p:.3} apart)")),
                     acc.alpha(),
                     acc.mean_gamma(),
                     acc.stale,
@@ -450,6 +477,7 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
                 rows.push(json!({
                     "rtt_ms": rtt_ms, "pipeline": pipe, "gamma": pol, "gamma_max": pol.max(),
                     "tokens_per_s": acc.rate(), "speedup": speedup, "predicted_speedup": predicted,
+                    "predicted_speedup_apart": predicted_apart,
                     "model_gamma": gamma_for_model, "alpha": acc.alpha(), "mean_gamma": acc.mean_gamma(),
                     "target_calls": acc.target_calls, "tokens": acc.tokens,
                     "wall_tokens_per_s": acc.tokens as f64 / acc.wall_s,
@@ -499,10 +527,11 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
         }
     }
     eprintln!(
-        "target {}, draft {}, {} prompts × {} tokens, greedy, exact rule; rates are the client's steady state",
+        "target {}, draft {}, {} prompts × {} runs × {} tokens, greedy, exact rule; rates are the client's steady state",
         a.target,
         a.draft,
         prompts.len(),
+        a.reps,
         a.max_tokens
     );
     eprint!("{table}");
@@ -549,10 +578,11 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
         std::fs::write(
             dir.join("summary.md"),
             format!(
-                "Target {}, draft {}, {} prompts × {} tokens, greedy, exact rule, jitter {}.\n\n{table}\n{check_md}",
+                "Target {}, draft {}, {} prompts × {} runs × {} tokens, greedy, exact rule, jitter {}.\n\n{table}\n{check_md}",
                 a.target,
                 a.draft,
                 prompts.len(),
+                a.reps,
                 a.max_tokens,
                 a.jitter
             ),
@@ -561,7 +591,7 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
             dir.join("summary.json"),
             serde_json::to_string_pretty(&json!({"summary": checks, "args": {
                 "rtt": a.rtt, "gamma": a.gamma, "gamma_max": a.gamma_max, "pipeline": a.pipeline,
-                "jitter": a.jitter, "max_tokens": a.max_tokens, "prompts": a.prompts,
+                "jitter": a.jitter, "max_tokens": a.max_tokens, "prompts": a.prompts, "reps": a.reps,
                 "target": a.target, "draft": a.draft}}))?,
         )?;
         for &pipe in &pipelines {
@@ -662,7 +692,7 @@ mod tests {
         let base = acc(10, 80.0, 0.0, 0, 0); // t_v(1) = 8 ms
                                              // γ = 2: t_v(3) = 10 ms, 13 ms of drafting per round; γ = 4: 14 ms and 25 ms.
         let (g2, g4) = (acc(10, 100.0, 130.0, 3, 4), acc(10, 140.0, 250.0, 6, 8));
-        let est = model_inputs(&base, &[(2, false, &g2), (4, false, &g4)]);
+        let est = model_inputs(&base, &[(2, &g2), (4, &g4)]);
         assert!((est.alpha - 0.75).abs() < 1e-12);
         assert!((est.t_draft - 0.006).abs() < 1e-12, "{est:?}");
         assert!((est.t_draft_fixed - 0.001).abs() < 1e-12, "{est:?}");
@@ -670,8 +700,8 @@ mod tests {
         // Least squares through (0, 8), (2, 10), (4, 14): slope 1.5, intercept 7.667 ms.
         assert!((est.t_verify_slope - 0.0015).abs() < 1e-9, "{est:?}");
         assert!((est.t_verify1 - 0.0076667).abs() < 1e-6, "{est:?}");
-        // A pipelined-only sweep still gets inputs.
-        let est = model_inputs(&base, &[(2, true, &g2)]);
+        // One fixed γ: drafting time is all per forward.
+        let est = model_inputs(&base, &[(2, &g2)]);
         assert!((est.t_draft - 0.0065).abs() < 1e-12, "{est:?}");
     }
 }

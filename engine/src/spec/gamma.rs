@@ -162,15 +162,18 @@ impl Estimates {
         }
     }
 
-    /// Expected seconds per round: `c_d + γ·t_d + RTT + t_v(γ+1)`. Pipelined, a block that
-    /// follows a fully accepted one (probability α^γ) was drafted while its predecessor was being
-    /// verified, so its round costs `max(c_d + γ·t_d, RTT + t_v(γ+1))`.
+    /// Expected seconds per round: `D + W` with `D = c_d + γ·t_d` (drafting) and
+    /// `W = RTT + t_v(γ+1)` (waiting for the verdict). Pipelined, one block at most is drafted
+    /// ahead: block n+1 is drafted and sent while block n is in flight, and block n+2 is drafted
+    /// when block n's verdict arrives. A run of fully accepted blocks therefore completes two
+    /// blocks per `D + W` (or one per `D` when drafting is the bottleneck): a block that follows a
+    /// fully accepted one (probability α^γ) costs `max(D, (D + W)/2)`, any other `D + W`.
     pub fn round_time(&self, gamma: usize, pipeline: bool) -> f64 {
         let draft = self.draft_time(gamma);
         let wait = self.rtt + self.t_verify(gamma + 1);
         if pipeline && gamma > 0 {
             let full = self.alpha.clamp(0.0, 1.0).powi(gamma as i32);
-            full * draft.max(wait) + (1.0 - full) * (draft + wait)
+            full * draft.max((draft + wait) / 2.0) + (1.0 - full) * (draft + wait)
         } else {
             draft + wait
         }
@@ -571,8 +574,11 @@ mod tests {
             t_verify_slope: 0.0,
             rtt: 0.02,
         };
-        // α = 1: every block follows a fully accepted one; c_d + γ·t_d = 17 ms < 28 ms of waiting.
-        assert!((e.round_time(4, true) - 0.028).abs() < 1e-12);
+        // α = 1: every block follows a fully accepted one; D = c_d + γ·t_d = 17 ms < W = 28 ms
+        // of waiting: two blocks per D + W.
+        assert!((e.round_time(4, true) - 0.0225).abs() < 1e-12);
+        // Drafting the bottleneck (D = 33 ms > W = 28 ms): one block per D.
+        assert!((e.round_time(8, true) - 0.033).abs() < 1e-12);
         assert!((e.round_time(4, false) - 0.045).abs() < 1e-12);
         assert!(
             (e.round_time(0, false) - 0.028).abs() < 1e-12,
