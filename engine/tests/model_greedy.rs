@@ -187,3 +187,64 @@ fn pipelined_loop_equals_target_only_in_process() {
         "the weak draft must have produced stale successors"
     );
 }
+
+/// A block announcing a successor and rejected at its last drafted token commits as many tokens
+/// as a full acceptance would; its successor was still drafted after a token that was not
+/// committed, so the target must answer it stale, and the next block is judged normally.
+#[test]
+fn successor_after_a_last_position_rejection_is_stale() {
+    use specd_engine::pipeline::encode_prompt;
+    use specd_engine::spec::target::{SessionParams, TargetSession};
+    use specd_engine::spec::{DraftBlock, DraftDist, Verifier};
+    let t = common::target();
+    let ids = encode_prompt(&t.tokenizer, common::PROMPTS[0], true).unwrap();
+    let params = SessionParams {
+        sampling: SamplingParams::default(),
+        max_tokens: 32,
+        policy: Default::default(),
+    };
+    let open = || {
+        TargetSession::open(
+            t.llama.clone(),
+            t.tokenizer.eos_ids.clone(),
+            ids.clone(),
+            params.clone(),
+        )
+        .unwrap()
+    };
+    // The target's own greedy continuation.
+    let mut reference = open();
+    let mut greedy = Vec::new();
+    while greedy.len() < 6 {
+        let v = reference
+            .verify(&DraftBlock::empty(ids.len() + greedy.len()))
+            .unwrap();
+        greedy.extend(v.committed);
+    }
+    let block = |base: usize, tokens: Vec<u32>, successor: bool| DraftBlock {
+        base_len: base,
+        dists: vec![DraftDist::Greedy; tokens.len()],
+        tokens,
+        successor,
+    };
+    let wrong = (greedy[2] + 1) % t.llama.config.vocab_size as u32;
+    let mut s = open();
+    let n = ids.len();
+    s.submit(block(n, vec![greedy[0], greedy[1], wrong], true))
+        .unwrap();
+    s.submit(block(n + 3, vec![7, 8], false)).unwrap();
+    let first = s.receive().unwrap();
+    assert_eq!((first.accepted, first.rejected), (2, true));
+    assert_eq!(
+        first.committed,
+        greedy[..3],
+        "the residual is the target's argmax"
+    );
+    let successor = s.receive().unwrap();
+    assert!(successor.stale, "same length, wrong content: stale");
+    let next = s
+        .verify(&block(n + 3, vec![greedy[3], greedy[4]], false))
+        .unwrap();
+    assert!(!next.stale);
+    assert_eq!(next.committed, greedy[3..6]);
+}

@@ -123,31 +123,39 @@ pub fn run(
     }
     let completion = |len: usize| len - prompt.len();
     // Drafts a block on `base` (a verify commits at most g + 1 tokens: never past max_tokens).
-    let mut draft =
-        |base: &[u32], ctl: &mut GammaController, stats: &mut RunStats| -> Result<DraftBlock> {
-            let remaining = max_tokens.saturating_sub(completion(base.len()));
-            let g = ctl.next_gamma().min(remaining.saturating_sub(1));
-            let mut block = match drafter.as_deref_mut() {
-                Some(d) if g > 0 => {
-                    let (b, t) = d.propose(base, g)?;
-                    stats.draft_steps += t.steps;
-                    stats.draft_s += t.seconds;
-                    stats.draft_prefill_s += t.prefill_s;
-                    // A prefill forward is no per-token cost: keep it out of the t_d estimate.
-                    if t.prefill_s > 0.0 {
-                        ctl.observe_draft(t.steps - 1, t.seconds - t.prefill_s);
-                    } else {
-                        ctl.observe_draft(t.steps, t.seconds);
-                    }
-                    b
+    // A successor (`min_gamma` 1) carries at least one token: its predecessor told the target to
+    // keep the distribution after it for a drafted token.
+    let mut draft = |base: &[u32],
+                     min_gamma: usize,
+                     ctl: &mut GammaController,
+                     stats: &mut RunStats|
+     -> Result<DraftBlock> {
+        let remaining = max_tokens.saturating_sub(completion(base.len()));
+        let g = ctl
+            .next_gamma()
+            .max(min_gamma)
+            .min(remaining.saturating_sub(1));
+        let mut block = match drafter.as_deref_mut() {
+            Some(d) if g > 0 => {
+                let (b, t) = d.propose(base, g)?;
+                stats.draft_steps += t.steps;
+                stats.draft_s += t.seconds;
+                stats.draft_prefill_s += t.prefill_s;
+                // A prefill forward is no per-token cost: keep it out of the t_d estimate.
+                if t.prefill_s > 0.0 {
+                    ctl.observe_draft(t.steps - 1, t.seconds - t.prefill_s);
+                } else {
+                    ctl.observe_draft(t.steps, t.seconds);
                 }
-                _ => DraftBlock::empty(base.len()),
-            };
-            // A successor needs room for at least one drafted token after this block.
-            block.successor =
-                pipeline && !block.tokens.is_empty() && remaining >= block.tokens.len() + 2;
-            Ok(block)
+                b
+            }
+            _ => DraftBlock::empty(base.len()),
         };
+        // A successor needs room for at least one drafted token after this block.
+        block.successor =
+            pipeline && !block.tokens.is_empty() && remaining >= block.tokens.len() + 2;
+        Ok(block)
+    };
     // Blocks submitted and not yet answered: the block, when it was sent, and whether it was
     // alone in flight (only then does its round time measure RTT + t_v).
     let mut in_flight: VecDeque<(DraftBlock, Instant, bool)> = VecDeque::new();
@@ -160,14 +168,14 @@ pub fn run(
         in_flight.push_back((block, Instant::now(), alone));
         Ok(())
     };
-    let first = draft(&committed, &mut ctl, &mut stats)?;
+    let first = draft(&committed, 0, &mut ctl, &mut stats)?;
     submit(verifier, &mut in_flight, first)?;
     loop {
         // Pipelining: draft the successor of the newest block while it is being judged.
         if in_flight.len() == 1 && in_flight[0].0.successor {
             let mut optimistic = committed.clone();
             optimistic.extend_from_slice(&in_flight[0].0.tokens);
-            let next = draft(&optimistic, &mut ctl, &mut stats)?;
+            let next = draft(&optimistic, 1, &mut ctl, &mut stats)?;
             submit(verifier, &mut in_flight, next)?;
         }
         let (block, sent, alone) = in_flight.pop_front().expect("a block in flight");
@@ -202,18 +210,21 @@ pub fn run(
                 stats.finish_reason = Some(f);
                 break;
             }
-            // The queued successor is judged only if this block was fully accepted with no bonus.
-            // Otherwise its stale verdict comes next, and the real next block goes behind it.
-            if in_flight
-                .front()
-                .is_none_or(|b| b.0.base_len != committed.len())
-            {
-                let next = draft(&committed, &mut ctl, &mut stats)?;
+            // The queued successor is judged only if this block was fully accepted with no bonus
+            // (a rejection at the last position commits as many tokens: compare content, not
+            // length). Otherwise its stale verdict comes next, and the real next block goes
+            // behind it.
+            let successor_judged = block.successor
+                && !verdict.rejected
+                && verdict.accepted == block.tokens.len()
+                && verdict.committed == block.tokens;
+            if !successor_judged {
+                let next = draft(&committed, 0, &mut ctl, &mut stats)?;
                 submit(verifier, &mut in_flight, next)?;
             }
         }
         if in_flight.is_empty() {
-            let next = draft(&committed, &mut ctl, &mut stats)?;
+            let next = draft(&committed, 0, &mut ctl, &mut stats)?;
             submit(verifier, &mut in_flight, next)?;
         }
     }

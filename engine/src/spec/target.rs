@@ -52,6 +52,11 @@ pub struct TargetSession {
     kept: Option<Vec<f32>>,
     /// Blocks submitted and not yet judged (in-process pipelining).
     queue: std::collections::VecDeque<DraftBlock>,
+    /// The last block announced a successor and was not fully accepted: the next block is that
+    /// successor, drafted after tokens that were not committed. It is answered stale even when its
+    /// length matches (a rejection at the last drafted position commits as many tokens as a full
+    /// acceptance, so `base_len` alone cannot tell).
+    successor_stale: bool,
     /// Seconds spent on prefill.
     pub prefill_s: f64,
 }
@@ -93,6 +98,7 @@ impl TargetSession {
             spent: 0.0,
             kept: None,
             queue: Default::default(),
+            successor_stale: false,
         })
     }
 
@@ -161,7 +167,7 @@ impl TargetSession {
         if let Some(f) = self.finished {
             bail!("the session has already finished ({f:?})");
         }
-        if block.base_len != self.tokens.len() {
+        if std::mem::take(&mut self.successor_stale) || block.base_len != self.tokens.len() {
             return Ok(Verdict {
                 stale: true,
                 committed_len: self.tokens.len(),
@@ -187,6 +193,8 @@ impl TargetSession {
         // holds all but the last, which is fed first.
         let kept = self.kept.take();
         let logits = match &kept {
+            // An empty block after a kept distribution: the bonus comes from it, no forward.
+            Some(_) if g == 0 => Vec::new(),
             Some(_) => self.model.forward(&mut self.cache, &block.tokens, 0)?,
             None => {
                 let mut feed = Vec::with_capacity(g + 1);
@@ -224,6 +232,7 @@ impl TargetSession {
             self.kept = Some(row(g).to_vec());
         } else {
             self.cache.truncate(self.tokens.len() - 1);
+            self.successor_stale = keep_p && self.finished.is_none();
         }
         Ok(Verdict {
             stale: false,
