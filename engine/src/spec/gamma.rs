@@ -278,7 +278,7 @@ impl LineFit {
 /// Running estimates of α, t_d, t_v(k) and RTT from what a generation observes.
 #[derive(Debug, Clone, Default)]
 pub struct Estimator {
-    /// Accepted and judged positions, both decayed by `ALPHA_DECAY` per round.
+    /// Accepted and judged positions, both decayed by `ALPHA_DECAY` per judged position.
     accepted: f64,
     judged: f64,
     /// Seconds per proposal against its forwards: `c_d + steps·t_d`.
@@ -286,11 +286,15 @@ pub struct Estimator {
     /// Seconds per verify against k − 1 (k = block length + 1): `t_v(1) + (k−1)·slope`.
     verify: LineFit,
     rtt: Running,
+    /// The first round's time outside the models, used only until a second one is measured: it
+    /// also pays for opening the verify stream (~9 ms on loopback here).
+    first_rtt: Option<f64>,
 }
 
 impl Estimator {
-    /// Weight of a round's α evidence after 1 / (1 − ALPHA_DECAY) more rounds is 1/e.
-    const ALPHA_DECAY: f64 = 0.95;
+    /// Evidence fades per judged position, not per round, so short blocks do not shorten the
+    /// memory: a position's weight is 1/e after 1 / (1 − ALPHA_DECAY) = 100 more positions.
+    const ALPHA_DECAY: f64 = 0.99;
     /// Prior: α = 0.5 worth one judged position.
     const ALPHA_PRIOR: (f64, f64) = (0.5, 1.0);
 
@@ -313,14 +317,29 @@ impl Estimator {
         outside_s: Option<f64>,
     ) {
         if drafted > 0 {
-            self.accepted = self.accepted * Self::ALPHA_DECAY + accepted as f64;
-            self.judged = self.judged * Self::ALPHA_DECAY + (accepted + rejected as usize) as f64;
+            let judged = accepted + rejected as usize;
+            let fade = Self::ALPHA_DECAY.powi(judged as i32);
+            self.accepted = self.accepted * fade + accepted as f64;
+            self.judged = self.judged * fade + judged as f64;
         }
         if verify_s > 0.0 {
             self.verify.add(drafted, verify_s);
         }
         if let Some(o) = outside_s {
-            self.rtt.add(o.max(0.0));
+            if self.first_rtt.is_none() {
+                self.first_rtt = Some(o.max(0.0));
+            } else {
+                self.rtt.add(o.max(0.0));
+            }
+        }
+    }
+
+    /// Per-round time outside both models.
+    pub fn rtt(&self) -> f64 {
+        if self.rtt.n > 0 {
+            self.rtt.mean
+        } else {
+            self.first_rtt.unwrap_or(0.0)
         }
     }
 
@@ -352,7 +371,7 @@ impl Estimator {
             t_draft_fixed,
             t_verify1,
             t_verify_slope,
-            rtt: self.rtt.mean,
+            rtt: self.rtt(),
         })
     }
 
@@ -366,7 +385,7 @@ impl Estimator {
             t_draft_fixed,
             t_verify1,
             t_verify_slope,
-            rtt: self.rtt.mean,
+            rtt: self.rtt(),
         }
     }
 }
