@@ -391,6 +391,7 @@ impl Canvas {
         for (i, ch) in s.chars().enumerate() {
             let glyph = font8x8::BASIC_FONTS
                 .get(ch)
+                .or_else(|| font8x8::GREEK_FONTS.get(ch))
                 .or_else(|| font8x8::BASIC_FONTS.get('?'))
                 .unwrap_or([0; 8]);
             for (row, bits) in glyph.iter().enumerate() {

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -66,6 +66,9 @@ pub struct LatencyBenchArgs {
     /// SVG and PNG) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run nothing: redraw the plots of an earlier `--out DIR` from its results.jsonl.
+    #[arg(long, value_name = "DIR")]
+    pub replot: Option<PathBuf>,
 }
 
 /// Parses `0,2,10,50ms`: items without a unit are milliseconds.
@@ -252,6 +255,9 @@ const COLORS: [[u8; 3]; 8] = [
 ];
 
 pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
+    if let Some(dir) = &a.replot {
+        return replot(dir);
+    }
     let rtts = parse_rtts(&a.rtt)?;
     let policies = a
         .gamma
@@ -594,62 +600,124 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
                 "jitter": a.jitter, "max_tokens": a.max_tokens, "prompts": a.prompts, "reps": a.reps,
                 "target": a.target, "draft": a.draft}}))?,
         )?;
-        for &pipe in &pipelines {
-            let series = policies
-                .iter()
-                .enumerate()
-                .flat_map(|(pi, pol)| {
-                    let color = COLORS[pi % COLORS.len()];
-                    let pts = |key: &str| {
-                        rows.iter()
-                            .filter(|r| r["pipeline"] == json!(pipe) && r["gamma"] == json!(pol))
-                            .enumerate()
-                            .map(|(i, r)| (i as f64, r[key].as_f64().unwrap_or(0.0), String::new()))
-                            .collect::<Vec<_>>()
-                    };
-                    [
-                        plot::Series {
-                            name: format!("γ={pol} measured"),
-                            color,
-                            points: pts("speedup"),
-                            square: false,
-                            line: plot::Line::Solid,
-                        },
-                        plot::Series {
-                            name: format!("γ={pol} model"),
-                            color,
-                            points: pts("predicted_speedup"),
-                            square: true,
-                            line: plot::Line::Dashed,
-                        },
-                    ]
-                })
-                .collect();
-            let chart = plot::Chart {
-                title: format!(
-                    "Speedup over streamed target-only vs RTT ({})",
-                    if pipe { "pipelined" } else { "sequential" }
-                ),
-                x_label: "round-trip time between draft and target".into(),
-                y_label: "speedup".into(),
-                series,
-                y_range: None,
-                x_ticks: rtts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (i as f64, format!("{:.0} ms", r.as_secs_f64() * 1e3)))
-                    .collect(),
-            };
-            let name = if pipe {
-                "latency-pipelined"
-            } else {
-                "latency-sequential"
-            };
-            std::fs::write(dir.join(format!("{name}.svg")), chart.to_svg())?;
-            chart.write_png(&dir.join(format!("{name}.png")))?;
-        }
+        let labels: Vec<serde_json::Value> = policies.iter().map(|p| json!(p)).collect();
+        let rtts_ms: Vec<f64> = rtts.iter().map(|r| r.as_secs_f64() * 1e3).collect();
+        write_plots(dir, &rows, &rtts_ms, &labels, &pipelines)?;
         log(&format!("wrote {}", dir.display()));
     }
+    Ok(())
+}
+
+/// One chart per pipelining mode: speedup against RTT, one colour per policy, measured (solid)
+/// and predicted (dashed); `policies` as they appear in the rows' `gamma` field.
+fn write_plots(
+    dir: &Path,
+    rows: &[serde_json::Value],
+    rtts_ms: &[f64],
+    policies: &[serde_json::Value],
+    pipelines: &[bool],
+) -> Result<()> {
+    for &pipe in pipelines {
+        let series = policies
+            .iter()
+            .enumerate()
+            .flat_map(|(pi, pol)| {
+                let color = COLORS[pi % COLORS.len()];
+                let label = pol.as_str().map_or(pol.to_string(), str::to_owned);
+                let pts = |key: &str| {
+                    rows.iter()
+                        .filter(|r| r["pipeline"] == json!(pipe) && r["gamma"] == *pol)
+                        .filter_map(|r| {
+                            let i = rtts_ms
+                                .iter()
+                                .position(|&x| Some(x) == r["rtt_ms"].as_f64())?;
+                            Some((i as f64, r[key].as_f64()?, String::new()))
+                        })
+                        .collect::<Vec<_>>()
+                };
+                [
+                    plot::Series {
+                        name: format!("γ={label} measured"),
+                        color,
+                        points: pts("speedup"),
+                        square: false,
+                        line: plot::Line::Solid,
+                    },
+                    plot::Series {
+                        name: format!("γ={label} model"),
+                        color,
+                        points: pts("predicted_speedup"),
+                        square: true,
+                        line: plot::Line::Dashed,
+                    },
+                ]
+            })
+            .collect();
+        let chart = plot::Chart {
+            title: format!(
+                "Speedup over streamed target-only vs RTT ({})",
+                if pipe { "pipelined" } else { "sequential" }
+            ),
+            x_label: "round-trip time between draft and target".into(),
+            y_label: "speedup".into(),
+            series,
+            y_range: None,
+            x_ticks: rtts_ms
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (i as f64, format!("{r:.0} ms")))
+                .collect(),
+        };
+        let name = if pipe {
+            "latency-pipelined"
+        } else {
+            "latency-sequential"
+        };
+        std::fs::write(dir.join(format!("{name}.svg")), chart.to_svg())?;
+        chart.write_png(&dir.join(format!("{name}.png")))?;
+    }
+    Ok(())
+}
+
+/// `--replot DIR`: redraws the plots from DIR/results.jsonl (no run).
+fn replot(dir: &Path) -> Result<()> {
+    let path = dir.join("results.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("--replot: cannot read {}", path.display()))?;
+    let rows = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut rtts_ms: Vec<f64> = Vec::new();
+    let mut policies: Vec<serde_json::Value> = Vec::new();
+    let mut pipelines: Vec<bool> = Vec::new();
+    for r in &rows {
+        let (Some(rtt), Some(pipe)) = (r["rtt_ms"].as_f64(), r["pipeline"].as_bool()) else {
+            bail!("{}: a row lacks rtt_ms or pipeline: {r}", path.display());
+        };
+        if !rtts_ms.contains(&rtt) {
+            rtts_ms.push(rtt);
+        }
+        if r["gamma"] == json!("target-only") {
+            continue;
+        }
+        if !policies.contains(&r["gamma"]) {
+            policies.push(r["gamma"].clone());
+        }
+        if !pipelines.contains(&pipe) {
+            pipelines.push(pipe);
+        }
+    }
+    if policies.is_empty() {
+        bail!("{}: no speculative rows to plot", path.display());
+    }
+    write_plots(dir, &rows, &rtts_ms, &policies, &pipelines)?;
+    crate::log(&format!("redrew the plots in {}", dir.display()));
     Ok(())
 }
 
@@ -703,5 +771,34 @@ mod tests {
         // One fixed γ: drafting time is all per forward.
         let est = model_inputs(&base, &[(2, &g2)]);
         assert!((est.t_draft - 0.0065).abs() < 1e-12, "{est:?}");
+    }
+
+    #[test]
+    fn replot_redraws_from_results_and_names_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = [
+            json!({"rtt_ms": 0.0, "pipeline": false, "gamma": "target-only", "speedup": 1.0}),
+            json!({"rtt_ms": 0.0, "pipeline": false, "gamma": 4, "speedup": 1.1, "predicted_speedup": 1.05}),
+            json!({"rtt_ms": 0.0, "pipeline": false, "gamma": "auto", "speedup": 1.2, "predicted_speedup": 1.1}),
+            json!({"rtt_ms": 50.0, "pipeline": false, "gamma": 4, "speedup": 0.5, "predicted_speedup": 0.45}),
+            json!({"rtt_ms": 50.0, "pipeline": false, "gamma": "auto", "speedup": 0.6, "predicted_speedup": 0.62}),
+        ];
+        let text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(dir.path().join("results.jsonl"), text).unwrap();
+        replot(dir.path()).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("latency-sequential.svg")).unwrap();
+        assert!(
+            svg.contains("γ=auto measured") && svg.contains("50 ms"),
+            "{svg}"
+        );
+        assert!(dir.path().join("latency-sequential.png").exists());
+        assert!(!dir.path().join("latency-pipelined.svg").exists());
+        std::fs::write(
+            dir.path().join("results.jsonl"),
+            "{\"rtt_ms\": 0}\nnot json\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", replot(dir.path()).unwrap_err());
+        assert!(e.contains("line 2"), "{e}");
     }
 }
