@@ -31,8 +31,10 @@ use super::BENCH_PROMPTS;
 
 #[derive(Args)]
 pub struct LatencyBenchArgs {
+    /// Target model of the target-node (preset, file, directory or Hugging Face repo id).
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub target: String,
+    /// Draft model of the draft-node (same forms).
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
     /// Round-trip times to emulate, comma-separated; a bare number is in milliseconds
@@ -51,6 +53,7 @@ pub struct LatencyBenchArgs {
     /// Jitter added to each direction's delay (seeded, order kept).
     #[arg(long, default_value = "0ms")]
     pub jitter: String,
+    /// Completion tokens per generation.
     #[arg(long, default_value_t = 128)]
     pub max_tokens: usize,
     /// How many of the built-in prompts to run at each point.
