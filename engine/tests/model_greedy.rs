@@ -125,26 +125,12 @@ fn pipelined_loop_equals_target_only_in_process() {
     use specd_engine::pipeline::encode_prompt;
     use specd_engine::spec::draft::Drafter;
     use specd_engine::spec::generate::run;
-    use specd_engine::spec::target::{SessionParams, TargetSession};
     let t = common::target();
     let mut stale = 0;
     for d in [common::draft(), common::load("smollm2-135m-q4_0")] {
         for prompt in &common::PROMPTS[..4] {
             let ids = encode_prompt(&t.tokenizer, prompt, true).unwrap();
-            let params = SessionParams {
-                sampling: SamplingParams::default(),
-                max_tokens: 48,
-                policy: Default::default(),
-            };
-            let open = || {
-                TargetSession::open(
-                    t.llama.clone(),
-                    t.tokenizer.eos_ids.clone(),
-                    ids.clone(),
-                    params.clone(),
-                )
-                .unwrap()
-            };
+            let open = || common::open_session(&t, &ids, SamplingParams::default(), 48);
             let mut base = open();
             let b = run(
                 &mut base,
@@ -194,24 +180,10 @@ fn pipelined_loop_equals_target_only_in_process() {
 #[test]
 fn successor_after_a_last_position_rejection_is_stale() {
     use specd_engine::pipeline::encode_prompt;
-    use specd_engine::spec::target::{SessionParams, TargetSession};
     use specd_engine::spec::{DraftBlock, DraftDist, Verifier};
     let t = common::target();
     let ids = encode_prompt(&t.tokenizer, common::PROMPTS[0], true).unwrap();
-    let params = SessionParams {
-        sampling: SamplingParams::default(),
-        max_tokens: 32,
-        policy: Default::default(),
-    };
-    let open = || {
-        TargetSession::open(
-            t.llama.clone(),
-            t.tokenizer.eos_ids.clone(),
-            ids.clone(),
-            params.clone(),
-        )
-        .unwrap()
-    };
+    let open = || common::open_session(&t, &ids, SamplingParams::default(), 32);
     // The target's own greedy continuation.
     let mut reference = open();
     let mut greedy = Vec::new();

@@ -6,7 +6,6 @@ mod common;
 use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
 use specd_engine::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
 use specd_engine::spec::gamma::GammaPolicy;
-use specd_engine::spec::target::{SessionParams, TargetSession};
 use specd_engine::spec::{DraftBlock, DraftDist, DraftSampling, Verifier};
 
 /// Upper 99.9% quantile of chi-square with `df` degrees of freedom (Wilson–Hilferty).
@@ -50,18 +49,7 @@ fn first_token_of_speculative_sampling_follows_the_target() {
         seed: 0,
     };
     let prompt = encode_prompt(&t.tokenizer, "Tell me a joke about computers.", true).unwrap();
-    let params = SessionParams {
-        sampling,
-        max_tokens: 8,
-        policy: Default::default(),
-    };
-    let base = TargetSession::open(
-        t.llama.clone(),
-        t.tokenizer.eos_ids.clone(),
-        prompt.clone(),
-        params,
-    )
-    .unwrap();
+    let base = common::open_session(&t, &prompt, sampling, 8);
     // The target's p_T at the first completion position, and the draft's q there.
     let mut cache = t.llama.new_cache();
     let p = match sampling_dist(

@@ -3,6 +3,8 @@
 
 use specd_engine::pipeline::LoadedModel;
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+use specd_engine::sampling::SamplingParams;
+use specd_engine::spec::target::{SessionParams, TargetSession};
 
 pub fn load(name: &str) -> LoadedModel {
     LoadedModel::load(name, &|m| eprintln!("{m}"))
@@ -15,6 +17,27 @@ pub fn target() -> LoadedModel {
 
 pub fn draft() -> LoadedModel {
     load(DEFAULT_DRAFT)
+}
+
+/// A target session on `prompt` (token ids) with the default (exact) policy.
+pub fn open_session(
+    t: &LoadedModel,
+    prompt: &[u32],
+    sampling: SamplingParams,
+    max_tokens: usize,
+) -> TargetSession {
+    let params = SessionParams {
+        sampling,
+        max_tokens,
+        policy: Default::default(),
+    };
+    TargetSession::open(
+        t.llama.clone(),
+        t.tokenizer.eos_ids.clone(),
+        prompt.to_vec(),
+        params,
+    )
+    .unwrap()
 }
 
 /// Chat prompts used across tests.
