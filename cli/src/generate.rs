@@ -9,7 +9,7 @@ use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
-use specd_engine::spec::gamma::{GammaPolicy, DEFAULT_GAMMA_MAX};
+use specd_engine::spec::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec::rules::Rule;
 use specd_engine::spec::DraftSampling;
 use specd_engine::tokenizer::Tokenizer;
@@ -238,21 +238,28 @@ pub fn output_json(
         "draft": if req.gamma.speculative() { Some(&args.draft) } else { None },
     });
     // The γ policy's outcome and the latency model's final estimates.
-    let gamma = json!({
-        "gamma_max": s.gamma_max,
-        "mean_gamma": s.mean_gamma,
-        "est_alpha": s.estimates.alpha,
-        "est_t_draft_ms": s.estimates.t_draft * 1e3,
-        "est_t_draft_fixed_ms": s.estimates.t_draft_fixed * 1e3,
-        "est_t_verify_ms": s.estimates.t_verify1 * 1e3,
-        "est_t_verify_slope_ms": s.estimates.t_verify_slope * 1e3,
-        "est_rtt_ms": s.estimates.rtt * 1e3,
-        "stale_blocks": s.stale_blocks,
-    });
-    if let (Some(o), serde_json::Value::Object(g)) = (j.as_object_mut(), gamma) {
-        o.extend(g);
+    if let Some(o) = j.as_object_mut() {
+        o.insert("gamma_max".into(), json!(s.gamma_max));
+        o.insert("mean_gamma".into(), json!(s.mean_gamma));
+        o.insert("stale_blocks".into(), json!(s.stale_blocks));
+        o.extend(estimates_json(&s.estimates));
     }
     j
+}
+
+/// The latency model's estimates as `est_*` JSON fields, in milliseconds.
+pub fn estimates_json(e: &Estimates) -> serde_json::Map<String, serde_json::Value> {
+    [
+        ("est_alpha", e.alpha),
+        ("est_t_draft_ms", e.t_draft * 1e3),
+        ("est_t_draft_fixed_ms", e.t_draft_fixed * 1e3),
+        ("est_t_verify_ms", e.t_verify1 * 1e3),
+        ("est_t_verify_slope_ms", e.t_verify_slope * 1e3),
+        ("est_rtt_ms", e.rtt * 1e3),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), json!(v)))
+    .collect()
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {

@@ -11,7 +11,7 @@ use specd_engine::spec::budget::Policy;
 use specd_engine::spec::gamma::GammaPolicy;
 use specd_engine::spec::DraftSampling;
 
-use super::procs::{free_port, start};
+use super::procs::{free_port, start, start_model_node};
 use super::BENCH_PROMPTS;
 
 #[derive(Args)]
@@ -39,30 +39,12 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
     let log = &crate::log;
     let target = LoadedModel::load(&a.target, log)?;
     let draft = LoadedModel::load(&a.draft, log)?;
-    let (pt, pd, pc) = (free_port()?, free_port()?, free_port()?);
+    let pc = free_port()?;
     let addr = |p: u16| format!("127.0.0.1:{p}");
     let url = |p: u16| format!("http://127.0.0.1:{p}");
     log("starting target-node, draft-node and coordinator on loopback");
-    let _t = start(
-        &[
-            "target-node".into(),
-            "--listen".into(),
-            addr(pt),
-            "--model".into(),
-            a.target.clone(),
-        ],
-        pt,
-    )?;
-    let _d = start(
-        &[
-            "draft-node".into(),
-            "--listen".into(),
-            addr(pd),
-            "--model".into(),
-            a.draft.clone(),
-        ],
-        pd,
-    )?;
+    let (_t, pt) = start_model_node("target-node", &a.target)?;
+    let (_d, pd) = start_model_node("draft-node", &a.draft)?;
     let _c = start(
         &[
             "coordinator".into(),

@@ -26,7 +26,7 @@ use specd_engine::spec::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec::DraftSampling;
 use specd_eval::plot;
 
-use super::procs::{free_port, start};
+use super::procs::{free_port, start, start_model_node};
 use super::BENCH_PROMPTS;
 
 #[derive(Args)]
@@ -295,30 +295,11 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
             .with_context(|| format!("cannot create --out {}", dir.display()))?;
     }
     let log = &crate::log;
-    let (pt, pd) = (free_port()?, free_port()?);
     let addr = |p: u16| format!("127.0.0.1:{p}");
     let url = |p: u16| format!("http://127.0.0.1:{p}");
     log("starting target-node and draft-node on loopback");
-    let _t = start(
-        &[
-            "target-node".into(),
-            "--listen".into(),
-            addr(pt),
-            "--model".into(),
-            a.target.clone(),
-        ],
-        pt,
-    )?;
-    let _d = start(
-        &[
-            "draft-node".into(),
-            "--listen".into(),
-            addr(pd),
-            "--model".into(),
-            a.draft.clone(),
-        ],
-        pd,
-    )?;
+    let (_t, pt) = start_model_node("target-node", &a.target)?;
+    let (_d, pd) = start_model_node("draft-node", &a.draft)?;
     let req = |p: &str, gamma: GammaPolicy, max_tokens: usize| Request {
         prompt: p.to_owned(),
         chat: true,
@@ -492,13 +473,10 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
                     "wall_tokens_per_s": acc.tokens as f64 / acc.wall_s,
                     "wall_speedup": (acc.tokens as f64 / acc.wall_s) / (base.tokens as f64 / base.wall_s),
                     "stale_blocks": acc.stale, "outputs_identical": acc.identical,
-                    "est_alpha": acc.last_estimates.alpha,
-                    "est_t_draft_ms": acc.last_estimates.t_draft * 1e3,
-                    "est_t_draft_fixed_ms": acc.last_estimates.t_draft_fixed * 1e3,
-                    "est_t_verify_ms": acc.last_estimates.t_verify1 * 1e3,
-                    "est_t_verify_slope_ms": acc.last_estimates.t_verify_slope * 1e3,
-                    "est_rtt_ms": acc.last_estimates.rtt * 1e3,
                 }));
+                if let Some(row) = rows.last_mut().and_then(|r| r.as_object_mut()) {
+                    row.extend(crate::generate::estimates_json(&acc.last_estimates));
+                }
                 speedups.push((pol, speedup, predicted));
             }
             let fixed_sp: Vec<(usize, f64)> = speedups

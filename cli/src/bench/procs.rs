@@ -54,3 +54,20 @@ pub fn start(args: &[String], port: u16) -> Result<Proc> {
     }
     Ok(p)
 }
+
+/// Starts `specd <role> --listen 127.0.0.1:PORT --model MODEL` (`target-node` or `draft-node`) on
+/// a free loopback port; returns the process and the port.
+pub fn start_model_node(role: &str, model: &str) -> Result<(Proc, u16)> {
+    let port = free_port()?;
+    let p = start(
+        &[
+            role.into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--model".into(),
+            model.into(),
+        ],
+        port,
+    )?;
+    Ok((p, port))
+}
