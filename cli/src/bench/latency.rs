@@ -125,9 +125,12 @@ struct Acc {
 }
 
 impl Acc {
+    /// Adds a run; `same_as_baseline`: its output equals target-only decoding (`identical` holds
+    /// while every run added did).
     fn add(&mut self, r: &Remote, same_as_baseline: bool) {
         let s = &r.wire_stats;
         let o = &r.output;
+        self.identical = (self.tokens == 0 || self.identical) && same_as_baseline;
         self.steady_tokens += o.token_ids.len().saturating_sub(r.first_event_tokens);
         self.steady_s += o.wall_s - r.first_event_s;
         self.tokens += o.token_ids.len();
@@ -144,7 +147,6 @@ impl Acc {
             self.rounds_p50_us.push(s.round_overhead_us_p50);
         }
         self.last_estimates = specd_proto::convert::estimates_from_wire(s);
-        self.identical = same_as_baseline;
     }
 
     fn rate(&self) -> f64 {
@@ -376,9 +378,7 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
                 for (pi, &pol) in policies.iter().enumerate() {
                     let r = run(&req(p, pol, a.max_tokens), pipe)?;
                     let same = r.output.token_ids == base.output.token_ids;
-                    let acc = accs.entry((ri, pipe, pi)).or_default();
-                    let all_same = acc.tokens == 0 || acc.identical;
-                    acc.add(&r, same && all_same);
+                    accs.entry((ri, pipe, pi)).or_default().add(&r, same);
                     bar.inc(1);
                 }
             }
