@@ -8,10 +8,10 @@ use serde_json::json;
 use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
-use specd_engine::spec::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
-use specd_engine::spec::rules::Rule;
-use specd_engine::spec::DraftSampling;
+use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
+use specd_engine::spec_decode::rules::Rule;
+use specd_engine::spec_decode::DraftSampling;
 use specd_engine::tokenizer::Tokenizer;
 use std::sync::Arc;
 

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use specd_engine::pipeline::{Mode, Output, Request};
-use specd_engine::spec::generate::RunStats;
-use specd_engine::spec::{DraftSampling, FinishReason, TokenInfo};
+use specd_engine::spec_decode::generate::RunStats;
+use specd_engine::spec_decode::{DraftSampling, FinishReason, TokenInfo};
 use specd_proto::convert;
 use specd_proto::v1::coordinator_client::CoordinatorClient;
 use specd_proto::v1::{self, GenerateRequest};

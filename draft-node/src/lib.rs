@@ -1,6 +1,6 @@
 //! `specd draft-node`: serves `specd.v1.Drafter`. `Run` connects to the target named in the
 //! request, refuses a target with another vocabulary, and runs the engine's speculative loop
-//! (`spec::generate::run`, the same code as the embedded mode) through [`GrpcVerifier`], a
+//! (`spec_decode::generate::run`, the same code as the embedded mode) through [`GrpcVerifier`], a
 //! `Verifier` that sends each block on a `Verify` stream and waits for its verdict.
 
 use std::net::SocketAddr;
@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use specd_engine::pipeline::{LoadedModel, TextStream};
-use specd_engine::spec::draft::Drafter;
-use specd_engine::spec::generate::run as run_loop;
-use specd_engine::spec::{DraftBlock, FinishReason, Verdict, Verifier};
+use specd_engine::spec_decode::draft::Drafter;
+use specd_engine::spec_decode::generate::run as run_loop;
+use specd_engine::spec_decode::{DraftBlock, FinishReason, Verdict, Verifier};
 use specd_proto::convert;
 use specd_proto::v1::drafter_server::{Drafter as DrafterRpc, DrafterServer};
 use specd_proto::v1::target_verifier_client::TargetVerifierClient;

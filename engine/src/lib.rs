@@ -6,7 +6,7 @@
 //! - [`tokenizer`]: tokenizer.json or GGUF metadata, chat template, vocabulary fingerprint;
 //! - [`presets`], [`source`]: offline presets and model sources (path, preset, Hugging Face);
 //! - [`sampling`]: distributions and keyed randomness;
-//! - [`spec`]: the speculative loop, its `Verifier` trait and the exact rule;
+//! - [`spec_decode`]: the speculative loop, its `Verifier` trait and the exact rule;
 //! - [`pipeline`]: embedded generation end to end.
 
 pub mod gguf;
@@ -18,5 +18,5 @@ pub mod quant;
 pub mod sampling;
 pub mod score;
 pub mod source;
-pub mod spec;
+pub mod spec_decode;
 pub mod tokenizer;

@@ -11,12 +11,12 @@ use crate::model::{load_model, Llama, LoadOptions};
 use crate::presets::Log;
 use crate::sampling::SamplingParams;
 use crate::source::ModelSource;
-use crate::spec::budget::Policy;
-use crate::spec::draft::Drafter;
-use crate::spec::gamma::GammaPolicy;
-use crate::spec::generate::{run, RunStats};
-use crate::spec::target::{SessionParams, TargetSession};
-use crate::spec::DraftSampling;
+use crate::spec_decode::budget::Policy;
+use crate::spec_decode::draft::Drafter;
+use crate::spec_decode::gamma::GammaPolicy;
+use crate::spec_decode::generate::{run, RunStats};
+use crate::spec_decode::target::{SessionParams, TargetSession};
+use crate::spec_decode::DraftSampling;
 use crate::tokenizer::Tokenizer;
 
 /// A model ready to run.
@@ -83,7 +83,7 @@ pub struct Request {
     pub chat: bool,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
-    /// Drafted tokens per block: fixed, `auto` or `heuristic` (see [`crate::spec::gamma`]).
+    /// Drafted tokens per block: fixed, `auto` or `heuristic` (see [`crate::spec_decode::gamma`]).
     pub gamma: GammaPolicy,
     pub mode: Mode,
     pub draft_sampling: DraftSampling,

@@ -8,11 +8,11 @@
 use std::collections::HashMap;
 
 use specd_engine::sampling::{sample_probs, uniform, Dist, Purpose, SamplingParams};
-use specd_engine::spec::budget::{judge_position, Pacing, Policy};
-use specd_engine::spec::exact;
-use specd_engine::spec::judge::judge_block;
-use specd_engine::spec::rules::{JudgeInput, Rule};
-use specd_engine::spec::{DraftBlock, DraftDist};
+use specd_engine::spec_decode::budget::{judge_position, Pacing, Policy};
+use specd_engine::spec_decode::exact;
+use specd_engine::spec_decode::judge::judge_block;
+use specd_engine::spec_decode::rules::{JudgeInput, Rule};
+use specd_engine::spec_decode::{DraftBlock, DraftDist};
 
 const V: usize = 3;
 

@@ -5,8 +5,8 @@ mod common;
 
 use specd_engine::pipeline::{generate, Mode, Request};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::gamma::GammaPolicy;
-use specd_engine::spec::{DraftSampling, FinishReason};
+use specd_engine::spec_decode::gamma::GammaPolicy;
+use specd_engine::spec_decode::{DraftSampling, FinishReason};
 
 fn request(prompt: &str, gamma: usize, mode: Mode, max_tokens: usize) -> Request {
     with_policy(prompt, GammaPolicy::Fixed(gamma), mode, max_tokens)
@@ -123,8 +123,8 @@ fn stops_at_end_of_sequence_inside_a_block() {
 #[test]
 fn pipelined_loop_equals_target_only_in_process() {
     use specd_engine::pipeline::encode_prompt;
-    use specd_engine::spec::draft::Drafter;
-    use specd_engine::spec::generate::run;
+    use specd_engine::spec_decode::draft::Drafter;
+    use specd_engine::spec_decode::generate::run;
     let t = common::target();
     let mut stale = 0;
     for d in [common::draft(), common::load("smollm2-135m-q4_0")] {
@@ -180,7 +180,7 @@ fn pipelined_loop_equals_target_only_in_process() {
 #[test]
 fn successor_after_a_last_position_rejection_is_stale() {
     use specd_engine::pipeline::encode_prompt;
-    use specd_engine::spec::{DraftBlock, DraftDist, Verifier};
+    use specd_engine::spec_decode::{DraftBlock, DraftDist, Verifier};
     let t = common::target();
     let ids = encode_prompt(&t.tokenizer, common::PROMPTS[0], true).unwrap();
     let open = || common::open_session(&t, &ids, SamplingParams::default(), 32);

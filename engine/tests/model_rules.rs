@@ -9,9 +9,9 @@ use std::sync::Arc;
 use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
-use specd_engine::spec::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
-use specd_engine::spec::gamma::GammaPolicy;
-use specd_engine::spec::DraftSampling;
+use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec_decode::gamma::GammaPolicy;
+use specd_engine::spec_decode::DraftSampling;
 
 #[test]
 fn budget_bounds_non_argmax_tokens_at_temperature_zero() {

@@ -5,8 +5,8 @@ mod common;
 
 use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
 use specd_engine::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
-use specd_engine::spec::gamma::GammaPolicy;
-use specd_engine::spec::{DraftBlock, DraftDist, DraftSampling, Verifier};
+use specd_engine::spec_decode::gamma::GammaPolicy;
+use specd_engine::spec_decode::{DraftBlock, DraftDist, DraftSampling, Verifier};
 
 /// Upper 99.9% quantile of chi-square with `df` degrees of freedom (Wilson–Hilferty).
 fn chi2_999(df: usize) -> f64 {

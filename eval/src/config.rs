@@ -4,8 +4,8 @@
 //! `gamma` (overrides `--gamma`).
 
 use anyhow::{bail, Context, Result};
-use specd_engine::spec::budget::Pacing;
-use specd_engine::spec::rules::Rule;
+use specd_engine::spec_decode::budget::Pacing;
+use specd_engine::spec_decode::rules::Rule;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalConfig {

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use specd_engine::pipeline::{generate, LoadedModel, Mode, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
-use specd_engine::spec::budget::{Policy, ProtectSet, DEFAULT_PROTECT};
-use specd_engine::spec::gamma::GammaPolicy;
-use specd_engine::spec::DraftSampling;
+use specd_engine::spec_decode::budget::{Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec_decode::gamma::GammaPolicy;
+use specd_engine::spec_decode::DraftSampling;
 
 use crate::config::EvalConfig;
 use crate::gsm8k::{self, extract_answer, strip_annotations, Problem};

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
-use specd_engine::spec::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
-use specd_engine::spec::generate::RunStats;
-use specd_engine::spec::{DraftBlock, DraftDist, DraftSampling, TokenInfo};
+use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
+use specd_engine::spec_decode::generate::RunStats;
+use specd_engine::spec_decode::{DraftBlock, DraftDist, DraftSampling, TokenInfo};
 use specd_engine::tokenizer::Tokenizer;
 use tonic::Status;
 

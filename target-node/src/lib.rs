@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use specd_engine::pipeline::{encode_prompt, LoadedModel, TextStream};
-use specd_engine::spec::budget::ProtectSet;
-use specd_engine::spec::target::{SessionParams, TargetSession};
-use specd_engine::spec::DraftBlock;
+use specd_engine::spec_decode::budget::ProtectSet;
+use specd_engine::spec_decode::target::{SessionParams, TargetSession};
+use specd_engine::spec_decode::DraftBlock;
 use specd_proto::convert::{self, block_from_wire};
 use specd_proto::v1::target_verifier_server::{TargetVerifier, TargetVerifierServer};
 use specd_proto::v1::{self, DraftFrame, TokenEvent, Verdict};
@@ -122,7 +122,7 @@ impl TargetService {
     }
 
     fn verdict_to_wire(
-        v: &specd_engine::spec::Verdict,
+        v: &specd_engine::spec_decode::Verdict,
         seq: u64,
         budget: f64,
         verify_ms: f64,

@@ -7,9 +7,9 @@ use serde_json::json;
 use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::budget::Policy;
-use specd_engine::spec::gamma::GammaPolicy;
-use specd_engine::spec::DraftSampling;
+use specd_engine::spec_decode::budget::Policy;
+use specd_engine::spec_decode::gamma::GammaPolicy;
+use specd_engine::spec_decode::DraftSampling;
 
 use super::procs::{free_port, start, start_model_node};
 use super::BENCH_PROMPTS;

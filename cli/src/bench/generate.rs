@@ -9,9 +9,9 @@ use specd_engine::model::Llama;
 use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::budget::Policy;
-use specd_engine::spec::gamma::GammaPolicy;
-use specd_engine::spec::DraftSampling;
+use specd_engine::spec_decode::budget::Policy;
+use specd_engine::spec_decode::gamma::GammaPolicy;
+use specd_engine::spec_decode::DraftSampling;
 
 /// Prompts of the generation benchmark (chat format).
 pub const BENCH_PROMPTS: &[&str] = &[

@@ -21,9 +21,9 @@ use specd_coordinator::client::{self, Remote};
 use specd_engine::pipeline::{Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::budget::Policy;
-use specd_engine::spec::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
-use specd_engine::spec::DraftSampling;
+use specd_engine::spec_decode::budget::Policy;
+use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
+use specd_engine::spec_decode::DraftSampling;
 use specd_eval::plot;
 
 use super::procs::{free_port, start, start_model_node};

@@ -10,10 +10,10 @@ use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
 use specd_engine::presets::DEFAULT_TARGET;
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
-use specd_engine::spec::budget::{Pacing, Policy, ProtectSet};
-use specd_engine::spec::gamma::GammaPolicy;
-use specd_engine::spec::rules::Rule;
-use specd_engine::spec::DraftSampling;
+use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet};
+use specd_engine::spec_decode::gamma::GammaPolicy;
+use specd_engine::spec_decode::rules::Rule;
+use specd_engine::spec_decode::DraftSampling;
 
 use super::BENCH_PROMPTS;
 

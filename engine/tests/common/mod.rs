@@ -4,7 +4,7 @@
 use specd_engine::pipeline::LoadedModel;
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec::target::{SessionParams, TargetSession};
+use specd_engine::spec_decode::target::{SessionParams, TargetSession};
 
 pub fn load(name: &str) -> LoadedModel {
     LoadedModel::load(name, &|m| eprintln!("{m}"))

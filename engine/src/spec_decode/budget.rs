@@ -192,8 +192,8 @@ pub fn judge_position(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::rules::JudgeInput;
-    use crate::spec::DraftDist;
+    use crate::spec_decode::rules::JudgeInput;
+    use crate::spec_decode::DraftDist;
     use proptest::prelude::*;
 
     fn rules() -> Vec<Rule> {
@@ -231,7 +231,7 @@ mod tests {
             } else {
                 crate::sampling::Dist::Probs(p.clone())
             };
-            let a_ex = crate::spec::exact::accept_prob(&pt, &qd, x);
+            let a_ex = crate::spec_decode::exact::accept_prob(&pt, &qd, x);
             for rule in rules() {
                 let inp = JudgeInput { p_hat: &p, p_hat_max: pmax, q: &qd, x, greedy };
                 let g = rule.g(&inp);
