@@ -47,7 +47,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         (None, Some(ids)) => parse_ids(ids)?,
         _ => bail!("give the continuation as --continuation TEXT or --continuation-ids 1,2,3"),
     };
-    let r = specd_engine::score::score(&model.llama, &prompt, &cont)?;
+    let r = specd_engine::score::score(&model.model, &prompt, &cont)?;
     if a.json {
         println!(
             "{}",

@@ -217,7 +217,7 @@ impl DrafterRpc for DraftNode {
                 model: model.clone(),
                 text: TextStream::new(),
             };
-            let mut drafter = Drafter::new(model.llama.clone(), sampling, mode);
+            let mut drafter = Drafter::new(model.model.clone(), sampling, mode);
             match run_loop(
                 &mut verifier,
                 Some(&mut drafter),

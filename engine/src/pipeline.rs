@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{load_model, Llama, LoadOptions};
+use crate::model::{load_model, LoadOptions, Model};
 use crate::presets::Log;
 use crate::sampling::SamplingParams;
 use crate::source::ModelSource;
@@ -23,7 +23,7 @@ use crate::tokenizer::Tokenizer;
 pub struct LoadedModel {
     pub name: String,
     pub path: PathBuf,
-    pub llama: Arc<Llama>,
+    pub model: Arc<Model>,
     pub tokenizer: Arc<Tokenizer>,
 }
 
@@ -32,12 +32,12 @@ impl LoadedModel {
     pub fn load(spec: &str, log: Log) -> Result<Self> {
         let source = ModelSource::parse(spec)?;
         let path = source.resolve(log)?;
-        let (llama, tokenizer) = load_model(&path, LoadOptions::default())
+        let (model, tokenizer) = load_model(&path, LoadOptions::default())
             .with_context(|| format!("cannot load model {}", source.name()))?;
         Ok(LoadedModel {
             name: source.name(),
             path,
-            llama: Arc::new(llama),
+            model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
         })
     }
@@ -56,13 +56,13 @@ pub fn check_pair(target: &LoadedModel, draft: &LoadedModel) -> Result<()> {
             target.name
         );
     }
-    if draft.llama.config.vocab_size != target.llama.config.vocab_size {
+    if draft.model.config.vocab_size != target.model.config.vocab_size {
         bail!(
             "the draft model {} has {} logits per position but the target {} has {}",
             draft.name,
-            draft.llama.config.vocab_size,
+            draft.model.config.vocab_size,
             target.name,
-            target.llama.config.vocab_size
+            target.model.config.vocab_size
         );
     }
     Ok(())
@@ -158,7 +158,7 @@ pub fn generate(
         policy: req.policy.clone(),
     };
     let mut session = TargetSession::open(
-        target.llama.clone(),
+        target.model.clone(),
         target.tokenizer.eos_ids.clone(),
         prompt.clone(),
         params,
@@ -167,7 +167,7 @@ pub fn generate(
         (Mode::Speculative, Some(d)) if req.gamma.speculative() => {
             check_pair(target, d)?;
             Some(Drafter::new(
-                d.llama.clone(),
+                d.model.clone(),
                 req.sampling,
                 req.draft_sampling,
             ))

@@ -6,7 +6,7 @@
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use crate::model::Llama;
+use crate::model::Model;
 use crate::sampling::argmax;
 
 #[derive(Debug, Clone, Serialize)]
@@ -27,7 +27,7 @@ pub struct ScoreReport {
 }
 
 /// Scores `continuation` after `prompt` (both token ids; the prompt must be non-empty).
-pub fn score(model: &Llama, prompt: &[u32], continuation: &[u32]) -> Result<ScoreReport> {
+pub fn score(model: &Model, prompt: &[u32], continuation: &[u32]) -> Result<ScoreReport> {
     if prompt.is_empty() {
         bail!("the prompt is empty: scoring needs at least one prompt token");
     }

@@ -4,14 +4,14 @@
 
 mod common;
 
-use specd_engine::model::Llama;
+use specd_engine::model::Model;
 use specd_engine::pipeline::encode_prompt;
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
-fn check_model(model: &Llama, tokens: &[u32]) {
+fn check_model(model: &Model, tokens: &[u32]) {
     let vocab = model.config.vocab_size;
     for &ctx in &[1usize, 9, 33] {
         // Reference: one token at a time from a cache of `ctx` tokens.
@@ -64,30 +64,30 @@ fn block_forward_is_batch_invariant_on_the_target() {
     let t = common::target();
     let tokens = encode_prompt(&t.tokenizer, common::PROMPTS[11], true).unwrap();
     assert!(tokens.len() >= 42);
-    check_model(&t.llama, &tokens);
+    check_model(&t.model, &tokens);
 }
 
 #[test]
 fn block_forward_is_batch_invariant_on_the_draft() {
     let d = common::draft();
     let tokens = encode_prompt(&d.tokenizer, common::PROMPTS[11], true).unwrap();
-    check_model(&d.llama, &tokens);
+    check_model(&d.model, &tokens);
 }
 
 #[test]
 fn context_overflow_and_bad_ids_are_errors() {
     let t = common::target();
-    let mut cache = t.llama.new_cache();
+    let mut cache = t.model.new_cache();
     let err = t
-        .llama
+        .model
         .forward(&mut cache, &[49152], 0)
         .unwrap_err()
         .to_string();
     assert!(err.contains("49152") && err.contains("vocabulary"), "{err}");
     assert_eq!(cache.len(), 0, "a failed forward must not touch the cache");
-    let long = vec![1u32; t.llama.config.context_length + 1];
+    let long = vec![1u32; t.model.config.context_length + 1];
     let err = t
-        .llama
+        .model
         .forward(&mut cache, &long, long.len())
         .unwrap_err()
         .to_string();

@@ -144,7 +144,7 @@ fn pipelined_loop_equals_target_only_in_process() {
             .unwrap();
             let mut s = open();
             let mut drafter = Drafter::new(
-                d.llama.clone(),
+                d.model.clone(),
                 SamplingParams::default(),
                 DraftSampling::Greedy,
             );
@@ -199,7 +199,7 @@ fn successor_after_a_last_position_rejection_is_stale() {
         tokens,
         successor,
     };
-    let wrong = (greedy[2] + 1) % t.llama.config.vocab_size as u32;
+    let wrong = (greedy[2] + 1) % t.model.config.vocab_size as u32;
     let mut s = open();
     let n = ids.len();
     s.submit(block(n, vec![greedy[0], greedy[1], wrong], true))

@@ -48,7 +48,7 @@ fn budget_bounds_non_argmax_tokens_at_temperature_zero() {
                     pacing: Pacing::None,
                 };
                 let out = generate(&t, Some(&d), &req(policy, Mode::Speculative), |_| {}).unwrap();
-                let s = score(&t.llama, &prompt_ids, &out.token_ids).unwrap();
+                let s = score(&t.model, &prompt_ids, &out.token_ids).unwrap();
                 let lossy = out.stats.token_info.iter().filter(|i| i.lossy).count();
                 let tag = format!("{rule} B={budget} protect={}", protect.is_some());
                 assert!(

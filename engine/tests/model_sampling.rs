@@ -51,9 +51,9 @@ fn first_token_of_speculative_sampling_follows_the_target() {
     let prompt = encode_prompt(&t.tokenizer, "Tell me a joke about computers.", true).unwrap();
     let base = common::open_session(&t, &prompt, sampling, 8);
     // The target's p_T at the first completion position, and the draft's q there.
-    let mut cache = t.llama.new_cache();
+    let mut cache = t.model.new_cache();
     let p = match sampling_dist(
-        &t.llama
+        &t.model
             .forward(&mut cache, &prompt, prompt.len() - 1)
             .unwrap(),
         &sampling,
@@ -61,9 +61,9 @@ fn first_token_of_speculative_sampling_follows_the_target() {
         Dist::Probs(p) => p,
         Dist::OneHot(_) => unreachable!(),
     };
-    let mut dcache = d.llama.new_cache();
+    let mut dcache = d.model.new_cache();
     let q = match sampling_dist(
-        &d.llama
+        &d.model
             .forward(&mut dcache, &prompt, prompt.len() - 1)
             .unwrap(),
         &sampling,

@@ -278,7 +278,7 @@ impl<'a> Runner<'a> {
             }
         };
         let prompt_ids = self.target.tokenizer.encode(&prompt_text, true)?;
-        let s = score(&self.target.llama, &prompt_ids, &out.token_ids)?;
+        let s = score(&self.target.model, &prompt_ids, &out.token_ids)?;
         Ok((out, s.nll_sum))
     }
 }

@@ -19,7 +19,7 @@ pub fn model_info(
     role: &str,
     max_block: usize,
 ) -> v1::ModelInfo {
-    let c = &model.llama.config;
+    let c = &model.model.config;
     v1::ModelInfo {
         protocol_version: crate::PROTOCOL_VERSION.into(),
         role: role.into(),

@@ -187,7 +187,7 @@ impl TargetVerifier for TargetNode {
         let ids = prompt.clone();
         let session = tokio::task::spawn_blocking(move || {
             TargetSession::open(
-                model.llama.clone(),
+                model.model.clone(),
                 model.tokenizer.eos_ids.clone(),
                 ids,
                 params,
@@ -250,7 +250,7 @@ impl TargetVerifier for TargetNode {
                         .block
                         .ok_or_else(|| Status::invalid_argument("frame without a block"))?;
                     let block: DraftBlock =
-                        block_from_wire(&wire, svc.model.llama.config.vocab_size, svc.max_block)?;
+                        block_from_wire(&wire, svc.model.model.config.vocab_size, svc.max_block)?;
                     slot.touch();
                     let seq = wire.block_seq;
                     let verdict = tokio::task::spawn_blocking(move || {
@@ -391,7 +391,7 @@ impl TargetVerifier for TargetNode {
         req: Request<v1::DetokenizeRequest>,
     ) -> Result<Response<v1::DetokenizeResponse>, Status> {
         let r = req.into_inner();
-        let vocab = self.model.llama.config.vocab_size;
+        let vocab = self.model.model.config.vocab_size;
         if let Some(&bad) = r.token_ids.iter().find(|&&t| t as usize >= vocab) {
             return Err(Status::invalid_argument(format!(
                 "token id {bad} is outside the vocabulary (size {vocab})"

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
-use specd_engine::model::Llama;
+use specd_engine::model::Model;
 use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
@@ -57,7 +57,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 /// Median seconds of forwards of `k` tokens (for every k in `ks`) after the prompt, measured
 /// round-robin over k so that drift on a shared machine hits every k alike.
-fn time_forwards(model: &Llama, prompt: &[u32], ks: &[usize], reps: usize) -> Result<Vec<f64>> {
+fn time_forwards(model: &Model, prompt: &[u32], ks: &[usize], reps: usize) -> Result<Vec<f64>> {
     let mut cache = model.new_cache();
     model.forward(&mut cache, prompt, prompt.len())?;
     let base = cache.len();
@@ -104,8 +104,8 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         a.reps
     ));
     let ks: Vec<usize> = (1..=max_k).collect();
-    let t_v = time_forwards(&target.llama, &ctx_prompt, &ks, a.reps)?;
-    let t_d = time_forwards(&draft.llama, &ctx_prompt, &[1], a.reps)?[0];
+    let t_v = time_forwards(&target.model, &ctx_prompt, &ks, a.reps)?;
+    let t_d = time_forwards(&draft.model, &ctx_prompt, &[1], a.reps)?[0];
     let sampling = SamplingParams {
         temperature: a.temperature,
         top_p: 1.0,
@@ -200,9 +200,9 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
     eprintln!(
         "target {} ({:.0} MB), draft {} ({:.0} MB), T = {}, {} prompts × {} tokens",
         target.name,
-        target.llama.n_bytes() as f64 / 1e6,
+        target.model.n_bytes() as f64 / 1e6,
         draft.name,
-        draft.llama.n_bytes() as f64 / 1e6,
+        draft.model.n_bytes() as f64 / 1e6,
         a.temperature,
         prompts.len(),
         a.max_tokens

@@ -139,7 +139,7 @@ pub fn bench_rules(a: RulesBenchArgs) -> Result<()> {
                     }
                     if temperature == 0.0 {
                         let ids = encode_prompt(&target.tokenizer, p, true)?;
-                        let sc = score(&target.llama, &ids, &out.token_ids)?;
+                        let sc = score(&target.model, &ids, &out.token_ids)?;
                         non_argmax += sc.non_argmax_tokens;
                         if sc.non_argmax_tokens as f64 > budget {
                             violations += 1;

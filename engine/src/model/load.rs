@@ -1,4 +1,4 @@
-//! Loading llama-family weights from GGUF files and from Hugging Face safetensors directories, and
+//! Loading decoder weights from GGUF files and from Hugging Face safetensors directories, and
 //! exporting a model to the HF layout (used to test the safetensors path against GGUF).
 
 use std::collections::BTreeMap;
@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{Layer, Llama, LlamaConfig};
+use super::config::{self, HfConfig};
+use super::{Arch, Layer, Model, ModelConfig, RopeStyle};
 use crate::gguf::GgufFile;
 use crate::kernels::Matrix;
 use crate::quant::{dequantize_vec, GgmlType};
@@ -20,7 +21,7 @@ pub struct LoadOptions {
 
 /// Loads a model and its tokenizer from a GGUF file, or from a directory holding either one GGUF
 /// file or an HF layout (`config.json`, `*.safetensors`, `tokenizer.json`).
-pub fn load_model(path: &Path, opts: LoadOptions) -> Result<(Llama, Tokenizer)> {
+pub fn load_model(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
     if path.is_dir() {
         if path.join("config.json").is_file() {
             return load_safetensors_dir(path, opts);
@@ -47,55 +48,30 @@ pub fn load_model(path: &Path, opts: LoadOptions) -> Result<(Llama, Tokenizer)> 
     load_gguf(path, opts)
 }
 
-fn gguf_config(f: &GgufFile) -> Result<LlamaConfig> {
-    let arch = f.get_str("general.architecture").unwrap_or("<missing>");
-    if arch != "llama" {
-        bail!(
-            "{}: architecture {arch:?} is not supported yet (supported: llama, which covers SmolLM2, Llama, Mistral-style models)",
-            f.path.display()
-        );
-    }
-    let key = |k: &str| format!("{arch}.{k}");
-    let dim = f.get_u64(&key("embedding_length"))? as usize;
-    let n_heads = f.get_u64(&key("attention.head_count"))? as usize;
-    let n_kv_heads = f
-        .get_u64(&key("attention.head_count_kv"))
-        .unwrap_or(n_heads as u64) as usize;
-    let embd = f
-        .tensor("token_embd.weight")
-        .ok_or_else(|| anyhow!("{}: tensor token_embd.weight is missing", f.path.display()))?;
-    let vocab_size = embd.dims.get(1).copied().unwrap_or(0) as usize;
-    let config = LlamaConfig {
-        vocab_size,
-        dim,
-        n_layers: f.get_u64(&key("block_count"))? as usize,
-        n_heads,
-        n_kv_heads,
-        head_dim: f
-            .get_u64(&key("rope.dimension_count"))
-            .map(|v| v as usize)
-            .unwrap_or(dim / n_heads.max(1)),
-        ffn_dim: f.get_u64(&key("feed_forward_length"))? as usize,
-        rms_eps: f
-            .get_f64(&key("attention.layer_norm_rms_epsilon"))
-            .unwrap_or(1e-5) as f32,
-        rope_base: f.get_f64(&key("rope.freq_base")).unwrap_or(10000.0) as f32,
-        context_length: f.get_u64(&key("context_length")).unwrap_or(2048) as usize,
-    };
-    config
-        .validate()
-        .with_context(|| format!("{}", f.path.display()))?;
-    Ok(config)
-}
-
-fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Llama, Tokenizer)> {
+fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
     let f = GgufFile::open(path)?;
-    let c = gguf_config(&f)?;
+    let file = path.display();
+    let vector_opt = |name: &str, n: usize| -> Result<Option<Vec<f32>>> {
+        let Some(t) = f.tensor(name) else {
+            return Ok(None);
+        };
+        if t.n_elements() != n {
+            bail!(
+                "{file}: tensor {name} has {} elements, expected {n}",
+                t.n_elements()
+            );
+        }
+        Ok(Some(dequantize_vec(t.ggml_type, f.data(t), n)))
+    };
+    let rope_freqs = match f.tensor("rope_freqs.weight") {
+        Some(t) => Some(dequantize_vec(t.ggml_type, f.data(t), t.n_elements())),
+        None => None,
+    };
+    let c = config::from_gguf(&f, rope_freqs)?;
     let tokenizer = Tokenizer::from_gguf(&f)?;
     if tokenizer.vocab_size() > c.vocab_size {
         bail!(
-            "{}: tokenizer has {} tokens but the embedding has {} rows",
-            path.display(),
+            "{file}: tokenizer has {} tokens but the embedding has {} rows",
             tokenizer.vocab_size(),
             c.vocab_size
         );
@@ -103,18 +79,19 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Llama, Tokenizer)> {
     let matrix = |name: &str, n: usize, k: usize| -> Result<Matrix> {
         let t = f
             .tensor(name)
-            .ok_or_else(|| anyhow!("{}: tensor {name} is missing", path.display()))?;
+            .ok_or_else(|| anyhow!("{file}: tensor {name} is missing"))?;
         if t.dims.len() != 2 || t.dims[0] as usize != k || t.dims[1] as usize != n {
             bail!(
-                "{}: tensor {name} has shape {:?}, expected [{k}, {n}]",
-                path.display(),
+                "{file}: tensor {name} has shape {:?}, expected [{k}, {n}]",
                 t.dims
             );
         }
-        if t.ggml_type.block_size() > 1 && !k.is_multiple_of(32) {
+        let bs = t.ggml_type.block_size();
+        if !k.is_multiple_of(bs.max(32)) {
             bail!(
-                "{}: tensor {name} row length {k} is not a multiple of 32",
-                path.display()
+                "{file}: tensor {name} row length {k} is not a multiple of {} ({:?} blocks)",
+                bs.max(32),
+                t.ggml_type
             );
         }
         Ok(Matrix::from_ggml(
@@ -126,44 +103,46 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Llama, Tokenizer)> {
         ))
     };
     let vector = |name: &str, n: usize| -> Result<Vec<f32>> {
-        let t = f
-            .tensor(name)
-            .ok_or_else(|| anyhow!("{}: tensor {name} is missing", path.display()))?;
-        if t.n_elements() != n {
-            bail!(
-                "{}: tensor {name} has {} elements, expected {n}",
-                path.display(),
-                t.n_elements()
-            );
-        }
-        Ok(dequantize_vec(t.ggml_type, f.data(t), n))
+        vector_opt(name, n)?.ok_or_else(|| anyhow!("{file}: tensor {name} is missing"))
     };
-    let (d, kvd, ff) = (c.dim, c.kv_dim(), c.ffn_dim);
-    let qd = c.n_heads * c.head_dim;
-    if qd != d {
-        bail!(
-            "{}: {} heads × {} head dim != embedding {}",
-            path.display(),
-            c.n_heads,
-            c.head_dim,
-            d
-        );
-    }
+    let (d, qd, kvd, ff, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
     let mut layers = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let p = |s: &str| format!("blk.{i}.{s}.weight");
+        let bias = |s: &str, n: usize| vector_opt(&format!("blk.{i}.{s}.bias"), n);
+        let qkv_bias = match (
+            bias("attn_q", qd)?,
+            bias("attn_k", kvd)?,
+            bias("attn_v", kvd)?,
+        ) {
+            (None, None, None) => None,
+            (q, k, v) => Some(
+                [(q, qd), (k, kvd), (v, kvd)]
+                    .into_iter()
+                    .flat_map(|(b, n)| b.unwrap_or_else(|| vec![0.0; n]))
+                    .collect(),
+            ),
+        };
         layers.push(build_layer(
-            vector(&p("attn_norm"), d)?,
-            [
-                matrix(&p("attn_q"), d, d)?,
-                matrix(&p("attn_k"), kvd, d)?,
-                matrix(&p("attn_v"), kvd, d)?,
-            ],
-            matrix(&p("attn_output"), d, d)?,
-            vector(&p("ffn_norm"), d)?,
-            [matrix(&p("ffn_gate"), ff, d)?, matrix(&p("ffn_up"), ff, d)?],
-            matrix(&p("ffn_down"), d, ff)?,
-        ));
+            LayerParts {
+                attn_norm: vector(&p("attn_norm"), d)?,
+                qkv: [
+                    matrix(&p("attn_q"), qd, d)?,
+                    matrix(&p("attn_k"), kvd, d)?,
+                    matrix(&p("attn_v"), kvd, d)?,
+                ],
+                qkv_bias,
+                q_norm: vector_opt(&p("attn_q_norm"), hd)?,
+                k_norm: vector_opt(&p("attn_k_norm"), hd)?,
+                wo: matrix(&p("attn_output"), d, qd)?,
+                post_attn_norm: vector_opt(&p("post_attention_norm"), d)?,
+                ffn_norm: vector(&p("ffn_norm"), d)?,
+                gate_up: [matrix(&p("ffn_gate"), ff, d)?, matrix(&p("ffn_up"), ff, d)?],
+                w2: matrix(&p("ffn_down"), d, ff)?,
+                post_ffn_norm: vector_opt(&p("post_ffw_norm"), d)?,
+            },
+            &c,
+        )?);
     }
     let embed = matrix("token_embd.weight", c.vocab_size, d)?;
     let lm_head = match f.tensor("output.weight") {
@@ -171,7 +150,7 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Llama, Tokenizer)> {
         None => None,
     };
     let norm = vector("output_norm.weight", d)?;
-    Ok((Llama::new(c, embed, layers, norm, lm_head), tokenizer))
+    Ok((Model::new(c, embed, layers, norm, lm_head), tokenizer))
 }
 
 /// Fuses projections whose layouts allow it (mixed-type files keep them fused after converting
@@ -196,22 +175,49 @@ fn fuse(parts: Vec<Matrix>) -> Matrix {
     }
 }
 
-fn build_layer(
+/// One layer's tensors as read from a file, before fusing.
+struct LayerParts {
     attn_norm: Vec<f32>,
     qkv: [Matrix; 3],
+    qkv_bias: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: Matrix,
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
     gate_up: [Matrix; 2],
     w2: Matrix,
-) -> Layer {
-    Layer {
-        attn_norm,
-        wqkv: fuse(qkv.into()),
-        wo,
-        ffn_norm,
-        w13: fuse(gate_up.into()),
-        w2,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// Fuses a layer's projections and checks that its optional tensors come as the architecture
+/// needs them (a gemma3 file without post-norms is refused, not run wrong).
+fn build_layer(p: LayerParts, c: &ModelConfig) -> Result<Layer> {
+    let needs_qk_norm = matches!(c.arch, Arch::Qwen3 | Arch::Gemma3);
+    if needs_qk_norm && (p.q_norm.is_none() || p.k_norm.is_none()) {
+        bail!(
+            "{} layers need q/k norm tensors; this file lacks them",
+            c.arch.name()
+        );
     }
+    if c.arch == Arch::Gemma3 && (p.post_attn_norm.is_none() || p.post_ffn_norm.is_none()) {
+        bail!(
+            "gemma3 layers need post-attention and post-feed-forward norms; this file lacks them"
+        );
+    }
+    Ok(Layer {
+        attn_norm: p.attn_norm,
+        wqkv: fuse(p.qkv.into()),
+        qkv_bias: p.qkv_bias,
+        q_norm: p.q_norm,
+        k_norm: p.k_norm,
+        wo: p.wo,
+        post_attn_norm: p.post_attn_norm,
+        ffn_norm: p.ffn_norm,
+        w13: fuse(p.gate_up.into()),
+        w2: p.w2,
+        post_ffn_norm: p.post_ffn_norm,
+    })
 }
 
 /// HF → ggml row order of a Q or K projection: ggml rotates adjacent pairs, HF rotates halves.
@@ -235,55 +241,29 @@ fn permute_rows(w: &[f32], n_heads: usize, head_dim: usize, k: usize, to_ggml: b
     out
 }
 
-#[derive(serde::Deserialize)]
-struct HfConfig {
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_attention_heads: usize,
-    num_hidden_layers: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    rms_norm_eps: Option<f64>,
-    rope_theta: Option<f64>,
-    vocab_size: usize,
-    max_position_embeddings: Option<usize>,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    model_type: Option<String>,
+/// HF names of a layer's norms: `(attention, pre-ffn, post-attention, post-ffn)`.
+fn hf_norm_names(arch: Arch) -> [&'static str; 4] {
+    if arch == Arch::Gemma3 {
+        [
+            "input_layernorm",
+            "pre_feedforward_layernorm",
+            "post_attention_layernorm",
+            "post_feedforward_layernorm",
+        ]
+    } else {
+        ["input_layernorm", "post_attention_layernorm", "", ""]
+    }
 }
 
-fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Llama, Tokenizer)> {
+fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
     let _ = opts;
     let cfg_path = dir.join("config.json");
-    let hf: HfConfig = serde_json::from_str(
-        &std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("cannot read {}", cfg_path.display()))?,
+    let cfg_file = cfg_path.display().to_string();
+    let hf = HfConfig::parse(
+        &std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {cfg_file}"))?,
     )
-    .with_context(|| format!("{} is not a valid llama config.json", cfg_path.display()))?;
-    if let Some(mt) = &hf.model_type {
-        if !matches!(mt.as_str(), "llama" | "mistral") {
-            bail!(
-                "{}: model_type {mt:?} is not supported yet (supported: llama, mistral)",
-                cfg_path.display()
-            );
-        }
-    }
-    let c = LlamaConfig {
-        vocab_size: hf.vocab_size,
-        dim: hf.hidden_size,
-        n_layers: hf.num_hidden_layers,
-        n_heads: hf.num_attention_heads,
-        n_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
-        head_dim: hf
-            .head_dim
-            .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1)),
-        ffn_dim: hf.intermediate_size,
-        rms_eps: hf.rms_norm_eps.unwrap_or(1e-5) as f32,
-        rope_base: hf.rope_theta.unwrap_or(10000.0) as f32,
-        context_length: hf.max_position_embeddings.unwrap_or(2048),
-    };
-    c.validate()
-        .with_context(|| format!("{}", cfg_path.display()))?;
+    .with_context(|| format!("{cfg_file} is not a valid model config.json"))?;
+    let c = config::from_hf(&hf, &cfg_file)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
@@ -313,83 +293,133 @@ fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Llama, Tokeniz
                 ),
             };
             let n: usize = view.shape().iter().product();
+            // Multimodal gemma3 checkpoints keep the decoder under `language_model.`.
+            let name = name
+                .strip_prefix("language_model.")
+                .map(str::to_owned)
+                .unwrap_or(name);
             tensors.insert(
                 name,
                 (view.shape().to_vec(), dequantize_vec(ty, view.data(), n)),
             );
         }
     }
-    let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let (s, w) = tensors
-            .remove(name)
-            .ok_or_else(|| anyhow!("{}: tensor {name} is missing", dir.display()))?;
+    let mut take_opt = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
+        let Some((s, w)) = tensors.remove(name) else {
+            return Ok(None);
+        };
         if s != shape {
             bail!(
                 "{}: tensor {name} has shape {s:?}, expected {shape:?}",
                 dir.display()
             );
         }
-        Ok(w)
+        Ok(Some(w))
     };
-    let (d, kvd, ff, hd) = (c.dim, c.kv_dim(), c.ffn_dim, c.head_dim);
+    let missing = |name: &str| anyhow!("{}: tensor {name} is missing", dir.display());
+    let (d, qd, kvd, ff, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
+    let pairs = c.arch.rope_style() == RopeStyle::Pairs;
+    // Gemma's RMS norms multiply by (1 + w); GGUF files store 1 + w already.
+    let shift = |v: Vec<f32>| -> Vec<f32> {
+        if c.arch == Arch::Gemma3 {
+            v.into_iter().map(|w| w + 1.0).collect()
+        } else {
+            v
+        }
+    };
+    let norms = hf_norm_names(c.arch);
     let mut layers = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let p = |s: &str| format!("model.layers.{i}.{s}.weight");
-        let q = permute_rows(
-            &take(&p("self_attn.q_proj"), &[d, d])?,
-            c.n_heads,
-            hd,
-            d,
-            true,
-        );
-        let k = permute_rows(
-            &take(&p("self_attn.k_proj"), &[kvd, d])?,
-            c.n_kv_heads,
-            hd,
-            d,
-            true,
-        );
-        let v = take(&p("self_attn.v_proj"), &[kvd, d])?;
+        let mut take = |name: String, shape: &[usize]| -> Result<Vec<f32>> {
+            take_opt(&name, shape)?.ok_or_else(|| missing(&name))
+        };
+        let mut q = take(p("self_attn.q_proj"), &[qd, d])?;
+        let mut k = take(p("self_attn.k_proj"), &[kvd, d])?;
+        if pairs {
+            q = permute_rows(&q, c.n_heads, hd, d, true);
+            k = permute_rows(&k, c.n_kv_heads, hd, d, true);
+        }
+        let v = take(p("self_attn.v_proj"), &[kvd, d])?;
+        let o = take(p("self_attn.o_proj"), &[d, qd])?;
+        let gate = take(p("mlp.gate_proj"), &[ff, d])?;
+        let up = take(p("mlp.up_proj"), &[ff, d])?;
+        let down = take(p("mlp.down_proj"), &[d, ff])?;
+        let attn_norm = shift(take(p(norms[0]), &[d])?);
+        let ffn_norm = shift(take(p(norms[1]), &[d])?);
+        let mut opt = |name: String, n: usize| take_opt(&name, &[n]);
+        let (post_attn_norm, post_ffn_norm) = if norms[2].is_empty() {
+            (None, None)
+        } else {
+            (
+                opt(p(norms[2]), d)?.map(shift),
+                opt(p(norms[3]), d)?.map(shift),
+            )
+        };
+        let q_norm = opt(p("self_attn.q_norm"), hd)?.map(shift);
+        let k_norm = opt(p("self_attn.k_norm"), hd)?.map(shift);
+        let b = |s: &str| format!("model.layers.{i}.self_attn.{s}.bias");
+        let qkv_bias = match (
+            opt(b("q_proj"), qd)?,
+            opt(b("k_proj"), kvd)?,
+            opt(b("v_proj"), kvd)?,
+        ) {
+            (None, None, None) => None,
+            (q, k, v) => Some(
+                [(q, qd), (k, kvd), (v, kvd)]
+                    .into_iter()
+                    .flat_map(|(b, n)| b.unwrap_or_else(|| vec![0.0; n]))
+                    .collect(),
+            ),
+        };
         layers.push(build_layer(
-            take(&p("input_layernorm"), &[d])?,
-            [
-                Matrix::from_f32(q, d, d),
-                Matrix::from_f32(k, kvd, d),
-                Matrix::from_f32(v, kvd, d),
-            ],
-            Matrix::from_f32(take(&p("self_attn.o_proj"), &[d, d])?, d, d),
-            take(&p("post_attention_layernorm"), &[d])?,
-            [
-                Matrix::from_f32(take(&p("mlp.gate_proj"), &[ff, d])?, ff, d),
-                Matrix::from_f32(take(&p("mlp.up_proj"), &[ff, d])?, ff, d),
-            ],
-            Matrix::from_f32(take(&p("mlp.down_proj"), &[d, ff])?, d, ff),
-        ));
+            LayerParts {
+                attn_norm,
+                qkv: [
+                    Matrix::from_f32(q, qd, d),
+                    Matrix::from_f32(k, kvd, d),
+                    Matrix::from_f32(v, kvd, d),
+                ],
+                qkv_bias,
+                q_norm,
+                k_norm,
+                wo: Matrix::from_f32(o, d, qd),
+                post_attn_norm,
+                ffn_norm,
+                gate_up: [Matrix::from_f32(gate, ff, d), Matrix::from_f32(up, ff, d)],
+                w2: Matrix::from_f32(down, d, ff),
+                post_ffn_norm,
+            },
+            &c,
+        )?);
     }
+    let embed_name = "model.embed_tokens.weight";
     let embed = Matrix::from_f32(
-        take("model.embed_tokens.weight", &[c.vocab_size, d])?,
+        take_opt(embed_name, &[c.vocab_size, d])?.ok_or_else(|| missing(embed_name))?,
         c.vocab_size,
         d,
     );
-    let lm_head = if hf.tie_word_embeddings {
-        None
-    } else {
-        Some(Matrix::from_f32(
-            take("lm_head.weight", &[c.vocab_size, d])?,
-            c.vocab_size,
-            d,
-        ))
-    };
-    let norm = take("model.norm.weight", &[d])?;
+    // Tied unless the checkpoint has its own output projection.
+    let lm_head = take_opt("lm_head.weight", &[c.vocab_size, d])?
+        .map(|w| Matrix::from_f32(w, c.vocab_size, d));
+    if lm_head.is_none() && hf.tie_word_embeddings == Some(false) {
+        return Err(missing("lm_head.weight"));
+    }
+    let norm =
+        shift(take_opt("model.norm.weight", &[d])?.ok_or_else(|| missing("model.norm.weight"))?);
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
-    Ok((Llama::new(c, embed, layers, norm, lm_head), tokenizer))
+    Ok((Model::new(c, embed, layers, norm, lm_head), tokenizer))
 }
 
-/// Writes `model` (dequantized to f32) in the Hugging Face llama layout: `config.json`,
-/// `model.safetensors` (Q/K rows permuted back to HF order) and `tokenizer.json`.
-pub fn export_hf_safetensors(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
+/// Writes `model` (dequantized to f32) in the Hugging Face layout of its architecture:
+/// `config.json`, `model.safetensors` (pair-order Q/K rows permuted back to HF order, gemma norms
+/// stored as `w − 1`) and `tokenizer.json`.
+pub fn export_hf_safetensors(model: &Model, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     let c = &model.config;
+    if !c.rope.freq_factors.is_empty() {
+        bail!("exporting a model with RoPE frequency factors (llama 3) to the HF layout is not supported");
+    }
+    std::fs::create_dir_all(dir)?;
     let rows = |m: &Matrix, from: usize, to: usize| -> Vec<f32> {
         let k = m.k;
         let mut w = vec![0f32; (to - from) * k];
@@ -398,7 +428,15 @@ pub fn export_hf_safetensors(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -
         }
         w
     };
-    let (d, kvd, ff, hd) = (c.dim, c.kv_dim(), c.ffn_dim, c.head_dim);
+    let unshift = |v: &[f32]| -> Vec<f32> {
+        if c.arch == Arch::Gemma3 {
+            v.iter().map(|w| w - 1.0).collect()
+        } else {
+            v.to_vec()
+        }
+    };
+    let pairs = c.arch.rope_style() == RopeStyle::Pairs;
+    let (d, qd, kvd, ff, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
     let mut out: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     out.push((
         "model.embed_tokens.weight".into(),
@@ -412,27 +450,44 @@ pub fn export_hf_safetensors(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -
             rows(h, 0, c.vocab_size),
         ));
     }
-    out.push(("model.norm.weight".into(), vec![d], model.norm.clone()));
+    out.push(("model.norm.weight".into(), vec![d], unshift(&model.norm)));
+    let norms = hf_norm_names(c.arch);
     for (i, l) in model.layers.iter().enumerate() {
         let p = |s: &str| format!("model.layers.{i}.{s}.weight");
-        out.push((p("input_layernorm"), vec![d], l.attn_norm.clone()));
-        out.push((p("post_attention_layernorm"), vec![d], l.ffn_norm.clone()));
-        out.push((
-            p("self_attn.q_proj"),
-            vec![d, d],
-            permute_rows(&rows(&l.wqkv, 0, d), c.n_heads, hd, d, false),
-        ));
-        out.push((
-            p("self_attn.k_proj"),
-            vec![kvd, d],
-            permute_rows(&rows(&l.wqkv, d, d + kvd), c.n_kv_heads, hd, d, false),
-        ));
+        out.push((p(norms[0]), vec![d], unshift(&l.attn_norm)));
+        out.push((p(norms[1]), vec![d], unshift(&l.ffn_norm)));
+        for (name, w) in [(norms[2], &l.post_attn_norm), (norms[3], &l.post_ffn_norm)] {
+            if let Some(w) = w {
+                out.push((p(name), vec![d], unshift(w)));
+            }
+        }
+        for (name, w) in [
+            ("self_attn.q_norm", &l.q_norm),
+            ("self_attn.k_norm", &l.k_norm),
+        ] {
+            if let Some(w) = w {
+                out.push((p(name), vec![hd], unshift(w)));
+            }
+        }
+        if let Some(b) = &l.qkv_bias {
+            let bn = |s: &str| format!("model.layers.{i}.self_attn.{s}.bias");
+            out.push((bn("q_proj"), vec![qd], b[..qd].to_vec()));
+            out.push((bn("k_proj"), vec![kvd], b[qd..qd + kvd].to_vec()));
+            out.push((bn("v_proj"), vec![kvd], b[qd + kvd..].to_vec()));
+        }
+        let (mut q, mut k) = (rows(&l.wqkv, 0, qd), rows(&l.wqkv, qd, qd + kvd));
+        if pairs {
+            q = permute_rows(&q, c.n_heads, hd, d, false);
+            k = permute_rows(&k, c.n_kv_heads, hd, d, false);
+        }
+        out.push((p("self_attn.q_proj"), vec![qd, d], q));
+        out.push((p("self_attn.k_proj"), vec![kvd, d], k));
         out.push((
             p("self_attn.v_proj"),
             vec![kvd, d],
-            rows(&l.wqkv, d + kvd, d + 2 * kvd),
+            rows(&l.wqkv, qd + kvd, qd + 2 * kvd),
         ));
-        out.push((p("self_attn.o_proj"), vec![d, d], rows(&l.wo, 0, d)));
+        out.push((p("self_attn.o_proj"), vec![d, qd], rows(&l.wo, 0, d)));
         out.push((p("mlp.gate_proj"), vec![ff, d], rows(&l.w13, 0, ff)));
         out.push((p("mlp.up_proj"), vec![ff, d], rows(&l.w13, ff, 2 * ff)));
         out.push((p("mlp.down_proj"), vec![d, ff], rows(&l.w2, 0, d)));
@@ -451,26 +506,67 @@ pub fn export_hf_safetensors(model: &Llama, tokenizer: &Tokenizer, dir: &Path) -
         })
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     safetensors::serialize_to_file(views, None, &dir.join("model.safetensors"))?;
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": d,
-        "intermediate_size": ff,
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_string_pretty(&hf_config_json(model))?,
+    )?;
+    tokenizer.save_hf_dir(dir)?;
+    Ok(())
+}
+
+/// The `config.json` of a model (the keys [`config::from_hf`] reads).
+fn hf_config_json(model: &Model) -> serde_json::Value {
+    let c = &model.config;
+    let model_type = match c.arch {
+        Arch::Gemma3 => "gemma3_text",
+        a => a.name(),
+    };
+    let mut j = serde_json::json!({
+        "model_type": model_type,
+        "hidden_size": c.dim,
+        "intermediate_size": c.ffn_dim,
         "num_attention_heads": c.n_heads,
         "num_key_value_heads": c.n_kv_heads,
         "num_hidden_layers": c.n_layers,
-        "head_dim": hd,
+        "head_dim": c.head_dim,
         "rms_norm_eps": c.rms_eps,
-        "rope_theta": c.rope_base,
+        "rope_theta": c.rope.base,
         "vocab_size": c.vocab_size,
         "max_position_embeddings": c.context_length,
         "tie_word_embeddings": model.lm_head.is_none(),
         "torch_dtype": "float32",
     });
-    std::fs::write(
-        dir.join("config.json"),
-        serde_json::to_string_pretty(&config)?,
-    )?;
-    tokenizer.save_hf_dir(dir)?;
-    Ok(())
+    if c.rope.linear_factor != 1.0 {
+        j["rope_scaling"] =
+            serde_json::json!({"rope_type": "linear", "factor": c.rope.linear_factor});
+    }
+    if let Some(w) = c.sliding_window {
+        j["sliding_window"] = w.into();
+        j["use_sliding_window"] = true.into();
+        j["layer_types"] = (0..c.n_layers)
+            .map(|i| {
+                if c.is_local(i) {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    if let Some(r) = &c.rope_local {
+        j["rope_local_base_freq"] = r.base.into();
+    }
+    if c.arch == Arch::Gemma3 {
+        j["query_pre_attn_scalar"] = (1.0 / (c.attn_scale as f64).powi(2)).round().into();
+    }
+    for (k, v) in [
+        ("attn_logit_softcapping", c.attn_softcap),
+        ("final_logit_softcapping", c.final_softcap),
+    ] {
+        if let Some(v) = v {
+            j[k] = v.into();
+        }
+    }
+    j
 }

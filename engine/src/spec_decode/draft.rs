@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::{DraftBlock, DraftDist, DraftSampling};
-use crate::model::{KvCache, Llama};
+use crate::model::{KvCache, Model};
 use crate::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
 
 #[derive(Clone)]
 pub struct Drafter {
-    model: Arc<Llama>,
+    model: Arc<Model>,
     cache: KvCache,
     /// The tokens whose keys/values are in `cache`.
     cache_tokens: Vec<u32>,
@@ -32,7 +32,7 @@ pub struct DraftTiming {
 }
 
 impl Drafter {
-    pub fn new(model: Arc<Llama>, sampling: SamplingParams, mode: DraftSampling) -> Self {
+    pub fn new(model: Arc<Model>, sampling: SamplingParams, mode: DraftSampling) -> Self {
         let cache = model.new_cache();
         Drafter {
             model,
@@ -43,7 +43,7 @@ impl Drafter {
         }
     }
 
-    pub fn model(&self) -> &Llama {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use super::budget::Policy;
 use super::judge::judge_block;
 use super::{DraftBlock, FinishReason, Verdict, Verifier};
-use crate::model::{KvCache, Llama};
+use crate::model::{KvCache, Model};
 use crate::sampling::SamplingParams;
 
 /// Settings of one generation request.
@@ -38,7 +38,7 @@ pub fn check_context(prompt_len: usize, max_tokens: usize, context_length: usize
 /// the session (the weights are shared).
 #[derive(Clone)]
 pub struct TargetSession {
-    model: Arc<Llama>,
+    model: Arc<Model>,
     cache: KvCache,
     tokens: Vec<u32>,
     prompt_len: usize,
@@ -65,7 +65,7 @@ impl TargetSession {
     /// Opens a session: validates the request and prefills all prompt tokens but the last (which
     /// is fed with the first block).
     pub fn open(
-        model: Arc<Llama>,
+        model: Arc<Model>,
         eos: Vec<u32>,
         prompt: Vec<u32>,
         params: SessionParams,
@@ -134,7 +134,7 @@ impl TargetSession {
         self.finished
     }
 
-    pub fn model(&self) -> &Llama {
+    pub fn model(&self) -> &Model {
         &self.model
     }
 

@@ -32,7 +32,7 @@ pub fn open_session(
         policy: Default::default(),
     };
     TargetSession::open(
-        t.llama.clone(),
+        t.model.clone(),
         t.tokenizer.eos_ids.clone(),
         prompt.to_vec(),
         params,
