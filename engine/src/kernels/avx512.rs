@@ -51,8 +51,36 @@ pub(super) unsafe fn group_tile(
             dispatch!(
                 w4_group,
                 qs[g * nb * 256..].as_ptr(),
-                d[o..].as_ptr() as *const u16,
-                m[o..].as_ptr() as *const u16,
+                Scales::F16(d[o..].as_ptr() as *const u16, m[o..].as_ptr() as *const u16),
+                nb,
+                act,
+                r0,
+                out
+            )
+        }
+        Packed::W4F { qs, d, m } => {
+            dispatch!(
+                w4_group,
+                qs[g * nb * 256..].as_ptr(),
+                Scales::F32(d[o..].as_ptr(), m[o..].as_ptr()),
+                nb,
+                act,
+                r0,
+                out
+            )
+        }
+        Packed::W8F { qs, d, m, wsum } => {
+            let m = if m.is_empty() {
+                std::ptr::null()
+            } else {
+                m[2 * o..].as_ptr()
+            };
+            dispatch!(
+                w8f_group,
+                qs[g * nb * 512..].as_ptr(),
+                d[2 * o..].as_ptr(),
+                m,
+                wsum[2 * o..].as_ptr(),
                 nb,
                 act,
                 r0,
@@ -122,8 +150,7 @@ unsafe fn w8_group<const R: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
 unsafe fn w4_group<const R: usize>(
     qs: *const u8,
-    d: *const u16,
-    m: *const u16,
+    scales: Scales,
     nb: usize,
     act: &ActQ8,
     r0: usize,
@@ -140,8 +167,7 @@ unsafe fn w4_group<const R: usize>(
             wv[j] = _mm512_and_si512(v, low);
             wv[4 + j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
         }
-        let dw = load_f16(d.add(b * GROUP));
-        let mw = load_f16(m.add(b * GROUP));
+        let (dw, mw) = scales.load(b * GROUP);
         for (r, acc) in acc.iter_mut().enumerate() {
             let row = r0 + r;
             let xp = (act.qs.as_ptr() as *const u8).add(row * k + b * QK);
@@ -155,6 +181,82 @@ unsafe fn w4_group<const R: usize>(
             );
             *acc = _mm512_fmadd_ps(t, dw, *acc);
             *acc = _mm512_fmadd_ps(_mm512_set1_ps(*act.s.get_unchecked(row * nb + b)), mw, *acc);
+        }
+    }
+    for (o, acc) in out.iter_mut().zip(acc) {
+        _mm512_storeu_ps(o.as_mut_ptr(), acc);
+    }
+}
+
+/// Per-block scale and offset of a `W4` (f16) or `W4F` (f32) matrix.
+#[derive(Clone, Copy)]
+enum Scales {
+    F16(*const u16, *const u16),
+    F32(*const f32, *const f32),
+}
+
+impl Scales {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(self, at: usize) -> (__m512, __m512) {
+        match self {
+            Scales::F16(d, m) => (load_f16(d.add(at)), load_f16(m.add(at))),
+            Scales::F32(d, m) => (_mm512_loadu_ps(d.add(at)), _mm512_loadu_ps(m.add(at))),
+        }
+    }
+}
+
+/// `W8F`: like `w8_group`, with a scale (and an offset unless `m` is null) per half block.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,fma")]
+unsafe fn w8f_group<const R: usize>(
+    qs: *const i8,
+    d: *const f32,
+    m: *const f32,
+    wsum: *const i16,
+    nb: usize,
+    act: &ActQ8,
+    r0: usize,
+    out: &mut [[f32; GROUP]; MAX_TILE],
+) {
+    let k = act.k;
+    let mut acc = [_mm512_setzero_ps(); R];
+    for b in 0..nb {
+        let wb = qs.add(b * 512);
+        let mut wv = [_mm512_setzero_si512(); 8];
+        for (i, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(wb.add(64 * i) as *const _);
+        }
+        let mut dw = [_mm512_setzero_ps(); 2];
+        let mut cv = [_mm512_setzero_si512(); 2];
+        let mut mw = [_mm512_setzero_ps(); 2];
+        for h in 0..2 {
+            let at = (2 * b + h) * GROUP;
+            dw[h] = _mm512_loadu_ps(d.add(at));
+            let ws = _mm512_cvtepi16_epi32(_mm256_loadu_si256(wsum.add(at) as *const _));
+            cv[h] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(ws, 7));
+            if !m.is_null() {
+                mw[h] = _mm512_loadu_ps(m.add(at));
+            }
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let row = r0 + r;
+            let xp = act.qu.as_ptr().add(row * k + b * QK);
+            let dx = _mm512_set1_ps(*act.d.get_unchecked(row * nb + b));
+            for h in 0..2 {
+                let mut dot = cv[h];
+                for i in 4 * h..4 * h + 4 {
+                    dot = _mm512_dpbusd_epi32(dot, bcast4(xp.add(4 * i)), wv[i]);
+                }
+                let t = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), dx);
+                *acc = _mm512_fmadd_ps(t, dw[h], *acc);
+            }
+            if !m.is_null() {
+                for (h, mw) in mw.iter().enumerate() {
+                    let s = *act.s16.get_unchecked(2 * (row * nb + b) + h);
+                    *acc = _mm512_fmadd_ps(_mm512_set1_ps(s), *mw, *acc);
+                }
+            }
         }
     }
     for (o, acc) in out.iter_mut().zip(acc) {

@@ -9,26 +9,31 @@
 //! output *columns*, never the reduction. Hence the logits at a position are bit-identical whether
 //! it is computed alone or inside a block (DESIGN §2 "batch-invariant numerics").
 //!
-//! Quantized weights are repacked at load time into groups of 16 output columns interleaved in
-//! steps of 4 inputs ([`Packed`]), so that one AVX-512 VNNI `vpdpbusd` advances 16 columns by 4
-//! inputs, with each lane holding one column's exact integer partial sum:
-//! - `W8` (ggml Q8_0): signed bytes, per block a scale `d` and `corr = −128·Σw`;
-//! - `W4` (ggml Q4_0/Q4_1): nibbles, per block a scale `d` and offset `m` (`Q4_0` is `d·(n−8)`,
-//!   i.e. `m = −8d`);
+//! Quantized weights are unpacked at load time (every ggml type, through
+//! [`crate::quant::unpack_block`]: small integers with affine scales per 16 or 32 weights) and
+//! repacked into groups of 16 output columns interleaved in steps of 4 inputs ([`Packed`]), so
+//! that one AVX-512 VNNI `vpdpbusd` advances 16 columns by 4 inputs, with each lane holding one
+//! column's exact integer partial sum:
+//! - `W8` (Q8_0, Q5_0): signed bytes, per block of 32 an f16 scale `d` and `corr = −128·Σw`;
+//! - `W4` (Q4_0, Q4_1): nibbles, per block an f16 scale `d` and offset `m` (`Q4_0` is
+//!   `d·(n−8)`, i.e. `m = −8d`); `W4F` (Q4_K): the same with f32 scales (`d·sc`, `−dmin·min`);
+//! - `W8F` (Q5_1 and the K-quants Q2_K, Q3_K, Q5_K, Q6_K, Q8_K): signed bytes with an f32 scale
+//!   (and offset, where the type has one) per **16** weights;
 //! - `F32`: plain rows (F32/F16/BF16 sources, safetensors), a 16-lane dot product per output.
 //!
 //! Activations are quantized per row to 8 bits in blocks of 32 (as llama.cpp does). For a block
 //! the integer dot product `isum` is exact, and the float combination is, per output and in block
-//! order: `acc = fma(isum·d_x, d_w, acc)` (then `acc = fma(s_x, m_w, acc)` for `W4`, with
-//! `s_x = d_x·Σx`). The portable kernels perform exactly the same roundings (float dot products
-//! too), so both kernel paths give the same bits: a model computes the same logits on any x86-64
-//! or ARM machine, with or without AVX-512.
+//! order: `acc = fma(isum·d_x, d_w, acc)` (for `W8F` once per half block), then
+//! `acc = fma(s_x, m_w, acc)` for offsets, with `s_x = d_x·Σx` over the block (or half). The
+//! portable kernels perform exactly the same roundings (float dot products too), so both kernel
+//! paths give the same bits: a model computes the same logits on any x86-64 or ARM machine, with
+//! or without AVX-512.
 
 use std::sync::OnceLock;
 
 use half::f16;
 
-use crate::quant::{GgmlType, QK};
+use crate::quant::{unpack_block, GgmlType, Unpacked, QK};
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -47,23 +52,57 @@ pub struct Matrix {
     pub packed: Packed,
 }
 
+/// Kernel layouts. Byte layouts: `W8`/`W8F` `qs[((g*nb + b)*8 + i)*64 + c*4 + e]` =
+/// w[16g + c][32b + 4i + e]; `W4`/`W4F` `qs[((g*nb + b)*4 + j)*64 + c*4 + e]`: low nibble
+/// w[16g+c][32b + 4j + e], high nibble w[16g+c][32b + 16 + 4j + e]. Per-block values of column
+/// `c` of group `g`, block `b` sit at `(g*nb + b)*16 + c`; per-half values (`W8F`) at
+/// `((g*nb + b)*2 + h)*16 + c`.
 pub enum Packed {
-    /// `qs[((g*nb + b)*8 + i)*64 + c*4 + e]` = w[16g + c][32b + 4i + e];
-    /// scale `d` (f16) and `wsum = Σw` of the block at `(g*nb + b)*16 + c`.
     W8 {
         qs: Vec<i8>,
         d: Vec<f16>,
+        /// `Σw` of each block.
         wsum: Vec<i16>,
     },
-    /// `qs[((g*nb + b)*4 + j)*64 + c*4 + e]`: low nibble w[16g+c][32b + 4j + e], high nibble
-    /// w[16g+c][32b + 16 + 4j + e]; `d`, `m` (f16) at `(g*nb + b)*16 + c`.
     W4 {
         qs: Vec<u8>,
         d: Vec<f16>,
         m: Vec<f16>,
     },
+    W4F {
+        qs: Vec<u8>,
+        d: Vec<f32>,
+        m: Vec<f32>,
+    },
+    W8F {
+        qs: Vec<i8>,
+        /// Scale, offset (empty when the type has none) and `Σw` of each half block.
+        d: Vec<f32>,
+        m: Vec<f32>,
+        wsum: Vec<i16>,
+    },
     /// Row-major `w[j*k + i]`.
     F32 { w: Vec<f32> },
+}
+
+/// The kernel layout a ggml type is packed into.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Layout {
+    W8,
+    W4,
+    W4F,
+    W8F { offsets: bool },
+}
+
+fn layout_of(ty: GgmlType) -> Option<Layout> {
+    Some(match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => return None,
+        GgmlType::Q8_0 | GgmlType::Q5_0 => Layout::W8,
+        GgmlType::Q4_0 | GgmlType::Q4_1 => Layout::W4,
+        GgmlType::Q4_K => Layout::W4F,
+        GgmlType::Q5_1 | GgmlType::Q5_K | GgmlType::Q2_K => Layout::W8F { offsets: true },
+        GgmlType::Q6_K | GgmlType::Q3_K | GgmlType::Q8_K => Layout::W8F { offsets: false },
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,93 +133,154 @@ pub fn kernel_path() -> KernelPath {
     })
 }
 
+/// One weight column unpacked: `w[i] = d[i/16]·q[i] + m[i/16]`.
+struct Column {
+    q: Vec<i8>,
+    d: Vec<f32>,
+    m: Vec<f32>,
+}
+
+impl Column {
+    fn unpack(ty: GgmlType, row: &[u8], k: usize) -> Column {
+        let (bs, bb) = (ty.block_size(), ty.block_bytes());
+        let mut col = Column {
+            q: vec![0; k],
+            d: vec![0.0; k / 16],
+            m: vec![0.0; k / 16],
+        };
+        let mut u = Unpacked {
+            q: [0; 256],
+            d: [0.0; 16],
+            m: [0.0; 16],
+        };
+        for (b, raw) in row.chunks_exact(bb).enumerate() {
+            let n = unpack_block(ty, raw, &mut u);
+            debug_assert_eq!(n, bs);
+            col.q[b * bs..(b + 1) * bs].copy_from_slice(&u.q[..bs]);
+            col.d[b * bs / 16..(b + 1) * bs / 16].copy_from_slice(&u.d[..bs / 16]);
+            col.m[b * bs / 16..(b + 1) * bs / 16].copy_from_slice(&u.m[..bs / 16]);
+        }
+        col
+    }
+
+    fn zero(k: usize) -> Column {
+        Column {
+            q: vec![0; k],
+            d: vec![0.0; k / 16],
+            m: vec![0.0; k / 16],
+        }
+    }
+}
+
 impl Matrix {
     /// Number of 16-column groups (the last one zero-padded).
     pub fn groups(&self) -> usize {
         self.n.div_ceil(GROUP)
     }
 
-    /// Packs a ggml tensor of `n` rows by `k` columns (ggml dims `[k, n]`).
-    /// `force_f32` dequantizes quantized weights to floats.
+    /// Packs a ggml tensor of `n` rows by `k` columns (ggml dims `[k, n]`; `k` a multiple of the
+    /// type's block size and of 32). `force_f32` dequantizes quantized weights to floats.
     pub fn from_ggml(ty: GgmlType, data: &[u8], n: usize, k: usize, force_f32: bool) -> Self {
-        match ty {
-            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 if !force_f32 => {}
+        let layout = match layout_of(ty) {
+            Some(l) if !force_f32 => l,
             _ => return Matrix::from_f32(crate::quant::dequantize_vec(ty, data, n * k), n, k),
-        }
+        };
         let nb = k / QK;
         let ng = n.div_ceil(GROUP);
-        let bb = ty.block_bytes();
-        // Per (column, block): the 32 integer weights, scale and offset (all exact in f16:
-        // Q4_0's offset is −8·d).
-        let block = |j: usize, b: usize| -> ([i8; QK], f16, f16) {
-            let mut q = [0i8; QK];
-            if j >= n {
-                return (q, f16::ZERO, f16::ZERO);
-            }
-            let raw = &data[(j * nb + b) * bb..(j * nb + b + 1) * bb];
-            let h = |o: usize| f16::from_le_bytes([raw[o], raw[o + 1]]);
-            match ty {
-                GgmlType::Q8_0 => {
-                    for (e, v) in q.iter_mut().enumerate() {
-                        *v = raw[2 + e] as i8;
-                    }
-                    (q, h(0), f16::ZERO)
-                }
-                _ => {
-                    let (d, m, qs) = if ty == GgmlType::Q4_1 {
-                        (h(0), h(2), &raw[4..])
-                    } else {
-                        (h(0), f16::from_f32(-8.0 * h(0).to_f32()), &raw[2..])
-                    };
-                    for e in 0..QK / 2 {
-                        q[e] = (qs[e] & 0x0f) as i8;
-                        q[e + QK / 2] = (qs[e] >> 4) as i8;
-                    }
-                    (q, d, m)
-                }
+        let row_bytes = k / ty.block_size() * ty.block_bytes();
+        let column = |j: usize| {
+            if j < n {
+                Column::unpack(ty, &data[j * row_bytes..(j + 1) * row_bytes], k)
+            } else {
+                Column::zero(k)
             }
         };
-        let packed = if ty == GgmlType::Q8_0 {
-            let mut qs = vec![0i8; ng * nb * 8 * 64];
-            let mut d = vec![f16::ZERO; ng * nb * GROUP];
-            let mut wsum = vec![0i16; ng * nb * GROUP];
-            for g in 0..ng {
-                for b in 0..nb {
+        let blocks = ng * nb * GROUP;
+        let packed = match layout {
+            Layout::W8 | Layout::W8F { .. } => {
+                let halves = matches!(layout, Layout::W8F { .. });
+                let per = if halves { 2 } else { 1 };
+                let mut qs = vec![0i8; ng * nb * 8 * 64];
+                let mut d = vec![0f32; blocks * per];
+                let mut m = vec![0f32; blocks * per];
+                let mut wsum = vec![0i16; blocks * per];
+                for g in 0..ng {
                     for c in 0..GROUP {
-                        let (q, dd, _) = block(g * GROUP + c, b);
-                        let o = (g * nb + b) * GROUP + c;
-                        d[o] = dd;
-                        wsum[o] = q.iter().map(|&v| v as i16).sum::<i16>();
-                        for i in 0..8 {
-                            for e in 0..4 {
-                                qs[((g * nb + b) * 8 + i) * 64 + c * 4 + e] = q[4 * i + e];
+                        let col = column(g * GROUP + c);
+                        for b in 0..nb {
+                            for i in 0..8 {
+                                for e in 0..4 {
+                                    qs[((g * nb + b) * 8 + i) * 64 + c * 4 + e] =
+                                        col.q[b * QK + 4 * i + e];
+                                }
+                            }
+                            for h in 0..per {
+                                let o = ((g * nb + b) * per + h) * GROUP + c;
+                                let span = if halves { 16 } else { 32 };
+                                let from = b * QK + h * span;
+                                wsum[o] = col.q[from..from + span].iter().map(|&v| v as i16).sum();
+                                d[o] = col.d[from / 16];
+                                m[o] = col.m[from / 16];
+                                if !halves {
+                                    debug_assert_eq!(col.d[2 * b], col.d[2 * b + 1]);
+                                    debug_assert_eq!(col.m[2 * b], 0.0);
+                                }
                             }
                         }
                     }
                 }
-            }
-            Packed::W8 { qs, d, wsum }
-        } else {
-            let mut qs = vec![0u8; ng * nb * 4 * 64];
-            let mut d = vec![f16::ZERO; ng * nb * GROUP];
-            let mut m = vec![f16::ZERO; ng * nb * GROUP];
-            for g in 0..ng {
-                for b in 0..nb {
-                    for c in 0..GROUP {
-                        let (q, dd, mm) = block(g * GROUP + c, b);
-                        let o = (g * nb + b) * GROUP + c;
-                        d[o] = dd;
-                        m[o] = mm;
-                        for j in 0..4 {
-                            for e in 0..4 {
-                                qs[((g * nb + b) * 4 + j) * 64 + c * 4 + e] =
-                                    q[4 * j + e] as u8 | ((q[16 + 4 * j + e] as u8) << 4);
-                            }
-                        }
+                if halves {
+                    let offsets = layout == Layout::W8F { offsets: true };
+                    Packed::W8F {
+                        qs,
+                        d,
+                        m: if offsets { m } else { Vec::new() },
+                        wsum,
+                    }
+                } else {
+                    // Q8_0 / Q5_0 scales came from f16: converting back is exact.
+                    Packed::W8 {
+                        qs,
+                        d: d.into_iter().map(f16::from_f32).collect(),
+                        wsum,
                     }
                 }
             }
-            Packed::W4 { qs, d, m }
+            Layout::W4 | Layout::W4F => {
+                // Nibbles 0..15: Q4_0 stores q − 8, so its offset becomes m − 8d.
+                let shift = if ty == GgmlType::Q4_0 { 8 } else { 0 };
+                let mut qs = vec![0u8; ng * nb * 4 * 64];
+                let mut d = vec![0f32; blocks];
+                let mut m = vec![0f32; blocks];
+                for g in 0..ng {
+                    for c in 0..GROUP {
+                        let col = column(g * GROUP + c);
+                        for b in 0..nb {
+                            let o = (g * nb + b) * GROUP + c;
+                            let nib = |e: usize| (col.q[b * QK + e] + shift) as u8;
+                            for j in 0..4 {
+                                for e in 0..4 {
+                                    qs[((g * nb + b) * 4 + j) * 64 + c * 4 + e] =
+                                        nib(4 * j + e) | (nib(16 + 4 * j + e) << 4);
+                                }
+                            }
+                            debug_assert_eq!(col.d[2 * b], col.d[2 * b + 1]);
+                            d[o] = col.d[2 * b];
+                            m[o] = col.m[2 * b] - shift as f32 * col.d[2 * b];
+                        }
+                    }
+                }
+                if layout == Layout::W4F {
+                    Packed::W4F { qs, d, m }
+                } else {
+                    // Q4_0 / Q4_1 scales are f16 values, and so is −8·d: exact.
+                    Packed::W4 {
+                        qs,
+                        d: d.into_iter().map(f16::from_f32).collect(),
+                        m: m.into_iter().map(f16::from_f32).collect(),
+                    }
+                }
+            }
         };
         Matrix { n, k, packed }
     }
@@ -239,6 +339,37 @@ impl Matrix {
                     d.extend(d2);
                     m.extend(m2);
                 }
+                (
+                    Packed::W4F { qs, d, m },
+                    Packed::W4F {
+                        qs: q2,
+                        d: d2,
+                        m: m2,
+                    },
+                ) => {
+                    qs.extend(q2);
+                    d.extend(d2);
+                    m.extend(m2);
+                }
+                (
+                    Packed::W8F { qs, d, m, wsum },
+                    Packed::W8F {
+                        qs: q2,
+                        d: d2,
+                        m: m2,
+                        wsum: s2,
+                    },
+                ) => {
+                    assert_eq!(
+                        m.is_empty(),
+                        m2.is_empty(),
+                        "concat of W8F with and without offsets"
+                    );
+                    qs.extend(q2);
+                    d.extend(d2);
+                    m.extend(m2);
+                    wsum.extend(s2);
+                }
                 (Packed::F32 { w }, Packed::F32 { w: w2 }) => w.extend(w2),
                 _ => panic!("concat of matrices with different layouts"),
             }
@@ -248,7 +379,9 @@ impl Matrix {
 
     /// Whether `self` and `other` can be concatenated.
     pub fn can_concat(&self, other: &Matrix) -> bool {
+        let offsets = |p: &Packed| matches!(p, Packed::W8F { m, .. } if !m.is_empty());
         std::mem::discriminant(&self.packed) == std::mem::discriminant(&other.packed)
+            && offsets(&self.packed) == offsets(&other.packed)
             && self.k == other.k
             && (matches!(self.packed, Packed::F32 { .. })
                 || (self.n.is_multiple_of(GROUP) && other.n.is_multiple_of(GROUP)))
@@ -269,12 +402,29 @@ impl Matrix {
                     }
                 }
             }
+            Packed::W8F { qs, d, m, .. } => {
+                for b in 0..nb {
+                    for e in 0..QK {
+                        let o = ((g * nb + b) * 2 + e / 16) * GROUP + c;
+                        let v = w8_at(qs, nb, g, b, c, e) as f32 * d[o];
+                        out[b * QK + e] = if m.is_empty() { v } else { v + m[o] };
+                    }
+                }
+            }
             Packed::W4 { qs, d, m } => {
                 for b in 0..nb {
                     let o = (g * nb + b) * GROUP + c;
                     for e in 0..QK {
                         out[b * QK + e] =
                             w4_at(qs, nb, g, b, c, e) as f32 * d[o].to_f32() + m[o].to_f32();
+                    }
+                }
+            }
+            Packed::W4F { qs, d, m } => {
+                for b in 0..nb {
+                    let o = (g * nb + b) * GROUP + c;
+                    for e in 0..QK {
+                        out[b * QK + e] = w4_at(qs, nb, g, b, c, e) as f32 * d[o] + m[o];
                     }
                 }
             }
@@ -286,6 +436,8 @@ impl Matrix {
         match &self.packed {
             Packed::W8 { qs, d, wsum } => qs.len() + 2 * (d.len() + wsum.len()),
             Packed::W4 { qs, d, m } => qs.len() + 2 * (d.len() + m.len()),
+            Packed::W4F { qs, d, m } => qs.len() + 4 * (d.len() + m.len()),
+            Packed::W8F { qs, d, m, wsum } => qs.len() + 4 * (d.len() + m.len()) + 2 * wsum.len(),
             Packed::F32 { w } => 4 * w.len(),
         }
     }
@@ -310,13 +462,14 @@ pub(crate) fn w4_at(qs: &[u8], nb: usize, g: usize, b: usize, c: usize, e: usize
 }
 
 /// Activation rows quantized to 8 bits in blocks of 32: `qs`, `qu = qs + 128` (as unsigned
-/// bytes), scale `d` and `s = d·Σq` per block.
+/// bytes), scale `d` and `s = d·Σq` per block, `s16 = d·Σq` per half block.
 pub struct ActQ8 {
     pub k: usize,
     pub qs: Vec<i8>,
     pub qu: Vec<u8>,
     pub d: Vec<f32>,
     pub s: Vec<f32>,
+    pub s16: Vec<f32>,
 }
 
 impl ActQ8 {
@@ -326,23 +479,33 @@ impl ActQ8 {
         let mut qs = vec![0i8; m * k];
         let mut d = vec![0f32; m * nb];
         let mut s = vec![0f32; m * nb];
+        let mut s16 = vec![0f32; 2 * m * nb];
         for (bi, (xb, qb)) in x.chunks_exact(QK).zip(qs.chunks_exact_mut(QK)).enumerate() {
             let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
             let dd = amax / 127.0;
             let id = if dd != 0.0 { 1.0 / dd } else { 0.0 };
-            let mut sum = 0i32;
-            for (q, v) in qb.iter_mut().zip(xb) {
+            let mut sum = [0i32; 2];
+            for (e, (q, v)) in qb.iter_mut().zip(xb).enumerate() {
                 let r = v * id;
                 // Round half away from zero (as `roundf`, without a libm call).
                 let qi = ((r + 0.5f32.copysign(r)) as i32).clamp(-127, 127);
                 *q = qi as i8;
-                sum += qi;
+                sum[e / 16] += qi;
             }
             d[bi] = dd;
-            s[bi] = dd * sum as f32;
+            s[bi] = dd * (sum[0] + sum[1]) as f32;
+            s16[2 * bi] = dd * sum[0] as f32;
+            s16[2 * bi + 1] = dd * sum[1] as f32;
         }
         let qu = qs.iter().map(|&v| (v as u8) ^ 0x80).collect();
-        ActQ8 { k, qs, qu, d, s }
+        ActQ8 {
+            k,
+            qs,
+            qu,
+            d,
+            s,
+            s16,
+        }
     }
 }
 
@@ -490,6 +653,66 @@ mod tests {
             .collect()
     }
 
+    /// One matrix: rows dequantize as the file's format does, the product matches f64 within
+    /// the activation quantization error, every row split gives the same bits, and the portable
+    /// kernel gives the same bits as the SIMD one.
+    fn check(ty: GgmlType, bytes: &[u8], n: usize, k: usize) {
+        let wdeq = crate::quant::dequantize_vec(ty, bytes, n * k);
+        let mat = Matrix::from_ggml(ty, bytes, n, k, false);
+        let mut row = vec![0f32; k];
+        for j in [0, 3, n - 1] {
+            mat.row(j, &mut row);
+            assert_eq!(
+                row,
+                wdeq[j * k..(j + 1) * k],
+                "{ty:?} row {j} dequantization"
+            );
+        }
+        let x = data(11 * k, 7);
+        let mut out = vec![0f32; 11 * n];
+        matmul(&x, &mat, &mut out);
+        let want = reference(&x, &wdeq, n, k);
+        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+        for (a, b) in out.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 0.02 * scale,
+                "{ty:?} n={n} k={k}: {a} vs {b}"
+            );
+        }
+        // Each row alone, and rows in blocks of every size, give identical bits.
+        for block in 1..=11 {
+            for start in (0..11).step_by(block) {
+                let end = (start + block).min(11);
+                let mut o = vec![0f32; (end - start) * n];
+                matmul(&x[start * k..end * k], &mat, &mut o);
+                assert!(
+                    o.iter()
+                        .zip(&out[start * n..end * n])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{ty:?}: rows {start}..{end} differ from the full batch"
+                );
+            }
+        }
+        // The portable kernel gives the same bits as the SIMD one for quantized weights.
+        if !ty.is_float() {
+            let act = ActQ8::quantize(&x, k);
+            let mut tile = [[0f32; GROUP]; MAX_TILE];
+            for g in 0..mat.groups() {
+                portable::group_tile(&mat, &act, g, 0, 8, &mut tile);
+                for (r, vals) in tile.iter().enumerate() {
+                    for c in 0..GROUP.min(n - g * GROUP) {
+                        assert_eq!(
+                            vals[c].to_bits(),
+                            out[r * n + g * GROUP + c].to_bits(),
+                            "{ty:?} portable vs {:?}",
+                            kernel_path()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn kernels_match_reference_and_are_batch_invariant() {
         // n = 37 pads the last column group; k = 96 has an odd number of blocks.
@@ -501,61 +724,33 @@ mod tests {
                 GgmlType::Q4_1,
                 GgmlType::F32,
             ] {
-                let bytes = quantize(ty, &wf).unwrap();
-                let wdeq = crate::quant::dequantize_vec(ty, &bytes, n * k);
-                let mat = Matrix::from_ggml(ty, &bytes, n, k, false);
-                let mut row = vec![0f32; k];
-                for j in [0, 3, n - 1] {
-                    mat.row(j, &mut row);
-                    assert_eq!(
-                        row,
-                        wdeq[j * k..(j + 1) * k],
-                        "{ty:?} row {j} dequantization"
-                    );
-                }
-                let x = data(11 * k, 7);
-                let mut out = vec![0f32; 11 * n];
-                matmul(&x, &mat, &mut out);
-                let want = reference(&x, &wdeq, n, k);
-                let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-                for (a, b) in out.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() <= 0.02 * scale,
-                        "{ty:?} n={n} k={k}: {a} vs {b}"
-                    );
-                }
-                // Each row alone, and rows in blocks of every size, give identical bits.
-                for block in 1..=11 {
-                    for start in (0..11).step_by(block) {
-                        let end = (start + block).min(11);
-                        let mut o = vec![0f32; (end - start) * n];
-                        matmul(&x[start * k..end * k], &mat, &mut o);
-                        assert!(
-                            o.iter()
-                                .zip(&out[start * n..end * n])
-                                .all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{ty:?}: rows {start}..{end} differ from the full batch"
-                        );
-                    }
-                }
-                // The portable kernel gives the same bits as the SIMD one for quantized weights.
-                if ty != GgmlType::F32 {
-                    let act = ActQ8::quantize(&x, k);
-                    let mut tile = [[0f32; GROUP]; MAX_TILE];
-                    for g in 0..mat.groups() {
-                        portable::group_tile(&mat, &act, g, 0, 8, &mut tile);
-                        for (r, vals) in tile.iter().enumerate() {
-                            for c in 0..GROUP.min(n - g * GROUP) {
-                                assert_eq!(
-                                    vals[c].to_bits(),
-                                    out[r * n + g * GROUP + c].to_bits(),
-                                    "{ty:?} portable vs {:?}",
-                                    kernel_path()
-                                );
-                            }
-                        }
-                    }
-                }
+                check(ty, &quantize(ty, &wf).unwrap(), n, k);
+            }
+            for ty in [GgmlType::Q5_0, GgmlType::Q5_1] {
+                check(
+                    ty,
+                    &crate::quant::kquants_random_blocks(ty, n * k / 32, 5),
+                    n,
+                    k,
+                );
+            }
+        }
+        // K-quants: rows of whole 256-element super-blocks.
+        for &(n, k) in &[(48usize, 256usize), (37, 512)] {
+            for ty in [
+                GgmlType::Q2_K,
+                GgmlType::Q3_K,
+                GgmlType::Q4_K,
+                GgmlType::Q5_K,
+                GgmlType::Q6_K,
+                GgmlType::Q8_K,
+            ] {
+                check(
+                    ty,
+                    &crate::quant::kquants_random_blocks(ty, n * k / 256, 9),
+                    n,
+                    k,
+                );
             }
         }
     }

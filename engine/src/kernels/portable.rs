@@ -21,19 +21,37 @@ pub(super) fn group_tile(
                 let wo = (g * nb + b) * GROUP + c;
                 let xq = &act.qs[r * k + b * QK..r * k + (b + 1) * QK];
                 let dx = act.d[r * nb + b];
+                let isum8 = |qs: &[i8], from: usize, to: usize| -> i32 {
+                    (from..to)
+                        .map(|e| w8_at(qs, nb, g, b, c, e) as i32 * xq[e] as i32)
+                        .sum()
+                };
+                let isum4 = |qs: &[u8]| -> i32 {
+                    (0..QK)
+                        .map(|e| w4_at(qs, nb, g, b, c, e) as i32 * xq[e] as i32)
+                        .sum()
+                };
                 match &w.packed {
                     Packed::W8 { qs, d, .. } => {
-                        let isum: i32 = (0..QK)
-                            .map(|e| w8_at(qs, nb, g, b, c, e) as i32 * xq[e] as i32)
-                            .sum();
-                        acc = (isum as f32 * dx).mul_add(d[wo].to_f32(), acc);
+                        acc = (isum8(qs, 0, QK) as f32 * dx).mul_add(d[wo].to_f32(), acc);
+                    }
+                    Packed::W8F { qs, d, m, .. } => {
+                        let o = |h: usize| ((g * nb + b) * 2 + h) * GROUP + c;
+                        acc = (isum8(qs, 0, 16) as f32 * dx).mul_add(d[o(0)], acc);
+                        acc = (isum8(qs, 16, QK) as f32 * dx).mul_add(d[o(1)], acc);
+                        if !m.is_empty() {
+                            let s = &act.s16[2 * (r * nb + b)..];
+                            acc = s[0].mul_add(m[o(0)], acc);
+                            acc = s[1].mul_add(m[o(1)], acc);
+                        }
                     }
                     Packed::W4 { qs, d, m } => {
-                        let isum: i32 = (0..QK)
-                            .map(|e| w4_at(qs, nb, g, b, c, e) as i32 * xq[e] as i32)
-                            .sum();
-                        acc = (isum as f32 * dx).mul_add(d[wo].to_f32(), acc);
+                        acc = (isum4(qs) as f32 * dx).mul_add(d[wo].to_f32(), acc);
                         acc = act.s[r * nb + b].mul_add(m[wo].to_f32(), acc);
+                    }
+                    Packed::W4F { qs, d, m } => {
+                        acc = (isum4(qs) as f32 * dx).mul_add(d[wo], acc);
+                        acc = act.s[r * nb + b].mul_add(m[wo], acc);
                     }
                     Packed::F32 { .. } => unreachable!("float weights use dot_f32"),
                 }

@@ -1,80 +1,121 @@
-//! ggml tensor types as stored in GGUF files: their block layouts, dequantization to f32 and the
-//! reference quantizers specd uses to derive presets (Q8_0, Q4_0, F16).
+//! ggml tensor types as stored in GGUF files: their block layouts, dequantization to f32
+//! (through [`unpack_block`] for every quantized type, [`kquants`]) and the reference quantizers
+//! specd uses to derive presets (Q8_0, Q4_0, Q4_1, F16).
 
 use anyhow::{bail, Result};
 use half::f16;
 
+mod kquants;
+
+#[cfg(test)]
+pub(crate) use kquants::random_blocks as kquants_random_blocks;
+pub use kquants::{unpack_block, Unpacked};
+
+/// ggml's names (Q4_K, …) are kept as they are.
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
     F16,
+    Bf16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
-    Bf16,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
 }
 
 pub const QK: usize = 32;
+/// Elements per K-quant super-block.
+pub const QK_K: usize = 256;
+
+/// Every type with its ggml id, name, block size and block bytes.
+const TYPES: &[(GgmlType, u32, &str, usize, usize)] = &[
+    (GgmlType::F32, 0, "F32", 1, 4),
+    (GgmlType::F16, 1, "F16", 1, 2),
+    (GgmlType::Q4_0, 2, "Q4_0", QK, 18),
+    (GgmlType::Q4_1, 3, "Q4_1", QK, 20),
+    (GgmlType::Q5_0, 6, "Q5_0", QK, 22),
+    (GgmlType::Q5_1, 7, "Q5_1", QK, 24),
+    (GgmlType::Q8_0, 8, "Q8_0", QK, 34),
+    (GgmlType::Q2_K, 10, "Q2_K", QK_K, 84),
+    (GgmlType::Q3_K, 11, "Q3_K", QK_K, 110),
+    (GgmlType::Q4_K, 12, "Q4_K", QK_K, 144),
+    (GgmlType::Q5_K, 13, "Q5_K", QK_K, 176),
+    (GgmlType::Q6_K, 14, "Q6_K", QK_K, 210),
+    (GgmlType::Q8_K, 15, "Q8_K", QK_K, 292),
+    (GgmlType::Bf16, 30, "BF16", 1, 2),
+];
+
+fn entry(ty: GgmlType) -> &'static (GgmlType, u32, &'static str, usize, usize) {
+    TYPES
+        .iter()
+        .find(|e| e.0 == ty)
+        .expect("every type is listed")
+}
+
+/// The names of the supported types, for error messages.
+pub fn supported_names() -> String {
+    TYPES.iter().map(|e| e.2).collect::<Vec<_>>().join(", ")
+}
 
 impl GgmlType {
     pub fn from_id(id: u32) -> Result<Self> {
-        Ok(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            30 => GgmlType::Bf16,
-            6 | 7 | 9..=23 => bail!(
-                "ggml tensor type {id} ({}) is not supported yet (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0); re-quantize the model to one of these",
-                match id {
-                    6 => "Q5_0",
-                    7 => "Q5_1",
-                    9 => "Q8_1",
-                    10 => "Q2_K",
-                    11 => "Q3_K",
-                    12 => "Q4_K",
-                    13 => "Q5_K",
-                    14 => "Q6_K",
-                    15 => "Q8_K",
-                    _ => "IQ*",
-                }
-            ),
-            other => bail!("unknown ggml tensor type {other}"),
-        })
+        if let Some(e) = TYPES.iter().find(|e| e.1 == id) {
+            return Ok(e.0);
+        }
+        let name = match id {
+            9 => "Q8_1",
+            16..=23 | 29 => "an IQ type",
+            24..=28 => "an integer type",
+            34 | 35 => "a ternary type (TQ1_0/TQ2_0)",
+            39 => "MXFP4",
+            _ => bail!("unknown ggml tensor type {id}"),
+        };
+        bail!(
+            "ggml tensor type {id} ({name}) is not supported (supported: {}); re-quantize the model to one of these",
+            supported_names()
+        )
     }
 
     pub fn id(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q4_0 => 2,
-            GgmlType::Q4_1 => 3,
-            GgmlType::Q8_0 => 8,
-            GgmlType::Bf16 => 30,
-        }
+        entry(self).1
+    }
+
+    pub fn name(self) -> &'static str {
+        entry(self).2
+    }
+
+    /// Parses a type name (`q4_k`, `Q8_0`, `bf16`…).
+    pub fn from_name(name: &str) -> Option<Self> {
+        TYPES
+            .iter()
+            .find(|e| e.2.eq_ignore_ascii_case(name))
+            .map(|e| e.0)
     }
 
     /// Elements per block.
     pub fn block_size(self) -> usize {
-        match self {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => QK,
-        }
+        entry(self).3
     }
 
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
-        match self {
-            GgmlType::F32 => 4,
-            GgmlType::F16 | GgmlType::Bf16 => 2,
-            GgmlType::Q4_0 => 2 + QK / 2,
-            GgmlType::Q4_1 => 4 + QK / 2,
-            GgmlType::Q8_0 => 2 + QK,
-        }
+        entry(self).4
     }
 
-    /// The llama.cpp `general.file_type` code of a file whose weights are mostly this type.
+    pub fn is_float(self) -> bool {
+        self.block_size() == 1
+    }
+
+    /// The llama.cpp `general.file_type` code of a file whose weights are mostly this type
+    /// (`LLAMA_FTYPE_MOSTLY_*`; a K type names its `_M` mix).
     pub fn file_type(self) -> u32 {
         match self {
             GgmlType::F32 => 0,
@@ -82,13 +123,16 @@ impl GgmlType {
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
             GgmlType::Q8_0 => 7,
+            GgmlType::Q5_0 => 8,
+            GgmlType::Q5_1 => 9,
+            GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 12,
+            GgmlType::Q4_K => 15,
+            GgmlType::Q5_K => 17,
+            GgmlType::Q6_K | GgmlType::Q8_K => 18,
             GgmlType::Bf16 => 32,
         }
     }
-}
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// Dequantizes `data` (of type `ty`) into f32 values.
@@ -109,42 +153,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
                 *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }
-        GgmlType::Q4_0 => {
-            for (o, b) in out
-                .chunks_exact_mut(QK)
-                .zip(data.chunks_exact(ty.block_bytes()))
-            {
-                let d = f16_at(b, 0);
-                for j in 0..QK / 2 {
-                    o[j] = ((b[2 + j] & 0x0f) as i32 - 8) as f32 * d;
-                    o[j + QK / 2] = ((b[2 + j] >> 4) as i32 - 8) as f32 * d;
-                }
-            }
-        }
-        GgmlType::Q4_1 => {
-            for (o, b) in out
-                .chunks_exact_mut(QK)
-                .zip(data.chunks_exact(ty.block_bytes()))
-            {
-                let d = f16_at(b, 0);
-                let m = f16_at(b, 2);
-                for j in 0..QK / 2 {
-                    o[j] = (b[4 + j] & 0x0f) as f32 * d + m;
-                    o[j + QK / 2] = (b[4 + j] >> 4) as f32 * d + m;
-                }
-            }
-        }
-        GgmlType::Q8_0 => {
-            for (o, b) in out
-                .chunks_exact_mut(QK)
-                .zip(data.chunks_exact(ty.block_bytes()))
-            {
-                let d = f16_at(b, 0);
-                for j in 0..QK {
-                    o[j] = (b[2 + j] as i8) as f32 * d;
-                }
-            }
-        }
+        _ => kquants::dequantize_blocks(ty, data, out),
     }
 }
 
@@ -222,6 +231,10 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
                 }
             }
         }
+        other => bail!(
+            "quantizing to {} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
+            other.name()
+        ),
     }
     Ok(out)
 }
