@@ -91,7 +91,7 @@ fn gguf_config(f: &GgufFile) -> Result<LlamaConfig> {
 fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Llama, Tokenizer)> {
     let f = GgufFile::open(path)?;
     let c = gguf_config(&f)?;
-    let tokenizer = Tokenizer::from_gguf(&f)?;
+    let tokenizer = Tokenizer::for_gguf(&f)?;
     if tokenizer.vocab_size() > c.vocab_size {
         bail!(
             "{}: tokenizer has {} tokens but the embedding has {} rows",
