@@ -184,7 +184,7 @@ impl Ord for Bigram {
 impl Spm {
     pub fn new(p: SpmParams) -> Result<Self> {
         let SpmParams {
-            tokens,
+            mut tokens,
             mut scores,
             types,
             add_space_prefix,
@@ -193,6 +193,12 @@ impl Spm {
         } = p;
         let n = tokens.len();
         scores.resize(n, 0.0);
+        // As llama.cpp's loader does: an empty token becomes "[EMPTY_<id>]".
+        for (i, t) in tokens.iter_mut().enumerate() {
+            if t.is_empty() {
+                *t = format!("[EMPTY_{i}]");
+            }
+        }
         let mut token_to_id = HashMap::with_capacity(n);
         for (i, t) in tokens.iter().enumerate() {
             if let Some(j) = token_to_id.insert(t.clone(), i as u32) {
