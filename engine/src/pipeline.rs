@@ -34,6 +34,11 @@ impl LoadedModel {
         let path = source.resolve(log)?;
         let (model, tokenizer) = load_model(&path, LoadOptions::default())
             .with_context(|| format!("cannot load model {}", source.name()))?;
+        log(&format!(
+            "{}: tokenizer from {}",
+            source.name(),
+            tokenizer.source()
+        ));
         Ok(LoadedModel {
             name: source.name(),
             path,
@@ -102,13 +107,20 @@ pub struct Output {
     pub wall_s: f64,
 }
 
-/// Tokenizes the prompt (chat template applied when asked).
+/// Tokenizes the prompt (chat template applied when asked), with BOS first when the model wants
+/// it ([`Tokenizer::add_bos`]) and the text (e.g. a chat template's output) does not start with it.
 pub fn encode_prompt(tok: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-    if chat {
-        tok.encode(&tok.apply_chat_template(prompt)?, true)
+    let mut ids = if chat {
+        tok.encode(&tok.apply_chat_template(prompt)?, true)?
     } else {
-        tok.encode(prompt, true)
+        tok.encode(prompt, true)?
+    };
+    if let (true, Some(bos)) = (tok.add_bos, tok.bos_id) {
+        if ids.first() != Some(&bos) {
+            ids.insert(0, bos);
+        }
     }
+    Ok(ids)
 }
 
 /// Streams text as tokens are committed: emits the new suffix of the decoded completion, holding

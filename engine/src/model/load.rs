@@ -68,7 +68,7 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
         None => None,
     };
     let c = config::from_gguf(&f, rope_freqs)?;
-    let tokenizer = Tokenizer::from_gguf(&f)?;
+    let tokenizer = Tokenizer::for_gguf(&f)?;
     if tokenizer.vocab_size() > c.vocab_size {
         bail!(
             "{file}: tokenizer has {} tokens but the embedding has {} rows",
