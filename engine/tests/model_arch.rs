@@ -264,3 +264,117 @@ fn llama3_rope_freqs_match_llamacpp() {
     );
     check("llama3-rope");
 }
+
+/// The Hugging Face layout of each architecture: a fixture exported to `config.json` +
+/// `model.safetensors` (Q/K rows permuted back for pair-order RoPE, gemma norms as `w − 1`) loads
+/// to the same logits as the GGUF — bit for bit, except gemma, whose `(w − 1) + 1` may round.
+#[test]
+fn hf_layout_of_every_architecture_loads_to_the_gguf_logits() {
+    use specd_engine::model::export_hf_safetensors;
+    for name in ["llama", "mistral", "qwen2", "qwen3", "gemma3"] {
+        let f = fixture(name);
+        let path = dir().join(f.facts["gguf"].as_str().unwrap());
+        let (gguf, tok) = load_model(&path, LoadOptions { force_f32: true }).unwrap();
+        let hf_dir = tempfile::tempdir().unwrap();
+        export_hf_safetensors(&gguf, &tok, hf_dir.path()).unwrap();
+        let (hf, _) = load_model(hf_dir.path(), LoadOptions::default())
+            .unwrap_or_else(|e| panic!("{name}: the HF export does not load: {e:#}"));
+        assert_eq!(hf.config, gguf.config, "{name}: config.json round trip");
+        let a = gguf.forward(&mut gguf.new_cache(), &f.ids, 0).unwrap();
+        let b = hf.forward(&mut hf.new_cache(), &f.ids, 0).unwrap();
+        let max = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        eprintln!("{name}: GGUF vs HF export, max |Δ logit| {max:e}");
+        if name == "gemma3" {
+            assert!(max <= 1e-4, "{name}: GGUF vs HF differ by {max}");
+        } else {
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: GGUF vs HF logits differ (max {max})"
+            );
+        }
+    }
+}
+
+/// A model file that cannot run is refused at load, naming the file and what is supported.
+#[test]
+fn unsupported_architectures_and_cut_files_are_named() {
+    let src = dir().join("llama.gguf");
+    let bytes = std::fs::read(&src).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    // An unknown architecture: rename the key's value in place ("llama" → "llamb").
+    let needle = b"general.architecture";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("architecture key");
+    let mut renamed = bytes.clone();
+    let val = at + needle.len() + 4 + 8; // type (u32) + string length (u64)
+    assert_eq!(&renamed[val..val + 5], b"llama");
+    renamed[val + 4] = b'b';
+    let p = tmp.path().join("unknown-arch.gguf");
+    std::fs::write(&p, &renamed).unwrap();
+    let err = format!(
+        "{:#}",
+        load_model(&p, LoadOptions::default()).err().unwrap()
+    );
+    assert!(
+        err.contains("unknown-arch.gguf") && err.contains("\"llamb\"") && err.contains("qwen3"),
+        "{err}"
+    );
+    // A file cut inside its tensor data.
+    let p = tmp.path().join("cut.gguf");
+    std::fs::write(&p, &bytes[..bytes.len() - 1000]).unwrap();
+    let err = format!(
+        "{:#}",
+        load_model(&p, LoadOptions::default()).err().unwrap()
+    );
+    assert!(err.contains("cut.gguf"), "{err}");
+    eprintln!("cut file: {err}");
+}
+
+/// HF `rope_scaling = {"rope_type": "llama3", ...}` gives the frequency factors that the converter
+/// stored as `rope_freqs.weight`, and the same logits as the GGUF.
+#[test]
+fn hf_llama3_rope_scaling_matches_the_gguf_rope_freqs() {
+    use specd_engine::model::export_hf_safetensors;
+    let f = fixture("llama3-rope");
+    let path = dir().join(f.facts["gguf"].as_str().unwrap());
+    let (mut gguf, tok) = load_model(&path, LoadOptions { force_f32: true }).unwrap();
+    let factors = std::mem::take(&mut gguf.config.rope.freq_factors);
+    let hf_dir = tempfile::tempdir().unwrap();
+    export_hf_safetensors(&gguf, &tok, hf_dir.path()).unwrap();
+    let cfg_path = hf_dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let mut scaling = f.facts["llama3_rope_scaling"].clone();
+    scaling["rope_type"] = "llama3".into();
+    cfg["rope_scaling"] = scaling;
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (hf, _) = load_model(hf_dir.path(), LoadOptions::default()).unwrap();
+    let max_rel = hf
+        .config
+        .rope
+        .freq_factors
+        .iter()
+        .zip(&factors)
+        .map(|(a, b)| ((a - b) / b).abs())
+        .fold(0f32, f32::max);
+    assert_eq!(hf.config.rope.freq_factors.len(), factors.len());
+    assert!(
+        max_rel <= 1e-6,
+        "llama3 factors differ from rope_freqs by {max_rel}"
+    );
+    let a = gguf.forward(&mut gguf.new_cache(), &f.ids, 0).unwrap();
+    let b = hf.forward(&mut hf.new_cache(), &f.ids, 0).unwrap();
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    eprintln!("llama3 rope_scaling: factors max rel diff {max_rel:e}, logits max |Δ| {max:e}");
+    assert!(max <= 1e-4, "GGUF vs HF llama3 logits differ by {max}");
+}
