@@ -1,47 +1,74 @@
 //! ggml tensor types as stored in GGUF files: their block layouts, dequantization to f32 and the
-//! reference quantizers specd uses to derive presets (Q8_0, Q4_0, F16).
+//! reference quantizers specd uses to derive presets and re-quantize models. The 5-bit types and
+//! the K-quants, and the block unpacker every quantized type goes through, are in `kquants`.
 
 use anyhow::{bail, Result};
 use half::f16;
 
+mod kquants;
+
+pub use kquants::{
+    quantize_row_q2_k_ref, quantize_row_q3_k_ref, quantize_row_q4_k_ref, quantize_row_q5_0_ref,
+    quantize_row_q5_1_ref, quantize_row_q5_k_ref, quantize_row_q6_k_ref, quantize_row_q8_k_ref,
+    unpack_block, Unpacked, QK_K,
+};
+
+/// A ggml tensor type (variants named as ggml names them).
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
     F16,
     Q4_0,
     Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q2_K,
+    Q3_K,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+    Q8_K,
     Bf16,
 }
 
 pub const QK: usize = 32;
 
 impl GgmlType {
+    /// Every type specd reads and writes.
+    pub const ALL: [GgmlType; 14] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Bf16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+    ];
+
     pub fn from_id(id: u32) -> Result<Self> {
-        Ok(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            8 => GgmlType::Q8_0,
-            30 => GgmlType::Bf16,
-            6 | 7 | 9..=23 => bail!(
-                "ggml tensor type {id} ({}) is not supported yet (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0); re-quantize the model to one of these",
-                match id {
-                    6 => "Q5_0",
-                    7 => "Q5_1",
-                    9 => "Q8_1",
-                    10 => "Q2_K",
-                    11 => "Q3_K",
-                    12 => "Q4_K",
-                    13 => "Q5_K",
-                    14 => "Q6_K",
-                    15 => "Q8_K",
-                    _ => "IQ*",
-                }
-            ),
+        if let Some(t) = Self::ALL.into_iter().find(|t| t.id() == id) {
+            return Ok(t);
+        }
+        match id {
+            9 | 16..=23 => {
+                let supported: Vec<&str> = Self::ALL.iter().map(|t| t.name()).collect();
+                bail!(
+                    "ggml tensor type {id} ({}) is not supported yet (supported: {}); re-quantize the model to one of these",
+                    if id == 9 { "Q8_1" } else { "IQ*" },
+                    supported.join(", ")
+                )
+            }
             other => bail!("unknown ggml tensor type {other}"),
-        })
+        }
     }
 
     pub fn id(self) -> u32 {
@@ -50,16 +77,57 @@ impl GgmlType {
             GgmlType::F16 => 1,
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
             GgmlType::Q8_0 => 8,
+            GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 11,
+            GgmlType::Q4_K => 12,
+            GgmlType::Q5_K => 13,
+            GgmlType::Q6_K => 14,
+            GgmlType::Q8_K => 15,
             GgmlType::Bf16 => 30,
         }
+    }
+
+    /// ggml's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Bf16 => "BF16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q2_K => "Q2_K",
+            GgmlType::Q3_K => "Q3_K",
+            GgmlType::Q4_K => "Q4_K",
+            GgmlType::Q5_K => "Q5_K",
+            GgmlType::Q6_K => "Q6_K",
+            GgmlType::Q8_K => "Q8_K",
+        }
+    }
+
+    /// Whether the type stores blocks of small integers (everything but F32, F16 and BF16).
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
     }
 
     /// Elements per block.
     pub fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => QK,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                QK
+            }
+            GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::Q8_K => QK_K,
         }
     }
 
@@ -70,11 +138,27 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::Bf16 => 2,
             GgmlType::Q4_0 => 2 + QK / 2,
             GgmlType::Q4_1 => 4 + QK / 2,
+            GgmlType::Q5_0 => 2 + 4 + QK / 2,
+            GgmlType::Q5_1 => 4 + 4 + QK / 2,
             GgmlType::Q8_0 => 2 + QK,
+            // scales, 2-bit quants, d, dmin
+            GgmlType::Q2_K => QK_K / 16 + QK_K / 4 + 4,
+            // high-bit mask, 2-bit quants, 6-bit scales, d
+            GgmlType::Q3_K => QK_K / 8 + QK_K / 4 + 12 + 2,
+            // d, dmin, 6-bit scales and mins, 4-bit quants
+            GgmlType::Q4_K => 4 + 12 + QK_K / 2,
+            // d, dmin, scales and mins, high bits, 4-bit quants
+            GgmlType::Q5_K => 4 + 12 + QK_K / 8 + QK_K / 2,
+            // low 4 bits, high 2 bits, int8 scales, d
+            GgmlType::Q6_K => QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
+            // f32 d, int8 quants, int16 sums of 16
+            GgmlType::Q8_K => 4 + QK_K + 2 * QK_K / 16,
         }
     }
 
-    /// The llama.cpp `general.file_type` code of a file whose weights are mostly this type.
+    /// The llama.cpp `general.file_type` code (`LLAMA_FTYPE_MOSTLY_*`) of a file whose weights
+    /// are mostly this type; a K type gets its `_M` mix's code. Q8_K has none in llama.cpp (it
+    /// is an activation type): 1024, `LLAMA_FTYPE_GUESSED`.
     pub fn file_type(self) -> u32 {
         match self {
             GgmlType::F32 => 0,
@@ -82,13 +166,17 @@ impl GgmlType {
             GgmlType::Q4_0 => 2,
             GgmlType::Q4_1 => 3,
             GgmlType::Q8_0 => 7,
+            GgmlType::Q5_0 => 8,
+            GgmlType::Q5_1 => 9,
+            GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 12,
+            GgmlType::Q4_K => 15,
+            GgmlType::Q5_K => 17,
+            GgmlType::Q6_K => 18,
+            GgmlType::Q8_K => 1024,
             GgmlType::Bf16 => 32,
         }
     }
-}
-
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
 /// Dequantizes `data` (of type `ty`) into f32 values.
@@ -109,42 +197,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
                 *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
             }
         }
-        GgmlType::Q4_0 => {
-            for (o, b) in out
-                .chunks_exact_mut(QK)
-                .zip(data.chunks_exact(ty.block_bytes()))
-            {
-                let d = f16_at(b, 0);
-                for j in 0..QK / 2 {
-                    o[j] = ((b[2 + j] & 0x0f) as i32 - 8) as f32 * d;
-                    o[j + QK / 2] = ((b[2 + j] >> 4) as i32 - 8) as f32 * d;
-                }
-            }
-        }
-        GgmlType::Q4_1 => {
-            for (o, b) in out
-                .chunks_exact_mut(QK)
-                .zip(data.chunks_exact(ty.block_bytes()))
-            {
-                let d = f16_at(b, 0);
-                let m = f16_at(b, 2);
-                for j in 0..QK / 2 {
-                    o[j] = (b[4 + j] & 0x0f) as f32 * d + m;
-                    o[j + QK / 2] = (b[4 + j] >> 4) as f32 * d + m;
-                }
-            }
-        }
-        GgmlType::Q8_0 => {
-            for (o, b) in out
-                .chunks_exact_mut(QK)
-                .zip(data.chunks_exact(ty.block_bytes()))
-            {
-                let d = f16_at(b, 0);
-                for j in 0..QK {
-                    o[j] = (b[2 + j] as i8) as f32 * d;
-                }
-            }
-        }
+        _ => kquants::dequantize_blocks(ty, data, out),
     }
 }
 
@@ -156,7 +209,7 @@ pub fn dequantize_vec(ty: GgmlType, data: &[u8], n: usize) -> Vec<f32> {
 }
 
 /// Quantizes f32 values into `ty` with ggml's reference quantizers (bit-compatible with llama.cpp's
-/// `quantize_row_*_ref`).
+/// `quantize_row_*_ref`, which `llama-quantize` uses when it has no importance matrix).
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     if !x.len().is_multiple_of(ty.block_size()) {
         bail!(
@@ -221,6 +274,27 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
                     out.push(q0 | (q1 << 4));
                 }
             }
+        }
+        GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Q2_K
+        | GgmlType::Q3_K
+        | GgmlType::Q4_K
+        | GgmlType::Q5_K
+        | GgmlType::Q6_K
+        | GgmlType::Q8_K => {
+            let row = match ty {
+                GgmlType::Q5_0 => quantize_row_q5_0_ref,
+                GgmlType::Q5_1 => quantize_row_q5_1_ref,
+                GgmlType::Q2_K => quantize_row_q2_k_ref,
+                GgmlType::Q3_K => quantize_row_q3_k_ref,
+                GgmlType::Q4_K => quantize_row_q4_k_ref,
+                GgmlType::Q5_K => quantize_row_q5_k_ref,
+                GgmlType::Q6_K => quantize_row_q6_k_ref,
+                _ => quantize_row_q8_k_ref,
+            };
+            out.resize(x.len() / ty.block_size() * ty.block_bytes(), 0);
+            row(x, &mut out);
         }
     }
     Ok(out)
