@@ -1,6 +1,6 @@
-//! ggml tensor types as stored in GGUF files: their block layouts, dequantization to f32
-//! (through [`unpack_block`] for every quantized type, [`kquants`]) and the reference quantizers
-//! specd uses to derive presets (Q8_0, Q4_0, Q4_1, F16).
+//! ggml tensor types as stored in GGUF files: their block layouts, dequantization to f32 and the
+//! reference quantizers specd uses to derive presets and re-quantize models. The 5-bit types and
+//! the K-quants, and the block unpacker every quantized type goes through, are in `kquants`.
 
 use anyhow::{bail, Result};
 use half::f16;
@@ -9,15 +9,18 @@ mod kquants;
 
 #[cfg(test)]
 pub(crate) use kquants::random_blocks as kquants_random_blocks;
-pub use kquants::{unpack_block, Unpacked};
+pub use kquants::{
+    quantize_row_q2_k_ref, quantize_row_q3_k_ref, quantize_row_q4_k_ref, quantize_row_q5_0_ref,
+    quantize_row_q5_1_ref, quantize_row_q5_k_ref, quantize_row_q6_k_ref, quantize_row_q8_k_ref,
+    unpack_block, Unpacked, QK_K,
+};
 
-/// ggml's names (Q4_K, …) are kept as they are.
+/// A ggml tensor type (variants named as ggml names them).
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GgmlType {
     F32,
     F16,
-    Bf16,
     Q4_0,
     Q4_1,
     Q5_0,
@@ -29,93 +32,135 @@ pub enum GgmlType {
     Q5_K,
     Q6_K,
     Q8_K,
+    Bf16,
 }
 
 pub const QK: usize = 32;
-/// Elements per K-quant super-block.
-pub const QK_K: usize = 256;
-
-/// Every type with its ggml id, name, block size and block bytes.
-const TYPES: &[(GgmlType, u32, &str, usize, usize)] = &[
-    (GgmlType::F32, 0, "F32", 1, 4),
-    (GgmlType::F16, 1, "F16", 1, 2),
-    (GgmlType::Q4_0, 2, "Q4_0", QK, 18),
-    (GgmlType::Q4_1, 3, "Q4_1", QK, 20),
-    (GgmlType::Q5_0, 6, "Q5_0", QK, 22),
-    (GgmlType::Q5_1, 7, "Q5_1", QK, 24),
-    (GgmlType::Q8_0, 8, "Q8_0", QK, 34),
-    (GgmlType::Q2_K, 10, "Q2_K", QK_K, 84),
-    (GgmlType::Q3_K, 11, "Q3_K", QK_K, 110),
-    (GgmlType::Q4_K, 12, "Q4_K", QK_K, 144),
-    (GgmlType::Q5_K, 13, "Q5_K", QK_K, 176),
-    (GgmlType::Q6_K, 14, "Q6_K", QK_K, 210),
-    (GgmlType::Q8_K, 15, "Q8_K", QK_K, 292),
-    (GgmlType::Bf16, 30, "BF16", 1, 2),
-];
-
-fn entry(ty: GgmlType) -> &'static (GgmlType, u32, &'static str, usize, usize) {
-    TYPES
-        .iter()
-        .find(|e| e.0 == ty)
-        .expect("every type is listed")
-}
-
-/// The names of the supported types, for error messages.
-pub fn supported_names() -> String {
-    TYPES.iter().map(|e| e.2).collect::<Vec<_>>().join(", ")
-}
 
 impl GgmlType {
+    /// Every type specd reads and writes.
+    pub const ALL: [GgmlType; 14] = [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::Bf16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_K,
+    ];
+
     pub fn from_id(id: u32) -> Result<Self> {
-        if let Some(e) = TYPES.iter().find(|e| e.1 == id) {
-            return Ok(e.0);
+        if let Some(t) = Self::ALL.into_iter().find(|t| t.id() == id) {
+            return Ok(t);
         }
-        let name = match id {
-            9 => "Q8_1",
-            16..=23 | 29 => "an IQ type",
-            24..=28 => "an integer type",
-            34 | 35 => "a ternary type (TQ1_0/TQ2_0)",
-            39 => "MXFP4",
-            _ => bail!("unknown ggml tensor type {id}"),
-        };
-        bail!(
-            "ggml tensor type {id} ({name}) is not supported (supported: {}); re-quantize the model to one of these",
-            supported_names()
-        )
+        match id {
+            9 | 16..=23 => {
+                let supported: Vec<&str> = Self::ALL.iter().map(|t| t.name()).collect();
+                bail!(
+                    "ggml tensor type {id} ({}) is not supported yet (supported: {}); re-quantize the model to one of these",
+                    if id == 9 { "Q8_1" } else { "IQ*" },
+                    supported.join(", ")
+                )
+            }
+            other => bail!("unknown ggml tensor type {other}"),
+        }
     }
 
     pub fn id(self) -> u32 {
-        entry(self).1
+        match self {
+            GgmlType::F32 => 0,
+            GgmlType::F16 => 1,
+            GgmlType::Q4_0 => 2,
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q5_0 => 6,
+            GgmlType::Q5_1 => 7,
+            GgmlType::Q8_0 => 8,
+            GgmlType::Q2_K => 10,
+            GgmlType::Q3_K => 11,
+            GgmlType::Q4_K => 12,
+            GgmlType::Q5_K => 13,
+            GgmlType::Q6_K => 14,
+            GgmlType::Q8_K => 15,
+            GgmlType::Bf16 => 30,
+        }
     }
 
+    /// ggml's name of the type.
     pub fn name(self) -> &'static str {
-        entry(self).2
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::Bf16 => "BF16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q5_1 => "Q5_1",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q2_K => "Q2_K",
+            GgmlType::Q3_K => "Q3_K",
+            GgmlType::Q4_K => "Q4_K",
+            GgmlType::Q5_K => "Q5_K",
+            GgmlType::Q6_K => "Q6_K",
+            GgmlType::Q8_K => "Q8_K",
+        }
     }
 
-    /// Parses a type name (`q4_k`, `Q8_0`, `bf16`…).
-    pub fn from_name(name: &str) -> Option<Self> {
-        TYPES
-            .iter()
-            .find(|e| e.2.eq_ignore_ascii_case(name))
-            .map(|e| e.0)
+    /// Whether the type stores blocks of small integers (everything but F32, F16 and BF16).
+    pub fn is_quantized(self) -> bool {
+        self.block_size() > 1
     }
 
     /// Elements per block.
     pub fn block_size(self) -> usize {
-        entry(self).3
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
+                QK
+            }
+            GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::Q8_K => QK_K,
+        }
     }
 
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
-        entry(self).4
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::Bf16 => 2,
+            GgmlType::Q4_0 => 2 + QK / 2,
+            GgmlType::Q4_1 => 4 + QK / 2,
+            GgmlType::Q5_0 => 2 + 4 + QK / 2,
+            GgmlType::Q5_1 => 4 + 4 + QK / 2,
+            GgmlType::Q8_0 => 2 + QK,
+            // scales, 2-bit quants, d, dmin
+            GgmlType::Q2_K => QK_K / 16 + QK_K / 4 + 4,
+            // high-bit mask, 2-bit quants, 6-bit scales, d
+            GgmlType::Q3_K => QK_K / 8 + QK_K / 4 + 12 + 2,
+            // d, dmin, 6-bit scales and mins, 4-bit quants
+            GgmlType::Q4_K => 4 + 12 + QK_K / 2,
+            // d, dmin, scales and mins, high bits, 4-bit quants
+            GgmlType::Q5_K => 4 + 12 + QK_K / 8 + QK_K / 2,
+            // low 4 bits, high 2 bits, int8 scales, d
+            GgmlType::Q6_K => QK_K / 2 + QK_K / 4 + QK_K / 16 + 2,
+            // f32 d, int8 quants, int16 sums of 16
+            GgmlType::Q8_K => 4 + QK_K + 2 * QK_K / 16,
+        }
     }
 
-    pub fn is_float(self) -> bool {
-        self.block_size() == 1
-    }
-
-    /// The llama.cpp `general.file_type` code of a file whose weights are mostly this type
-    /// (`LLAMA_FTYPE_MOSTLY_*`; a K type names its `_M` mix).
+    /// The llama.cpp `general.file_type` code (`LLAMA_FTYPE_MOSTLY_*`) of a file whose weights
+    /// are mostly this type; a K type gets its `_M` mix's code. Q8_K has none in llama.cpp (it
+    /// is an activation type): 1024, `LLAMA_FTYPE_GUESSED`.
     pub fn file_type(self) -> u32 {
         match self {
             GgmlType::F32 => 0,
@@ -129,7 +174,8 @@ impl GgmlType {
             GgmlType::Q3_K => 12,
             GgmlType::Q4_K => 15,
             GgmlType::Q5_K => 17,
-            GgmlType::Q6_K | GgmlType::Q8_K => 18,
+            GgmlType::Q6_K => 18,
+            GgmlType::Q8_K => 1024,
             GgmlType::Bf16 => 32,
         }
     }
@@ -165,7 +211,7 @@ pub fn dequantize_vec(ty: GgmlType, data: &[u8], n: usize) -> Vec<f32> {
 }
 
 /// Quantizes f32 values into `ty` with ggml's reference quantizers (bit-compatible with llama.cpp's
-/// `quantize_row_*_ref`).
+/// `quantize_row_*_ref`, which `llama-quantize` uses when it has no importance matrix).
 pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
     if !x.len().is_multiple_of(ty.block_size()) {
         bail!(
@@ -231,10 +277,27 @@ pub fn quantize(ty: GgmlType, x: &[f32]) -> Result<Vec<u8>> {
                 }
             }
         }
-        other => bail!(
-            "quantizing to {} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1)",
-            other.name()
-        ),
+        GgmlType::Q5_0
+        | GgmlType::Q5_1
+        | GgmlType::Q2_K
+        | GgmlType::Q3_K
+        | GgmlType::Q4_K
+        | GgmlType::Q5_K
+        | GgmlType::Q6_K
+        | GgmlType::Q8_K => {
+            let row = match ty {
+                GgmlType::Q5_0 => quantize_row_q5_0_ref,
+                GgmlType::Q5_1 => quantize_row_q5_1_ref,
+                GgmlType::Q2_K => quantize_row_q2_k_ref,
+                GgmlType::Q3_K => quantize_row_q3_k_ref,
+                GgmlType::Q4_K => quantize_row_q4_k_ref,
+                GgmlType::Q5_K => quantize_row_q5_k_ref,
+                GgmlType::Q6_K => quantize_row_q6_k_ref,
+                _ => quantize_row_q8_k_ref,
+            };
+            out.resize(x.len() / ty.block_size() * ty.block_bytes(), 0);
+            row(x, &mut out);
+        }
     }
     Ok(out)
 }
