@@ -12,8 +12,16 @@ pub struct ScoreArgs {
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub model: String,
     /// The prompt text the continuation follows.
-    #[arg(long)]
-    pub prompt: String,
+    #[arg(
+        long,
+        required_unless_present = "prompt_ids",
+        conflicts_with = "prompt_ids"
+    )]
+    pub prompt: Option<String>,
+    /// The prompt as comma-separated token ids, used as given (no chat template, no BOS added):
+    /// scores a tokenization made elsewhere, e.g. llama.cpp's.
+    #[arg(long, conflicts_with = "chat")]
+    pub prompt_ids: Option<String>,
     /// Wrap the prompt in the model's chat template (as `generate --chat` does).
     #[arg(long)]
     pub chat: bool,
@@ -29,19 +37,27 @@ pub struct ScoreArgs {
 }
 
 pub fn parse_ids(s: &str) -> Result<Vec<u32>> {
+    parse_ids_of("--continuation-ids", s)
+}
+
+fn parse_ids_of(option: &str, s: &str) -> Result<Vec<u32>> {
     s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .map(|t| {
             t.parse::<u32>()
-                .with_context(|| format!("--continuation-ids: {t:?} is not a token id"))
+                .with_context(|| format!("{option}: {t:?} is not a token id"))
         })
         .collect()
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
     let model = LoadedModel::load(&a.model, &crate::log)?;
-    let prompt = encode_prompt(&model.tokenizer, &a.prompt, a.chat)?;
+    let prompt = match (&a.prompt, &a.prompt_ids) {
+        (Some(text), None) => encode_prompt(&model.tokenizer, text, a.chat)?,
+        (None, Some(ids)) => parse_ids_of("--prompt-ids", ids)?,
+        _ => bail!("give the prompt as --prompt TEXT or --prompt-ids 1,2,3"),
+    };
     let cont = match (&a.continuation, &a.continuation_ids) {
         (Some(t), None) => model.tokenizer.encode(t, false)?,
         (None, Some(ids)) => parse_ids(ids)?,
