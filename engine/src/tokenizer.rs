@@ -493,29 +493,107 @@ impl Tokenizer {
         let tpl = self.chat_template.as_deref().ok_or_else(|| {
             anyhow!("--chat: this model has no chat template (tokenizer.chat_template)")
         })?;
-        let mut env = minijinja::Environment::new();
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template("chat", tpl)
-            .map_err(|e| anyhow!("invalid chat template: {e}"))?;
         let name = |id: Option<u32>| id.and_then(|i| self.token(i)).unwrap_or("").to_owned();
-        env.get_template("chat")?
-            .render(minijinja::context! {
-                messages => messages
-                    .iter()
-                    .map(|(role, content)| minijinja::context! { role => *role, content => *content })
-                    .collect::<Vec<_>>(),
-                add_generation_prompt => true,
-                bos_token => name(self.bos_id),
-                eos_token => name(self.eos_ids.first().copied()),
-            })
-            .map_err(|e| anyhow!("cannot render the chat template: {e}"))
+        render_chat_template(
+            tpl,
+            messages,
+            &name(self.bos_id),
+            &name(self.eos_ids.first().copied()),
+        )
     }
+}
+
+/// Renders a chat template (Jinja, as Hugging Face templates are written) with minijinja: Python
+/// string methods (`.strip()`, `.startswith()`…) through minijinja-contrib's pycompat,
+/// `raise_exception`, `strftime_now` (UTC) and `tojson`, so the templates of Llama 3, Qwen 2.5/3,
+/// Gemma 3 and Mistral render as they do in transformers.
+pub fn render_chat_template(
+    tpl: &str,
+    messages: &[(&str, &str)],
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    // As transformers' apply_chat_template renders them.
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_function("strftime_now", |fmt: String| strftime_utc_now(&fmt));
+    env.add_template("chat", tpl)
+        .map_err(|e| anyhow!("invalid chat template: {e}"))?;
+    env.get_template("chat")?
+        .render(minijinja::context! {
+            messages => messages
+                .iter()
+                .map(|(role, content)| minijinja::context! { role => *role, content => *content })
+                .collect::<Vec<_>>(),
+            add_generation_prompt => true,
+            bos_token => bos_token,
+            eos_token => eos_token,
+        })
+        .map_err(|e| anyhow!("cannot render the chat template: {e}"))
+}
+
+/// Today's UTC date in a `strftime` format (`%d %m %Y %b %B %y %%`; what chat templates use).
+pub fn strftime_utc_now(fmt: &str) -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let mname = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('b') => out.push_str(&mname[..3]),
+            Some('B') => out.push_str(mname),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
 }

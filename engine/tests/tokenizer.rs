@@ -347,3 +347,55 @@ fn llama_cpp_spm_test_vocabulary() {
     );
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// The chat templates of Llama 3.1/3.2, Qwen 2.5/3, Mistral Nemo and Gemma 2 (from llama.cpp's
+/// models/templates) render as Python's jinja2 renders them the way transformers does
+/// (fixtures/chat_templates/make_expected.py), and a template's raise_exception is an error.
+#[test]
+fn chat_templates_render_as_jinja2_does() {
+    use specd_engine::tokenizer::{render_chat_template, strftime_utc_now};
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates");
+    let expected = std::fs::read_to_string(dir.join("expected.jsonl")).unwrap();
+    let (mut rendered, mut raised) = (0, 0);
+    for line in expected.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let name = e["template"].as_str().unwrap();
+        let tpl = std::fs::read_to_string(dir.join(format!("{name}.jinja"))).unwrap();
+        let msgs: Vec<(String, String)> = e["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m[0].as_str().unwrap().to_owned(),
+                    m[1].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &str)> = msgs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+        let got = render_chat_template(
+            &tpl,
+            &refs,
+            e["bos"].as_str().unwrap(),
+            e["eos"].as_str().unwrap(),
+        );
+        match (e.get("expected").and_then(|v| v.as_str()), got) {
+            (Some(want), Ok(got)) => {
+                let got = got.replace(&strftime_utc_now("%d %b %Y"), "@DATE@");
+                assert_eq!(got, want, "{name} {msgs:?}");
+                rendered += 1;
+            }
+            (None, Err(err)) => {
+                let want = e["error"].as_str().unwrap();
+                assert!(
+                    format!("{err:#}").contains(want),
+                    "{name}: {err:#} vs {want}"
+                );
+                raised += 1;
+            }
+            (want, got) => panic!("{name} {msgs:?}: expected {want:?}, got {got:?}"),
+        }
+    }
+    assert_eq!((rendered, raised), (17, 1));
+}
