@@ -6,6 +6,9 @@ use anyhow::{bail, Result};
 use half::f16;
 
 mod kquants;
+mod mix;
+
+pub use mix::{fallback, ModelInfo, Recipe, RECIPE_NAMES};
 
 pub use kquants::{
     quantize_row_q2_k_ref, quantize_row_q3_k_ref, quantize_row_q4_k_ref, quantize_row_q5_0_ref,
