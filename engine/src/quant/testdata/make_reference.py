@@ -148,7 +148,9 @@ def main():
 
     with open(os.path.join(HERE, "reference.bin"), "wb") as f:
         f.write(out)
-    print(f"gguf {gguf.__version__ if hasattr(gguf, '__version__') else '?'}, ggml: {ggml_path}")
+    from importlib.metadata import version
+
+    print(f"gguf {version('gguf')}, numpy {np.__version__}, ggml: {ggml_path}")
     print("records (kind, source):", counts, "bytes:", len(out))
     print("gguf-py vs ggml mismatches:", mismatches or "none")
 
