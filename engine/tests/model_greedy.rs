@@ -220,3 +220,33 @@ fn successor_after_a_last_position_rejection_is_stale() {
     assert!(!next.stale);
     assert_eq!(next.committed, greedy[3..6]);
 }
+
+/// The K-quant pair (target Q6_K, draft Q4_K_M; both llama.cpp mixes, so Q8_0/Q5_0/Q5_1 fallbacks
+/// too): greedy speculative decoding equals target-only decoding bit for bit, and the draft is
+/// rejected somewhere.
+#[test]
+fn k_quant_pair_greedy_equals_target_only() {
+    let (t, d) = (
+        common::load("smollm2-135m-q6_k"),
+        common::load("smollm2-135m-q4_k_m"),
+    );
+    let mut rejections = 0;
+    for prompt in &common::PROMPTS[..6] {
+        let base = generate(&t, None, &request(prompt, 0, Mode::TargetOnly, 64), |_| {}).unwrap();
+        for gamma in [1, 4, 8] {
+            let out = generate(
+                &t,
+                Some(&d),
+                &request(prompt, gamma, Mode::Speculative, 64),
+                |_| {},
+            )
+            .unwrap();
+            assert_eq!(
+                out.token_ids, base.token_ids,
+                "prompt {prompt:?}, gamma {gamma}: speculative differs from target-only"
+            );
+            rejections += out.stats.rejections;
+        }
+    }
+    assert!(rejections > 0, "the Q4_K_M draft was never rejected");
+}
