@@ -212,23 +212,11 @@ impl GgufFile {
         // a temporary file that is renamed over), so the mapping does not change under us.
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("cannot memory-map model file {}", path.display()))?;
-        Self::parse(path, mmap, true)
+        Self::parse(path, mmap)
             .with_context(|| format!("invalid GGUF model file {}", path.display()))
     }
 
-    /// Opens a GGUF file for its metadata only (`tensors` is empty): enough to build its tokenizer
-    /// whatever tensor types it holds.
-    pub fn open_metadata(path: &Path) -> Result<Self> {
-        let file = File::open(path)
-            .with_context(|| format!("cannot open model file {}", path.display()))?;
-        // SAFETY: as in `open`.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }
-            .with_context(|| format!("cannot memory-map model file {}", path.display()))?;
-        Self::parse(path, mmap, false)
-            .with_context(|| format!("invalid GGUF model file {}", path.display()))
-    }
-
-    fn parse(path: &Path, mmap: memmap2::Mmap, with_tensors: bool) -> Result<Self> {
+    fn parse(path: &Path, mmap: memmap2::Mmap) -> Result<Self> {
         let mut c = Cursor {
             buf: &mmap[..],
             pos: 0,
@@ -256,15 +244,6 @@ impl GgufFile {
                 .value(ty, 0)
                 .with_context(|| format!("reading metadata key {key:?}"))?;
             metadata.insert(key, v);
-        }
-        if !with_tensors {
-            return Ok(Self {
-                path: path.to_path_buf(),
-                version,
-                metadata,
-                tensors: Vec::new(),
-                mmap,
-            });
         }
         let mut raw = Vec::with_capacity(n_tensors);
         for _ in 0..n_tensors {

@@ -265,6 +265,13 @@ fn llama3_rope_freqs_match_llamacpp() {
     check("llama3-rope");
 }
 
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 /// The Hugging Face layout of each architecture: a fixture exported to `config.json` +
 /// `model.safetensors` (Q/K rows permuted back for pair-order RoPE, gemma norms as `w − 1`) loads
 /// to the same logits as the GGUF — bit for bit, except gemma, whose `(w − 1) + 1` may round.
@@ -282,11 +289,7 @@ fn hf_layout_of_every_architecture_loads_to_the_gguf_logits() {
         assert_eq!(hf.config, gguf.config, "{name}: config.json round trip");
         let a = gguf.forward(&mut gguf.new_cache(), &f.ids, 0).unwrap();
         let b = hf.forward(&mut hf.new_cache(), &f.ids, 0).unwrap();
-        let max = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let max = max_abs_diff(&a, &b);
         eprintln!("{name}: GGUF vs HF export, max |Δ logit| {max:e}");
         if name == "gemma3" {
             assert!(max <= 1e-4, "{name}: GGUF vs HF differ by {max}");
@@ -370,11 +373,7 @@ fn hf_llama3_rope_scaling_matches_the_gguf_rope_freqs() {
     );
     let a = gguf.forward(&mut gguf.new_cache(), &f.ids, 0).unwrap();
     let b = hf.forward(&mut hf.new_cache(), &f.ids, 0).unwrap();
-    let max = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0f32, f32::max);
+    let max = max_abs_diff(&a, &b);
     eprintln!("llama3 rope_scaling: factors max rel diff {max_rel:e}, logits max |Δ| {max:e}");
     assert!(max <= 1e-4, "GGUF vs HF llama3 logits differ by {max}");
 }

@@ -83,16 +83,12 @@ use specd_engine::pipeline::encode_prompt;
 use specd_engine::presets;
 use specd_engine::tokenizer::Tokenizer;
 
-/// The Gemma-3-270M preset's tokenizer, built from its GGUF metadata (the gemma3 architecture does
-/// not load as a model yet). Until every tensor type of the file (Q5_0, Q4_K, Q6_K) parses,
-/// `GgufFile::open` refuses it, so the metadata alone is read then.
+/// The Gemma-3-270M preset's tokenizer, built from its GGUF metadata.
 fn gemma() -> Tokenizer {
     let p = presets::find("gemma3-270m-q4_k_m").expect("preset");
     let path = presets::ensure(p, &|m| eprintln!("{m}"))
         .unwrap_or_else(|e| panic!("cannot fetch {}: {e:#}", p.name));
-    let f = GgufFile::open(&path)
-        .or_else(|_| GgufFile::open_metadata(&path))
-        .unwrap();
+    let f = GgufFile::open(&path).unwrap();
     Tokenizer::from_gguf(&f).unwrap()
 }
 

@@ -124,7 +124,8 @@ def llama_bench(bindir, path, threads):
 
 
 def specd_bench(specd, path):
-    cmd = [specd, "bench", "generate", "--target", path, "--gamma", "2", "--max-tokens", "128", "--json"]
+    # The draft is the model itself (bench generate needs one; only its target-only figure is used).
+    cmd = [specd, "bench", "generate", "--target", path, "--draft", path, "--gamma", "2", "--max-tokens", "128", "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         return None
@@ -140,6 +141,10 @@ def main():
     ap.add_argument("--specd", default=os.path.join(REPO, "target/release/specd"))
     ap.add_argument("--llamacpp-bin", default=os.environ.get("LLAMA_CPP_LIB_PATH", ""))
     ap.add_argument("--no-speed", action="store_true", help="skip llama-bench and specd bench generate")
+    ap.add_argument("--vs-f32", action="store_true",
+                    help="also score each quantized model's own F32 dequantization (specd models quantize "
+                         "--type f32) with llama.cpp: how close each engine comes to exact arithmetic on "
+                         "the same weights")
     ap.add_argument("--out", help="write the markdown report here too (e.g. docs/results/llamacpp-compare.md)")
     a = ap.parse_args()
     assert a.positions >= 1
@@ -160,6 +165,19 @@ def main():
             row.update(top1=float((am_s == am_l).mean()), mismatches=int((am_s != am_l).sum()),
                        max_dnll=float(d.max()), mean_dnll=float(d.mean()),
                        mean_nll_llamacpp=float(nll_l.mean()), mean_nll_specd=float(nll_s.mean()))
+        if a.vs_f32 and s is not None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                f32 = os.path.join(tmp, "f32.gguf")
+                subprocess.run([a.specd, "models", "quantize", path, f32, "--type", "f32"],
+                               check=True, capture_output=True)
+                ids_x, nll_x, am_x, _, _ = llamacpp_run(f32, a.positions, a.threads, a.data)
+            assert list(ids_x) == list(ids), "the F32 file tokenizes differently"
+            row.update(specd_vs_f32_top1=float((am_s == am_x).mean()),
+                       llamacpp_vs_f32_top1=float((am_l == am_x).mean()),
+                       specd_vs_f32_mean_dnll=float(np.abs(nll_s - nll_x).mean()),
+                       llamacpp_vs_f32_mean_dnll=float(np.abs(nll_l - nll_x).mean()))
         if not a.no_speed:
             lb = llama_bench(a.llamacpp_bin, path, a.threads)
             row["llamacpp_tg128"] = lb.get("tg128")
@@ -199,6 +217,15 @@ def main():
             f"| {r['mean_nll_llamacpp']:.4f} / {r['mean_nll_specd']:.4f} "
             f"| {f(r.get('llamacpp_tg128'), '.1f')} | {f(r.get('llamacpp_pp512'), '.1f')} "
             f"| {f(r.get('specd_target_only'), '.1f')} |")
+    if any("specd_vs_f32_top1" in r for r in rows):
+        lines += ["", "Each engine against exact arithmetic on the same weights (the model's own F32 "
+                  "dequantization run by llama.cpp; specd and llama.cpp agree on F32 files):", "",
+                  "| model | specd top-1 vs F32 | llama.cpp top-1 vs F32 | specd mean \\|Δ NLL\\| vs F32 "
+                  "| llama.cpp mean \\|Δ NLL\\| vs F32 |", "|---|---|---|---|---|"]
+        for r in rows:
+            if "specd_vs_f32_top1" in r:
+                lines.append(f"| {r['model']} | {r['specd_vs_f32_top1']:.2%} | {r['llamacpp_vs_f32_top1']:.2%} "
+                             f"| {r['specd_vs_f32_mean_dnll']:.2e} | {r['llamacpp_vs_f32_mean_dnll']:.2e} |")
     lines += ["", "Raw rows:", "", "```"] + [json.dumps(r) for r in rows] + ["```", ""] + notes
     md = "\n".join(lines)
     print(md)

@@ -13,7 +13,7 @@ use specd_engine::spec_decode::budget::Policy;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::DraftSampling;
 
-/// Prompts of the generation benchmark (chat format).
+/// Prompts of the generation benchmark (chat format when the target has a template).
 pub const BENCH_PROMPTS: &[&str] = &[
     "Explain why the sky is blue in a short paragraph.",
     "Write a Python function that checks whether a number is prime.",
@@ -97,7 +97,9 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
     let draft = LoadedModel::load(&a.draft, log)?;
     pipeline::check_pair(&target, &draft)?;
     let prompts = &BENCH_PROMPTS[..a.prompts];
-    let ctx_prompt = encode_prompt(&target.tokenizer, prompts[0], true)?;
+    // Base models (no chat template) get the prompts as plain text.
+    let chat = target.tokenizer.chat_template.is_some();
+    let ctx_prompt = encode_prompt(&target.tokenizer, prompts[0], chat)?;
     let max_k = a.gamma.iter().max().copied().unwrap_or(8).max(8) + 1;
     log(&format!(
         "timing forwards (k = 1..{max_k}, {} reps each)",
@@ -114,7 +116,7 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
     };
     let request = |p: &str, gamma: usize, mode: Mode| Request {
         prompt: p.to_owned(),
-        chat: true,
+        chat,
         max_tokens: a.max_tokens,
         sampling,
         gamma: GammaPolicy::Fixed(gamma),

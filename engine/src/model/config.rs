@@ -158,6 +158,32 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The switches of a plain llama-style decoder (SiLU, every layer global, no scaling or
+    /// capping) with zero dimensions, for the readers to fill in.
+    fn plain(arch: Arch, head_dim: usize, rope: Rope) -> Self {
+        ModelConfig {
+            arch,
+            vocab_size: 0,
+            dim: 0,
+            n_layers: 0,
+            n_heads: 0,
+            n_kv_heads: 0,
+            head_dim,
+            ffn_dim: 0,
+            rms_eps: 1e-5,
+            context_length: 2048,
+            activation: Activation::Silu,
+            rope,
+            rope_local: None,
+            sliding_window: None,
+            local_layers: Vec::new(),
+            embed_scale: None,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+        }
+    }
+
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }
@@ -305,15 +331,9 @@ pub fn from_gguf(f: &GgufFile, rope_freqs: Option<Vec<f32>>) -> Result<ModelConf
             .get_f64(&key("attention.layer_norm_rms_epsilon"))
             .unwrap_or(1e-5) as f32,
         context_length: u("context_length").unwrap_or(2048),
-        activation: Activation::Silu,
-        rope,
-        rope_local: None,
-        sliding_window: None,
-        local_layers: Vec::new(),
-        embed_scale: None,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
         attn_softcap: f.get_f64(&key("attn_logit_softcapping")).map(|v| v as f32),
         final_softcap: f.get_f64(&key("final_logit_softcapping")).map(|v| v as f32),
+        ..ModelConfig::plain(arch, head_dim, rope)
     };
     if arch == Arch::Gemma3 {
         // As llama.cpp's gemma3 loader: every 6th layer global, local layers with base 10000 and
@@ -441,15 +461,9 @@ pub(super) fn from_hf(hf: &HfConfig, file: &str) -> Result<ModelConfig> {
         ffn_dim: hf.intermediate_size,
         rms_eps: hf.rms_norm_eps.unwrap_or(1e-5) as f32,
         context_length: hf.max_position_embeddings.unwrap_or(2048),
-        activation: Activation::Silu,
-        rope,
-        rope_local: None,
-        sliding_window: None,
-        local_layers: Vec::new(),
-        embed_scale: None,
-        attn_scale: 1.0 / (head_dim as f32).sqrt(),
         attn_softcap: hf.attn_logit_softcapping.map(|v| v as f32),
         final_softcap: hf.final_logit_softcapping.map(|v| v as f32),
+        ..ModelConfig::plain(arch, head_dim, rope)
     };
     match arch {
         Arch::Gemma3 => {
