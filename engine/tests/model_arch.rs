@@ -215,6 +215,13 @@ fn qwen2_matches_llamacpp() {
     check("qwen2");
 }
 
+/// YaRN scaling from the GGUF `rope.scaling.*` keys (type yarn, factor 4, original context 64):
+/// the fixture's numpy forward without YaRN lands 12 away in log-softmax.
+#[test]
+fn qwen2_yarn_matches_llamacpp() {
+    check("qwen2-yarn");
+}
+
 #[test]
 fn qwen3_matches_llamacpp() {
     check("qwen3");
@@ -278,7 +285,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn hf_layout_of_every_architecture_loads_to_the_gguf_logits() {
     use specd_engine::model::export_hf_safetensors;
-    for name in ["llama", "mistral", "qwen2", "qwen3", "gemma3"] {
+    for name in ["llama", "mistral", "qwen2", "qwen2-yarn", "qwen3", "gemma3"] {
         let f = fixture(name);
         let path = dir().join(f.facts["gguf"].as_str().unwrap());
         let (gguf, tok) = load_model(&path, LoadOptions { force_f32: true }).unwrap();

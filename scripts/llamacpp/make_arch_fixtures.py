@@ -89,6 +89,11 @@ MODELS = {
                                     original_max_position_embeddings=8192)),
     "qwen2": dict(arch="qwen2", d=32, heads=4, kv=2, hd=8, ff=64, layers=2, tied=False, eps=1e-6,
                   base=1000000.0, rope="neox", n=32, seed=3, gain_qk=1.5, qkv_bias=True),
+    # YaRN (Qwen 2.5 long-context configurations): factor 4 over an original context of 64, so the
+    # ramp between the correction dimensions falls inside the 8 rotation pairs of a 16-wide head.
+    "qwen2-yarn": dict(arch="qwen2", d=32, heads=2, kv=1, hd=16, ff=64, layers=2, tied=True, eps=1e-6,
+                       base=10000.0, rope="neox", n=48, seed=7, gain_qk=3.0, qkv_bias=True,
+                       yarn=dict(factor=4.0, original_context=64)),
     "qwen3": dict(arch="qwen3", d=32, heads=2, kv=1, hd=128, ff=64, layers=2, tied=True, eps=1e-6,
                   base=1000000.0, rope="neox", n=32, seed=4, gain_qk=1.0, qk_norm=True),
     "mistral": dict(arch="llama", d=32, heads=4, kv=2, hd=8, ff=64, layers=2, tied=False, eps=1e-5,
@@ -184,6 +189,10 @@ def write_gguf(path, name, c, w):
         g.add_value_length(c["hd"])
     if arch == "gemma3":
         g.add_sliding_window(c["swa"])
+    if "yarn" in c and not c.get("no_yarn_keys"):
+        g.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        g.add_rope_scaling_factor(c["yarn"]["factor"])
+        g.add_rope_scaling_orig_ctx_len(c["yarn"]["original_context"])
     g.add_file_type(gguf.LlamaFileType.ALL_F32)
     g.add_tokenizer_model("gpt2")
     g.add_tokenizer_pre("gpt-2")
@@ -219,14 +228,23 @@ def rms(x, w, eps):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 
-def rope(x, pos, base, hd, style, factors=None):
-    """x: [n, heads, hd]; ggml_rope_ext with freq_factors: theta_i = pos * base^(-2i/hd) / factors[i]."""
+def rope(x, pos, base, hd, style, factors=None, yarn=None):
+    """x: [n, heads, hd]; ggml_rope_ext with freq_factors: theta_i = pos * base^(-2i/hd) / factors[i];
+    with yarn (ggml's rope_yarn, beta_fast 32, beta_slow 1, ext_factor 1): theta_i blends theta_i / factor
+    and theta_i by a ramp over i between the correction dims, cos/sin scaled by 1 + 0.1 ln(factor)."""
     half = hd // 2
     inv = base ** (-np.arange(half) * 2.0 / hd)
     if factors is not None:
         inv = inv / factors.astype(np.float64)
+    mscale = 1.0
+    if yarn is not None:
+        corr = lambda rot: hd * math.log(yarn["original_context"] / (rot * 2 * math.pi)) / (2 * math.log(base))
+        low, high = max(0.0, math.floor(corr(32.0))), min(hd - 1.0, math.ceil(corr(1.0)))
+        ramp = 1 - np.clip((np.arange(half) - low) / max(0.001, high - low), 0, 1)
+        inv = inv / yarn["factor"] * (1 - ramp) + inv * ramp
+        mscale = 1 + 0.1 * math.log(yarn["factor"])
     ang = pos[:, None] * inv[None, :]
-    cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    cos, sin = mscale * np.cos(ang)[:, None, :], mscale * np.sin(ang)[:, None, :]
     if style == "norm":
         a, b = x[..., 0::2], x[..., 1::2]
         out = np.empty_like(x)
@@ -246,6 +264,7 @@ MUTATIONS = {
     "llama": ["rope_neox"],
     "llama3-rope": ["no_rope_freqs", "rope_neox"],
     "qwen2": ["no_bias", "rope_norm"],
+    "qwen2-yarn": ["no_yarn", "no_bias"],
     "qwen3": ["no_qk_norm", "rope_norm"],
     "mistral": ["gqa_interleaved"],
     "gemma3": ["no_swa", "swa_all", "swa_off_by_one", "same_rope_base", "no_embed_scale", "silu", "no_post_norms",
@@ -292,7 +311,8 @@ def numpy_forward(c, w, ids, use_rope_freqs=True, mut=None):
             q, k = rms(q, p("attn_q_norm.weight"), c["eps"]), rms(k, p("attn_k_norm.weight"), c["eps"])
         local = gemma and (i % c["swa_pattern"] < c["swa_pattern"] - 1)
         base = c["base_swa"] if local else c["base"]
-        q, k = rope(q, pos, base, hd, c["rope"], factors), rope(k, pos, base, hd, c["rope"], factors)
+        yarn = c.get("yarn") if mut != "no_yarn" else None
+        q, k = rope(q, pos, base, hd, c["rope"], factors, yarn), rope(k, pos, base, hd, c["rope"], factors, yarn)
         mask = np.tril(np.ones((n, n), bool))
         if local:
             mask &= (np.arange(n)[:, None] - np.arange(n)[None, :]) < c["swa"]

@@ -70,20 +70,66 @@ pub struct Rope {
     pub freq_factors: Vec<f32>,
     /// Linear position scaling (`rope.scaling.factor` with type linear): positions are divided.
     pub linear_factor: f64,
+    /// YaRN scaling (Qwen 2.5 / 3 long-context configurations).
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN (arXiv 2309.00071) as llama.cpp's `rope_yarn` and transformers compute it: frequency `i`
+/// blends its interpolated (`/ factor`) and original value by a ramp over the pair index between
+/// the correction dimensions of `beta_fast` and `beta_slow`, and cos/sin are scaled by `mscale`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Yarn {
+    pub factor: f64,
+    pub original_context: f64,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    pub ext_factor: f64,
+    /// Multiplier of cos and sin (`attn_factor · (1 + 0.1 ln factor)`).
+    pub mscale: f64,
+}
+
+impl Yarn {
+    /// The pair index at which a frequency turns `n_rot` rotations over the original context.
+    fn corr_dim(&self, dim: usize, n_rot: f64, base: f64) -> f64 {
+        dim as f64 * (self.original_context / (n_rot * 2.0 * std::f64::consts::PI)).ln()
+            / (2.0 * base.ln())
+    }
 }
 
 impl Rope {
     /// The rotation frequencies, `dim / 2` of them.
     pub fn inv_freqs(&self) -> Vec<f64> {
+        let ramp_dims = self.yarn.as_ref().map(|y| {
+            let low = y
+                .corr_dim(self.dim, y.beta_fast, self.base)
+                .floor()
+                .max(0.0);
+            let high = y
+                .corr_dim(self.dim, y.beta_slow, self.base)
+                .ceil()
+                .min(self.dim as f64 - 1.0);
+            (low, high)
+        });
         (0..self.dim / 2)
             .map(|i| {
-                let f = self.base.powf(-(2.0 * i as f64) / self.dim as f64) / self.linear_factor;
+                let mut f =
+                    self.base.powf(-(2.0 * i as f64) / self.dim as f64) / self.linear_factor;
+                if let (Some(y), Some((low, high))) = (&self.yarn, ramp_dims) {
+                    let t = ((i as f64 - low) / (high - low).max(0.001)).clamp(0.0, 1.0);
+                    let mix = (1.0 - t) * y.ext_factor;
+                    f = f / y.factor * (1.0 - mix) + f * mix;
+                }
                 match self.freq_factors.get(i) {
                     Some(&ff) => f / ff as f64,
                     None => f,
                 }
             })
             .collect()
+    }
+
+    /// The multiplier of cos and sin (YaRN's magnitude scaling; 1 otherwise).
+    pub fn mscale(&self) -> f64 {
+        self.yarn.as_ref().map_or(1.0, |y| y.mscale)
     }
 }
 
@@ -296,11 +342,36 @@ pub fn from_gguf(f: &GgufFile, rope_freqs: Option<Vec<f32>>) -> Result<ModelConf
     let n_layers = u("block_count")?;
     let base = f.get_f64(&key("rope.freq_base")).unwrap_or(10000.0);
     let rope_dim = u("rope.dimension_count").unwrap_or(head_dim);
-    let linear_factor = match f.get_str(&key("rope.scaling.type")) {
-        None | Some("none") => 1.0,
-        Some("linear") => f.get_f64(&key("rope.scaling.factor")).unwrap_or(1.0),
+    let factor = f.get_f64(&key("rope.scaling.factor")).unwrap_or(1.0);
+    let (linear_factor, yarn) = match f.get_str(&key("rope.scaling.type")) {
+        None | Some("none") => (1.0, None),
+        Some("linear") => (factor, None),
+        Some("yarn") => {
+            let g = |k: &str, default: f64| f.get_f64(&key(k)).unwrap_or(default);
+            let ext_factor = g("rope.scaling.yarn_ext_factor", 1.0);
+            let attn = g("rope.scaling.yarn_attn_factor", 1.0);
+            let mscale = if ext_factor != 0.0 {
+                attn * (1.0 + 0.1 * factor.ln())
+            } else {
+                attn
+            };
+            let original_context = u("rope.scaling.original_context_length")
+                .with_context(|| format!("{file}: YaRN scaling without rope.scaling.original_context_length"))?
+                as f64;
+            (
+                1.0,
+                Some(Yarn {
+                    factor,
+                    original_context,
+                    beta_fast: g("rope.scaling.yarn_beta_fast", 32.0),
+                    beta_slow: g("rope.scaling.yarn_beta_slow", 1.0),
+                    ext_factor,
+                    mscale,
+                }),
+            )
+        }
         Some(other) => bail!(
-            "{file}: RoPE scaling {other:?} is not supported (supported: none, linear, llama 3 frequency factors)"
+            "{file}: RoPE scaling {other:?} is not supported (supported: none, linear, yarn, llama 3 frequency factors)"
         ),
     };
     if let Some(ff) = &rope_freqs {
@@ -317,6 +388,7 @@ pub fn from_gguf(f: &GgufFile, rope_freqs: Option<Vec<f32>>) -> Result<ModelConf
         dim: rope_dim,
         freq_factors: rope_freqs.unwrap_or_default(),
         linear_factor,
+        yarn,
     };
     let mut c = ModelConfig {
         arch,
@@ -347,6 +419,7 @@ pub fn from_gguf(f: &GgufFile, rope_freqs: Option<Vec<f32>>) -> Result<ModelConf
             dim: rope_dim,
             freq_factors: Vec::new(),
             linear_factor: 1.0,
+            yarn: None,
         });
         c.embed_scale = Some((dim as f32).sqrt());
     } else if let Ok(w) = u("attention.sliding_window") {
@@ -420,6 +493,7 @@ pub(super) fn from_hf(hf: &HfConfig, file: &str) -> Result<ModelConfig> {
         dim: head_dim,
         freq_factors: Vec::new(),
         linear_factor: 1.0,
+        yarn: None,
     };
     if let Some(rs) = hf.rope_scaling.as_ref().filter(|v| !v.is_null()) {
         let ty = rs
@@ -435,6 +509,18 @@ pub(super) fn from_hf(hf: &HfConfig, file: &str) -> Result<ModelConfig> {
         match ty {
             "default" => {}
             "linear" => rope.linear_factor = num("factor")?,
+            "yarn" => {
+                let factor = num("factor")?;
+                let opt = |k: &str, d: f64| rs.get(k).and_then(|v| v.as_f64()).unwrap_or(d);
+                rope.yarn = Some(Yarn {
+                    factor,
+                    original_context: num("original_max_position_embeddings")?,
+                    beta_fast: opt("beta_fast", 32.0),
+                    beta_slow: opt("beta_slow", 1.0),
+                    ext_factor: 1.0,
+                    mscale: opt("attention_factor", 0.1 * factor.ln() + 1.0),
+                });
+            }
             "llama3" => {
                 rope.freq_factors = llama3_freq_factors(
                     base,
@@ -446,7 +532,7 @@ pub(super) fn from_hf(hf: &HfConfig, file: &str) -> Result<ModelConfig> {
                 )
             }
             other => bail!(
-                "{file}: rope_scaling type {other:?} is not supported (supported: default, linear, llama3)"
+                "{file}: rope_scaling type {other:?} is not supported (supported: default, linear, llama3, yarn)"
             ),
         }
     }
@@ -478,6 +564,7 @@ pub(super) fn from_hf(hf: &HfConfig, file: &str) -> Result<ModelConfig> {
                 dim: head_dim,
                 freq_factors: Vec::new(),
                 linear_factor: 1.0,
+                yarn: None,
             });
             c.embed_scale = Some((c.dim as f32).sqrt());
             c.attn_scale =
@@ -541,6 +628,7 @@ mod tests {
             dim: 4,
             freq_factors: vec![1.0, 2.0],
             linear_factor: 4.0,
+            yarn: None,
         };
         let f = r.inv_freqs();
         assert!((f[0] - 0.25).abs() < 1e-12);

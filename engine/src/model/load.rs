@@ -536,6 +536,11 @@ fn hf_config_json(model: &Model) -> serde_json::Value {
         "tie_word_embeddings": model.lm_head.is_none(),
         "torch_dtype": "float32",
     });
+    if let Some(y) = &c.rope.yarn {
+        j["rope_scaling"] = serde_json::json!({"rope_type": "yarn", "factor": y.factor,
+            "original_max_position_embeddings": y.original_context, "beta_fast": y.beta_fast,
+            "beta_slow": y.beta_slow, "attention_factor": y.mscale});
+    }
     if c.rope.linear_factor != 1.0 {
         j["rope_scaling"] =
             serde_json::json!({"rope_type": "linear", "factor": c.rope.linear_factor});

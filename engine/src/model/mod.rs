@@ -137,16 +137,17 @@ fn softcap(x: &mut [f32], cap: f32) {
     }
 }
 
-/// cos/sin of every rotation angle of `m` positions from `pos0` (`m × freqs` each).
-fn rope_angles(inv_freq: &[f64], pos0: usize, m: usize) -> (Vec<f32>, Vec<f32>) {
+/// cos/sin of every rotation angle of `m` positions from `pos0` (`m × freqs` each), times
+/// `mscale` (YaRN; 1 otherwise).
+fn rope_angles(inv_freq: &[f64], mscale: f64, pos0: usize, m: usize) -> (Vec<f32>, Vec<f32>) {
     let mut cos = Vec::with_capacity(m * inv_freq.len());
     let mut sin = Vec::with_capacity(m * inv_freq.len());
     for t in 0..m {
         let p = (pos0 + t) as f64;
         for &f in inv_freq {
             let (s, c) = (p * f).sin_cos();
-            cos.push(c as f32);
-            sin.push(s as f32);
+            cos.push((c * mscale) as f32);
+            sin.push((s * mscale) as f32);
         }
     }
     (cos, sin)
@@ -241,8 +242,9 @@ impl Model {
                 row.iter_mut().for_each(|v| *v *= s);
             }
         }
-        let angles = rope_angles(&self.inv_freq, pos0, m);
-        let angles_local = rope_angles(&self.inv_freq_local, pos0, m);
+        let angles = rope_angles(&self.inv_freq, c.rope.mscale(), pos0, m);
+        let mscale_local = c.rope_local.as_ref().map_or(1.0, Rope::mscale);
+        let angles_local = rope_angles(&self.inv_freq_local, mscale_local, pos0, m);
         let style = c.arch.rope_style();
         let mut h = vec![0f32; m * d];
         let qkv_w = qd + 2 * kvd;
