@@ -245,8 +245,8 @@ unsafe fn w8f_group<const R: usize>(
             let dx = _mm512_set1_ps(*act.d.get_unchecked(row * nb + b));
             for h in 0..2 {
                 let mut dot = cv[h];
-                for i in 4 * h..4 * h + 4 {
-                    dot = _mm512_dpbusd_epi32(dot, bcast4(xp.add(4 * i)), wv[i]);
+                for (i, w) in wv.iter().enumerate().skip(4 * h).take(4) {
+                    dot = _mm512_dpbusd_epi32(dot, bcast4(xp.add(4 * i)), *w);
                 }
                 let t = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), dx);
                 *acc = _mm512_fmadd_ps(t, dw[h], *acc);

@@ -63,10 +63,9 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
         }
         Ok(Some(dequantize_vec(t.ggml_type, f.data(t), n)))
     };
-    let rope_freqs = match f.tensor("rope_freqs.weight") {
-        Some(t) => Some(dequantize_vec(t.ggml_type, f.data(t), t.n_elements())),
-        None => None,
-    };
+    let rope_freqs = f
+        .tensor("rope_freqs.weight")
+        .map(|t| dequantize_vec(t.ggml_type, f.data(t), t.n_elements()));
     let c = config::from_gguf(&f, rope_freqs)?;
     let tokenizer = Tokenizer::for_gguf(&f)?;
     if tokenizer.vocab_size() > c.vocab_size {
