@@ -1,5 +1,6 @@
 //! `specd eval gsm8k`.
 
+use specd_engine::device::Device;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -48,8 +49,14 @@ pub struct Gsm8kArgs {
     pub train: Option<PathBuf>,
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub target: String,
+    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub target_device: Device,
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
+    /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub draft_device: Device,
     /// Run generations through a coordinator (distributed mode) instead of the embedded engine;
     /// the target model is still loaded here for scoring (NLL).
     #[arg(long)]
@@ -87,8 +94,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     if !opts.data.is_file() {
         bail!("--data {}: no such file", opts.data.display());
     }
-    let target = LoadedModel::load(&a.target, &crate::log)?;
-    let draft = LoadedModel::load(&a.draft, &crate::log)?;
+    let target = LoadedModel::load_on(&a.target, a.target_device, &crate::log)?;
+    let draft = LoadedModel::load_on(&a.draft, a.draft_device, &crate::log)?;
     check_pair(&target, &draft)?;
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     specd_eval::run_eval(&opts, &target, &draft, &command_line)?;

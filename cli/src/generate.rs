@@ -1,5 +1,6 @@
 //! `specd generate`.
 
+use specd_engine::device::Device;
 use std::io::Write;
 
 use anyhow::{bail, Result};
@@ -57,9 +58,15 @@ pub struct GenerateArgs {
     /// (org/name or org/name:file.gguf).
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
+    /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub draft_device: Device,
     /// Target model (same forms as --draft).
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub target: String,
+    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub target_device: Device,
     /// Drafted tokens per block: a number (0 = target-only decoding), `auto` (each round, the γ in
     /// [0, --gamma-max] the latency model predicts fastest from running estimates of the
     /// acceptance rate, draft and verify times and the round trip; 0 = a target-only round) or
@@ -235,6 +242,8 @@ pub fn output_json(
         "seed": req.sampling.seed,
         "draft_sampling": req.draft_sampling,
         "target": args.target,
+        "target_device": args.target_device.to_string(),
+        "draft_device": args.draft_device.to_string(),
         "draft": if req.gamma.speculative() { Some(&args.draft) } else { None },
     });
     // The γ policy's outcome and the latency model's final estimates.
@@ -281,10 +290,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         )?;
         return finish(&remote.output, &req, &args, Some(remote.fallback));
     }
-    let target = LoadedModel::load(&args.target, &crate::log)?;
+    let target = LoadedModel::load_on(&args.target, args.target_device, &crate::log)?;
     attach_protection(&mut req, &target.tokenizer, &args.protect)?;
     let draft = if req.gamma.speculative() {
-        Some(LoadedModel::load(&args.draft, &crate::log)?)
+        Some(LoadedModel::load_on(
+            &args.draft,
+            args.draft_device,
+            &crate::log,
+        )?)
     } else {
         None
     };

@@ -1,5 +1,6 @@
 //! `specd target-node`, `specd draft-node`, `specd coordinator`: the engine split across machines.
 
+use specd_engine::device::Device;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -33,6 +34,9 @@ pub struct TargetNodeArgs {
     /// The target model (preset, file, directory or Hugging Face repo id).
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub model: String,
+    /// Device: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
     /// Sessions held at most; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 64)]
     pub max_sessions: usize,
@@ -49,7 +53,7 @@ pub fn target_node(a: TargetNodeArgs) -> Result<()> {
     if a.max_sessions == 0 || a.session_idle_timeout == 0 {
         anyhow::bail!("--max-sessions and --session-idle-timeout must be at least 1");
     }
-    let model = LoadedModel::load(&a.model, &crate::log)?;
+    let model = LoadedModel::load_on(&a.model, a.device, &crate::log)?;
     let cfg = specd_target_node::TargetConfig {
         listen,
         max_sessions: a.max_sessions,
@@ -67,6 +71,9 @@ pub struct DraftNodeArgs {
     /// The draft model (preset, file, directory or Hugging Face repo id).
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub model: String,
+    /// Device: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
     /// Largest block this node drafts.
     #[arg(long, default_value_t = 32)]
     pub max_gamma: usize,
@@ -74,7 +81,7 @@ pub struct DraftNodeArgs {
 
 pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
     let listen = parse_listen(&a.listen)?;
-    let model = LoadedModel::load(&a.model, &crate::log)?;
+    let model = LoadedModel::load_on(&a.model, a.device, &crate::log)?;
     let cfg = specd_draft_node::DraftConfig {
         listen,
         max_gamma: a.max_gamma,

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
+use specd_engine::device::Device;
 use specd_engine::pipeline::{encode_prompt, LoadedModel};
 use specd_engine::presets::DEFAULT_TARGET;
 
@@ -11,6 +12,9 @@ pub struct ScoreArgs {
     /// The model to score with (defaults to the default pair's target).
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub model: String,
+    /// Device: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
     /// The prompt text the continuation follows.
     #[arg(
         long,
@@ -52,7 +56,7 @@ fn parse_ids_of(option: &str, s: &str) -> Result<Vec<u32>> {
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
-    let model = LoadedModel::load(&a.model, &crate::log)?;
+    let model = LoadedModel::load_on(&a.model, a.device, &crate::log)?;
     let prompt = match (&a.prompt, &a.prompt_ids) {
         (Some(text), None) => encode_prompt(&model.tokenizer, text, a.chat)?,
         (None, Some(ids)) => parse_ids_of("--prompt-ids", ids)?,

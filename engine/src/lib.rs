@@ -9,6 +9,7 @@
 //! - [`spec_decode`]: the speculative loop, its `Verifier` trait and the exact rule;
 //! - [`pipeline`]: embedded generation end to end.
 
+pub mod device;
 pub mod gguf;
 pub mod kernels;
 pub mod model;

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::device::Device;
 use crate::model::{load_model, LoadOptions, Model};
 use crate::presets::Log;
 use crate::sampling::SamplingParams;
@@ -28,14 +29,24 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Resolves (fetching if needed) and loads a model by name, path or repo id.
+    /// Resolves (fetching if needed) and loads a model by name, path or repo id, on the CPU.
     pub fn load(spec: &str, log: Log) -> Result<Self> {
+        Self::load_on(spec, Device::Cpu, log)
+    }
+
+    /// [`LoadedModel::load`] onto `device`.
+    pub fn load_on(spec: &str, device: Device, log: Log) -> Result<Self> {
+        device.check_build()?;
         let source = ModelSource::parse(spec)?;
         let path = source.resolve(log)?;
-        let (model, tokenizer) = load_model(&path, LoadOptions::default())
+        let opts = LoadOptions {
+            device,
+            ..Default::default()
+        };
+        let (model, tokenizer) = load_model(&path, opts)
             .with_context(|| format!("cannot load model {}", source.name()))?;
         log(&format!(
-            "{}: tokenizer from {}",
+            "{}: tokenizer from {}; on {device}",
             source.name(),
             tokenizer.source()
         ));

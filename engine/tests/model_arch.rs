@@ -288,7 +288,14 @@ fn hf_layout_of_every_architecture_loads_to_the_gguf_logits() {
     for name in ["llama", "mistral", "qwen2", "qwen2-yarn", "qwen3", "gemma3"] {
         let f = fixture(name);
         let path = dir().join(f.facts["gguf"].as_str().unwrap());
-        let (gguf, tok) = load_model(&path, LoadOptions { force_f32: true }).unwrap();
+        let (gguf, tok) = load_model(
+            &path,
+            LoadOptions {
+                force_f32: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let hf_dir = tempfile::tempdir().unwrap();
         export_hf_safetensors(&gguf, &tok, hf_dir.path()).unwrap();
         let (hf, _) = load_model(hf_dir.path(), LoadOptions::default())
@@ -353,7 +360,14 @@ fn hf_llama3_rope_scaling_matches_the_gguf_rope_freqs() {
     use specd_engine::model::export_hf_safetensors;
     let f = fixture("llama3-rope");
     let path = dir().join(f.facts["gguf"].as_str().unwrap());
-    let (mut gguf, tok) = load_model(&path, LoadOptions { force_f32: true }).unwrap();
+    let (mut gguf, tok) = load_model(
+        &path,
+        LoadOptions {
+            force_f32: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let factors = std::mem::take(&mut gguf.config.rope.freq_factors);
     let hf_dir = tempfile::tempdir().unwrap();
     export_hf_safetensors(&gguf, &tok, hf_dir.path()).unwrap();

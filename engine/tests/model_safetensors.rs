@@ -9,7 +9,14 @@ use specd_engine::pipeline::encode_prompt;
 #[test]
 fn hf_export_loads_to_identical_logits() {
     let path = common::draft().path;
-    let (gguf, tok) = load_model(&path, LoadOptions { force_f32: true }).unwrap();
+    let (gguf, tok) = load_model(
+        &path,
+        LoadOptions {
+            force_f32: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     export_hf_safetensors(&gguf, &tok, dir.path()).unwrap();
     let (hf, hf_tok) = load_model(dir.path(), LoadOptions::default()).unwrap();

@@ -28,6 +28,7 @@ pub fn model_info(
         vocab_size: c.vocab_size as u32,
         context_length: c.context_length as u32,
         max_block: max_block as u32,
+        device: model.model.device().to_string(),
     }
 }
 

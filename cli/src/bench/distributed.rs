@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
+use specd_engine::device::Device;
 use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
@@ -18,8 +19,14 @@ use super::BENCH_PROMPTS;
 pub struct DistributedBenchArgs {
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub target: String,
+    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub target_device: Device,
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
+    /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub draft_device: Device,
     #[arg(long, default_value_t = 4)]
     pub gamma: usize,
     #[arg(long, default_value_t = 128)]
@@ -37,8 +44,8 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
         bail!("--prompts must be in 1..={}", BENCH_PROMPTS.len());
     }
     let log = &crate::log;
-    let target = LoadedModel::load(&a.target, log)?;
-    let draft = LoadedModel::load(&a.draft, log)?;
+    let target = LoadedModel::load_on(&a.target, a.target_device, log)?;
+    let draft = LoadedModel::load_on(&a.draft, a.draft_device, log)?;
     let pc = free_port()?;
     let addr = |p: u16| format!("127.0.0.1:{p}");
     let url = |p: u16| format!("http://127.0.0.1:{p}");

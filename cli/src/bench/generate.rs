@@ -1,5 +1,6 @@
 //! `specd bench generate`: target-only vs speculative speed, forward costs and the latency model.
 
+use specd_engine::device::Device;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -27,8 +28,14 @@ pub const BENCH_PROMPTS: &[&str] = &[
 pub struct GenerateBenchArgs {
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub target: String,
+    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub target_device: Device,
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
+    /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub draft_device: Device,
     /// Block sizes to measure, comma-separated.
     #[arg(long, default_value = "2,4,8", value_delimiter = ',')]
     pub gamma: Vec<usize>,
@@ -93,8 +100,8 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         bail!("--gamma values must be >= 1 (target-only is always measured)");
     }
     let log = &crate::log;
-    let target = LoadedModel::load(&a.target, log)?;
-    let draft = LoadedModel::load(&a.draft, log)?;
+    let target = LoadedModel::load_on(&a.target, a.target_device, log)?;
+    let draft = LoadedModel::load_on(&a.draft, a.draft_device, log)?;
     pipeline::check_pair(&target, &draft)?;
     let prompts = &BENCH_PROMPTS[..a.prompts];
     // Base models (no chat template) get the prompts as plain text.

@@ -1,6 +1,7 @@
 //! `specd bench rules`: what each relaxed rule buys (α, E, speed) for what it costs (lossy accepts,
 //! budget, fidelity), against the exact rule in the same run.
 
+use specd_engine::device::Device;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
@@ -24,9 +25,15 @@ const DEFAULT_RULES: &str = "exact;lenient:0.5;lenient:0.2;topk:2;topk:5;thresho
 pub struct RulesBenchArgs {
     #[arg(long, default_value = DEFAULT_TARGET)]
     pub target: String,
+    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub target_device: Device,
     /// The draft: a weaker one than the default pair's, so that relaxation has something to do.
     #[arg(long, default_value = "smollm2-135m-q4_0")]
     pub draft: String,
+    /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub draft_device: Device,
     /// Rules, `;`-separated.
     #[arg(long, default_value = DEFAULT_RULES)]
     pub rules: String,
@@ -61,8 +68,8 @@ pub fn bench_rules(a: RulesBenchArgs) -> Result<()> {
         .map(|r| r.parse())
         .collect::<Result<_>>()?;
     let log = &crate::log;
-    let target = LoadedModel::load(&a.target, log)?;
-    let draft = LoadedModel::load(&a.draft, log)?;
+    let target = LoadedModel::load_on(&a.target, a.target_device, log)?;
+    let draft = LoadedModel::load_on(&a.draft, a.draft_device, log)?;
     pipeline::check_pair(&target, &draft)?;
     let protect = match crate::generate::protect_pattern(&a.protect) {
         Some(p) => Some(Arc::new(ProtectSet::build(&target.tokenizer, p)?)),

@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use std::borrow::Cow;
+
+use super::backend::{Layer, RawMatrix, Weights};
 use super::config::{self, HfConfig};
-use super::{Arch, Layer, Model, ModelConfig, RopeStyle};
+use super::{Arch, Model, ModelConfig, RopeStyle};
+use crate::device::Device;
 use crate::gguf::GgufFile;
 use crate::kernels::Matrix;
 use crate::quant::{dequantize_vec, GgmlType};
@@ -17,7 +21,12 @@ use crate::tokenizer::Tokenizer;
 pub struct LoadOptions {
     /// Dequantize every weight to f32 (the float kernels) instead of keeping it quantized.
     pub force_f32: bool,
+    /// Where the model runs.
+    pub device: Device,
 }
+
+/// A layer's matrices as file parts (fused by the backend), its vectors as f32.
+type LayerParts<'a> = Layer<Vec<RawMatrix<'a>>, Vec<f32>>;
 
 /// Loads a model and its tokenizer from a GGUF file, or from a directory holding either one GGUF
 /// file or an HF layout (`config.json`, `*.safetensors`, `tokenizer.json`).
@@ -75,7 +84,7 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
             c.vocab_size
         );
     }
-    let matrix = |name: &str, n: usize, k: usize| -> Result<Matrix> {
+    let matrix = |name: &str, n: usize, k: usize| -> Result<RawMatrix<'_>> {
         let t = f
             .tensor(name)
             .ok_or_else(|| anyhow!("{file}: tensor {name} is missing"))?;
@@ -93,13 +102,12 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
                 t.ggml_type
             );
         }
-        Ok(Matrix::from_ggml(
-            t.ggml_type,
-            f.data(t),
+        Ok(RawMatrix {
+            ty: t.ggml_type,
+            data: Cow::Borrowed(f.data(t)),
             n,
             k,
-            opts.force_f32,
-        ))
+        })
     };
     let vector = |name: &str, n: usize| -> Result<Vec<f32>> {
         vector_opt(name, n)?.ok_or_else(|| anyhow!("{file}: tensor {name} is missing"))
@@ -122,10 +130,10 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
                     .collect(),
             ),
         };
-        layers.push(build_layer(
-            LayerParts {
+        layers.push(check_layer(
+            Layer {
                 attn_norm: vector(&p("attn_norm"), d)?,
-                qkv: [
+                wqkv: vec![
                     matrix(&p("attn_q"), qd, d)?,
                     matrix(&p("attn_k"), kvd, d)?,
                     matrix(&p("attn_v"), kvd, d)?,
@@ -133,65 +141,36 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
                 qkv_bias,
                 q_norm: vector_opt(&p("attn_q_norm"), hd)?,
                 k_norm: vector_opt(&p("attn_k_norm"), hd)?,
-                wo: matrix(&p("attn_output"), d, qd)?,
+                wo: vec![matrix(&p("attn_output"), d, qd)?],
                 post_attn_norm: vector_opt(&p("post_attention_norm"), d)?,
                 ffn_norm: vector(&p("ffn_norm"), d)?,
-                gate_up: [matrix(&p("ffn_gate"), ff, d)?, matrix(&p("ffn_up"), ff, d)?],
-                w2: matrix(&p("ffn_down"), d, ff)?,
+                w13: vec![matrix(&p("ffn_gate"), ff, d)?, matrix(&p("ffn_up"), ff, d)?],
+                w2: vec![matrix(&p("ffn_down"), d, ff)?],
                 post_ffn_norm: vector_opt(&p("post_ffw_norm"), d)?,
             },
             &c,
         )?);
     }
-    let embed = matrix("token_embd.weight", c.vocab_size, d)?;
+    let embed = vec![matrix("token_embd.weight", c.vocab_size, d)?];
     let lm_head = match f.tensor("output.weight") {
-        Some(_) => Some(matrix("output.weight", c.vocab_size, d)?),
+        Some(_) => Some(vec![matrix("output.weight", c.vocab_size, d)?]),
         None => None,
     };
     let norm = vector("output_norm.weight", d)?;
-    Ok((Model::new(c, embed, layers, norm, lm_head), tokenizer))
+    let parts = Weights {
+        embed,
+        layers,
+        norm,
+        lm_head,
+    };
+    let model = Model::build(c, parts, opts.device, opts.force_f32)
+        .with_context(|| format!("cannot place {file} on {}", opts.device))?;
+    Ok((model, tokenizer))
 }
 
-/// Fuses projections whose layouts allow it (mixed-type files keep them fused after converting
-/// the odd one to f32, which is exact).
-fn fuse(parts: Vec<Matrix>) -> Matrix {
-    if parts.iter().all(|p| parts[0].can_concat(p)) {
-        Matrix::concat(parts)
-    } else {
-        Matrix::concat(
-            parts
-                .into_iter()
-                .map(|p| {
-                    let (n, k) = (p.n, p.k);
-                    let mut w = vec![0f32; n * k];
-                    for j in 0..n {
-                        p.row(j, &mut w[j * k..(j + 1) * k]);
-                    }
-                    Matrix::from_f32(w, n, k)
-                })
-                .collect(),
-        )
-    }
-}
-
-/// One layer's tensors as read from a file, before fusing.
-struct LayerParts {
-    attn_norm: Vec<f32>,
-    qkv: [Matrix; 3],
-    qkv_bias: Option<Vec<f32>>,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    wo: Matrix,
-    post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
-    gate_up: [Matrix; 2],
-    w2: Matrix,
-    post_ffn_norm: Option<Vec<f32>>,
-}
-
-/// Fuses a layer's projections and checks that its optional tensors come as the architecture
-/// needs them (a gemma3 file without post-norms is refused, not run wrong).
-fn build_layer(p: LayerParts, c: &ModelConfig) -> Result<Layer> {
+/// Checks that a layer's optional tensors come as the architecture needs them (a gemma3 file
+/// without post-norms is refused, not run wrong).
+fn check_layer<'a>(p: LayerParts<'a>, c: &ModelConfig) -> Result<LayerParts<'a>> {
     let needs_qk_norm = matches!(c.arch, Arch::Qwen3 | Arch::Gemma3);
     if needs_qk_norm && (p.q_norm.is_none() || p.k_norm.is_none()) {
         bail!(
@@ -204,24 +183,19 @@ fn build_layer(p: LayerParts, c: &ModelConfig) -> Result<Layer> {
             "gemma3 layers need post-attention and post-feed-forward norms; this file lacks them"
         );
     }
-    Ok(Layer {
-        attn_norm: p.attn_norm,
-        wqkv: fuse(p.qkv.into()),
-        qkv_bias: p.qkv_bias,
-        q_norm: p.q_norm,
-        k_norm: p.k_norm,
-        wo: p.wo,
-        post_attn_norm: p.post_attn_norm,
-        ffn_norm: p.ffn_norm,
-        w13: fuse(p.gate_up.into()),
-        w2: p.w2,
-        post_ffn_norm: p.post_ffn_norm,
-    })
+    Ok(p)
 }
 
 /// HF → ggml row order of a Q or K projection: ggml rotates adjacent pairs, HF rotates halves.
-fn permute_rows(w: &[f32], n_heads: usize, head_dim: usize, k: usize, to_ggml: bool) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
+/// `k` is a row's length in elements of `T` (values, or bytes of a raw tensor).
+fn permute_rows<T: Copy + Default>(
+    w: &[T],
+    n_heads: usize,
+    head_dim: usize,
+    k: usize,
+    to_ggml: bool,
+) -> Vec<T> {
+    let mut out = vec![T::default(); w.len()];
     let half = head_dim / 2;
     for h in 0..n_heads {
         for i in 0..half {
@@ -240,6 +214,16 @@ fn permute_rows(w: &[f32], n_heads: usize, head_dim: usize, k: usize, to_ggml: b
     out
 }
 
+/// A matrix of an HF file, kept in its dtype (the backend decides what to keep).
+fn raw((ty, data): (GgmlType, &[u8]), n: usize, k: usize) -> RawMatrix<'_> {
+    RawMatrix {
+        ty,
+        data: Cow::Borrowed(data),
+        n,
+        k,
+    }
+}
+
 /// HF names of a layer's norms: `(attention, pre-ffn, post-attention, post-ffn)`.
 fn hf_norm_names(arch: Arch) -> [&'static str; 4] {
     if arch == Arch::Gemma3 {
@@ -255,7 +239,6 @@ fn hf_norm_names(arch: Arch) -> [&'static str; 4] {
 }
 
 fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
-    let _ = opts;
     let cfg_path = dir.join("config.json");
     let cfg_file = cfg_path.display().to_string();
     let hf = HfConfig::parse(
@@ -277,7 +260,7 @@ fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Model, Tokeniz
         // SAFETY: read-only mapping of a file we do not modify.
         maps.push((p.clone(), unsafe { memmap2::Mmap::map(&f) }?));
     }
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    let mut tensors: BTreeMap<String, (Vec<usize>, GgmlType, &[u8])> = BTreeMap::new();
     for (p, m) in &maps {
         let st = safetensors::SafeTensors::deserialize(m)
             .map_err(|e| anyhow!("{} is not a valid safetensors file: {e}", p.display()))?;
@@ -291,20 +274,16 @@ fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Model, Tokeniz
                     p.display()
                 ),
             };
-            let n: usize = view.shape().iter().product();
             // Multimodal gemma3 checkpoints keep the decoder under `language_model.`.
             let name = name
                 .strip_prefix("language_model.")
                 .map(str::to_owned)
                 .unwrap_or(name);
-            tensors.insert(
-                name,
-                (view.shape().to_vec(), dequantize_vec(ty, view.data(), n)),
-            );
+            tensors.insert(name, (view.shape().to_vec(), ty, view.data()));
         }
     }
-    let mut take_opt = |name: &str, shape: &[usize]| -> Result<Option<Vec<f32>>> {
-        let Some((s, w)) = tensors.remove(name) else {
+    let mut take_opt = |name: &str, shape: &[usize]| -> Result<Option<(GgmlType, &[u8])>> {
+        let Some((s, ty, data)) = tensors.remove(name) else {
             return Ok(None);
         };
         if s != shape {
@@ -313,55 +292,74 @@ fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Model, Tokeniz
                 dir.display()
             );
         }
-        Ok(Some(w))
+        Ok(Some((ty, data)))
     };
     let missing = |name: &str| anyhow!("{}: tensor {name} is missing", dir.display());
     let (d, qd, kvd, ff, hd) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_dim, c.head_dim);
     let pairs = c.arch.rope_style() == RopeStyle::Pairs;
     // Gemma's RMS norms multiply by (1 + w); GGUF files store 1 + w already.
-    let shift = |v: Vec<f32>| -> Vec<f32> {
+    let shift = |(ty, data): (GgmlType, &[u8]), n: usize| -> Vec<f32> {
+        let v = dequantize_vec(ty, data, n);
         if c.arch == Arch::Gemma3 {
             v.into_iter().map(|w| w + 1.0).collect()
         } else {
             v
         }
     };
+    // HF rotates halves; pair-order architectures get ggml's row order.
+    let permuted = |(ty, data): (GgmlType, &[u8]), heads: usize, k: usize| -> RawMatrix<'static> {
+        RawMatrix {
+            ty,
+            data: Cow::Owned(permute_rows(
+                data,
+                heads,
+                hd,
+                data.len() / (heads * hd),
+                true,
+            )),
+            n: heads * hd,
+            k,
+        }
+    };
     let norms = hf_norm_names(c.arch);
     let mut layers = Vec::with_capacity(c.n_layers);
     for i in 0..c.n_layers {
         let p = |s: &str| format!("model.layers.{i}.{s}.weight");
-        let mut take = |name: String, shape: &[usize]| -> Result<Vec<f32>> {
+        let mut take = |name: String, shape: &[usize]| -> Result<(GgmlType, &[u8])> {
             take_opt(&name, shape)?.ok_or_else(|| missing(&name))
         };
-        let mut q = take(p("self_attn.q_proj"), &[qd, d])?;
-        let mut k = take(p("self_attn.k_proj"), &[kvd, d])?;
-        if pairs {
-            q = permute_rows(&q, c.n_heads, hd, d, true);
-            k = permute_rows(&k, c.n_kv_heads, hd, d, true);
-        }
-        let v = take(p("self_attn.v_proj"), &[kvd, d])?;
-        let o = take(p("self_attn.o_proj"), &[d, qd])?;
-        let gate = take(p("mlp.gate_proj"), &[ff, d])?;
-        let up = take(p("mlp.up_proj"), &[ff, d])?;
-        let down = take(p("mlp.down_proj"), &[d, ff])?;
-        let attn_norm = shift(take(p(norms[0]), &[d])?);
-        let ffn_norm = shift(take(p(norms[1]), &[d])?);
-        let mut opt = |name: String, n: usize| take_opt(&name, &[n]);
+        let q = take(p("self_attn.q_proj"), &[qd, d])?;
+        let k = take(p("self_attn.k_proj"), &[kvd, d])?;
+        let (q, k) = if pairs {
+            (permuted(q, c.n_heads, d), permuted(k, c.n_kv_heads, d))
+        } else {
+            (raw(q, qd, d), raw(k, kvd, d))
+        };
+        let v = raw(take(p("self_attn.v_proj"), &[kvd, d])?, kvd, d);
+        let o = raw(take(p("self_attn.o_proj"), &[d, qd])?, d, qd);
+        let gate = raw(take(p("mlp.gate_proj"), &[ff, d])?, ff, d);
+        let up = raw(take(p("mlp.up_proj"), &[ff, d])?, ff, d);
+        let down = raw(take(p("mlp.down_proj"), &[d, ff])?, d, ff);
+        let attn_norm = shift(take(p(norms[0]), &[d])?, d);
+        let ffn_norm = shift(take(p(norms[1]), &[d])?, d);
+        let mut opt = |name: String, n: usize| -> Result<Option<Vec<f32>>> {
+            Ok(take_opt(&name, &[n])?.map(|t| shift(t, n)))
+        };
         let (post_attn_norm, post_ffn_norm) = if norms[2].is_empty() {
             (None, None)
         } else {
-            (
-                opt(p(norms[2]), d)?.map(shift),
-                opt(p(norms[3]), d)?.map(shift),
-            )
+            (opt(p(norms[2]), d)?, opt(p(norms[3]), d)?)
         };
-        let q_norm = opt(p("self_attn.q_norm"), hd)?.map(shift);
-        let k_norm = opt(p("self_attn.k_norm"), hd)?.map(shift);
+        let q_norm = opt(p("self_attn.q_norm"), hd)?;
+        let k_norm = opt(p("self_attn.k_norm"), hd)?;
         let b = |s: &str| format!("model.layers.{i}.self_attn.{s}.bias");
+        let mut bias = |name: String, n: usize| -> Result<Option<Vec<f32>>> {
+            Ok(take_opt(&name, &[n])?.map(|(ty, data)| dequantize_vec(ty, data, n)))
+        };
         let qkv_bias = match (
-            opt(b("q_proj"), qd)?,
-            opt(b("k_proj"), kvd)?,
-            opt(b("v_proj"), kvd)?,
+            bias(b("q_proj"), qd)?,
+            bias(b("k_proj"), kvd)?,
+            bias(b("v_proj"), kvd)?,
         ) {
             (None, None, None) => None,
             (q, k, v) => Some(
@@ -371,43 +369,44 @@ fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Model, Tokeniz
                     .collect(),
             ),
         };
-        layers.push(build_layer(
-            LayerParts {
+        layers.push(check_layer(
+            Layer {
                 attn_norm,
-                qkv: [
-                    Matrix::from_f32(q, qd, d),
-                    Matrix::from_f32(k, kvd, d),
-                    Matrix::from_f32(v, kvd, d),
-                ],
+                wqkv: vec![q, k, v],
                 qkv_bias,
                 q_norm,
                 k_norm,
-                wo: Matrix::from_f32(o, d, qd),
+                wo: vec![o],
                 post_attn_norm,
                 ffn_norm,
-                gate_up: [Matrix::from_f32(gate, ff, d), Matrix::from_f32(up, ff, d)],
-                w2: Matrix::from_f32(down, d, ff),
+                w13: vec![gate, up],
+                w2: vec![down],
                 post_ffn_norm,
             },
             &c,
         )?);
     }
     let embed_name = "model.embed_tokens.weight";
-    let embed = Matrix::from_f32(
-        take_opt(embed_name, &[c.vocab_size, d])?.ok_or_else(|| missing(embed_name))?,
-        c.vocab_size,
-        d,
-    );
+    let embed = take_opt(embed_name, &[c.vocab_size, d])?.ok_or_else(|| missing(embed_name))?;
     // Tied unless the checkpoint has its own output projection.
-    let lm_head = take_opt("lm_head.weight", &[c.vocab_size, d])?
-        .map(|w| Matrix::from_f32(w, c.vocab_size, d));
+    let lm_head = take_opt("lm_head.weight", &[c.vocab_size, d])?;
     if lm_head.is_none() && hf.tie_word_embeddings == Some(false) {
         return Err(missing("lm_head.weight"));
     }
-    let norm =
-        shift(take_opt("model.norm.weight", &[d])?.ok_or_else(|| missing("model.norm.weight"))?);
+    let norm = shift(
+        take_opt("model.norm.weight", &[d])?.ok_or_else(|| missing("model.norm.weight"))?,
+        d,
+    );
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
-    Ok((Model::new(c, embed, layers, norm, lm_head), tokenizer))
+    let parts = Weights {
+        embed: vec![raw(embed, c.vocab_size, d)],
+        layers,
+        norm,
+        lm_head: lm_head.map(|t| vec![raw(t, c.vocab_size, d)]),
+    };
+    let model = Model::build(c, parts, opts.device, opts.force_f32)
+        .with_context(|| format!("cannot place {} on {}", dir.display(), opts.device))?;
+    Ok((model, tokenizer))
 }
 
 /// Writes `model` (dequantized to f32) in the Hugging Face layout of its architecture:
@@ -415,6 +414,12 @@ fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Model, Tokeniz
 /// stored as `w − 1`) and `tokenizer.json`.
 pub fn export_hf_safetensors(model: &Model, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     let c = &model.config;
+    let Some(w) = model.cpu_weights() else {
+        bail!(
+            "exporting to the HF layout needs the model on specd's CPU kernels (it is on {})",
+            model.device()
+        );
+    };
     if !c.rope.freq_factors.is_empty() {
         bail!("exporting a model with RoPE frequency factors (llama 3) to the HF layout is not supported");
     }
@@ -440,18 +445,18 @@ pub fn export_hf_safetensors(model: &Model, tokenizer: &Tokenizer, dir: &Path) -
     out.push((
         "model.embed_tokens.weight".into(),
         vec![c.vocab_size, d],
-        rows(&model.embed, 0, c.vocab_size),
+        rows(&w.embed, 0, c.vocab_size),
     ));
-    if let Some(h) = &model.lm_head {
+    if let Some(h) = &w.lm_head {
         out.push((
             "lm_head.weight".into(),
             vec![c.vocab_size, d],
             rows(h, 0, c.vocab_size),
         ));
     }
-    out.push(("model.norm.weight".into(), vec![d], unshift(&model.norm)));
+    out.push(("model.norm.weight".into(), vec![d], unshift(&w.norm)));
     let norms = hf_norm_names(c.arch);
-    for (i, l) in model.layers.iter().enumerate() {
+    for (i, l) in w.layers.iter().enumerate() {
         let p = |s: &str| format!("model.layers.{i}.{s}.weight");
         out.push((p(norms[0]), vec![d], unshift(&l.attn_norm)));
         out.push((p(norms[1]), vec![d], unshift(&l.ffn_norm)));
@@ -532,7 +537,7 @@ fn hf_config_json(model: &Model) -> serde_json::Value {
         "rope_theta": c.rope.base,
         "vocab_size": c.vocab_size,
         "max_position_embeddings": c.context_length,
-        "tie_word_embeddings": model.lm_head.is_none(),
+        "tie_word_embeddings": model.cpu_weights().is_some_and(|w| w.lm_head.is_none()),
         "torch_dtype": "float32",
     });
     if let Some(y) = &c.rope.yarn {
