@@ -1,10 +1,10 @@
 //! `specd eval gsm8k`.
 
-use specd_engine::device::Device;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
+use specd_engine::device::Device;
 use specd_engine::pipeline::{check_pair, LoadedModel};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_eval::config::parse_configs;

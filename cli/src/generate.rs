@@ -1,11 +1,11 @@
 //! `specd generate`.
 
-use specd_engine::device::Device;
 use std::io::Write;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
+use specd_engine::device::Device;
 use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;

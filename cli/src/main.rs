@@ -72,6 +72,24 @@ enum ModelsCommand {
         #[arg(long = "type")]
         ty: String,
     },
+    /// Write a random-weight model of a real shape: TIMING ONLY (its text is noise). The same
+    /// shape, type and seed give the same bytes anywhere; two types of one seed hold the same
+    /// weights at two precisions (a target and its lower-precision draft). For machines that no
+    /// model file can reach.
+    Synth {
+        /// tiny (tests), smollm2-135m, llama-1b (Llama-3.2-1B) or llama-8b (Llama-3.1-8B).
+        #[arg(long)]
+        shape: String,
+        /// Weight type, as `models quantize --type` (f32, f16, bf16, q8_0, q4_k, q4_k_m, ...).
+        #[arg(long)]
+        dtype: String,
+        /// Seed of the weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output .gguf file (written atomically).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
 }
 
 pub fn log(msg: &str) {
@@ -116,6 +134,28 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
                 presets::DEFAULT_TARGET,
                 presets::DEFAULT_DRAFT
             );
+        }
+        ModelsCommand::Synth {
+            shape,
+            dtype,
+            seed,
+            out,
+        } => {
+            use specd_engine::synth;
+            let shape = synth::Shape::parse(&shape)?;
+            let bar = indicatif::ProgressBar::new(shape.n_params() as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {percent}% {human_pos}/{human_len} weights, {eta} left",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("synth {} {dtype}", shape.name));
+            synth::write_synth(&shape, &dtype, seed, &out, &|done, _| {
+                bar.set_position(done)
+            })?;
+            bar.finish_and_clear();
+            println!("{}", out.display());
         }
         ModelsCommand::Quantize { input, output, ty } => {
             let ty = specd_engine::quant::Recipe::parse(&ty)?;

@@ -1,11 +1,11 @@
 //! `specd target-node`, `specd draft-node`, `specd coordinator`: the engine split across machines.
 
-use specd_engine::device::Device;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use specd_engine::device::Device;
 use specd_engine::pipeline::LoadedModel;
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 

@@ -6,6 +6,7 @@ use serde_json::json;
 use specd_engine::device::Device;
 use specd_engine::pipeline::{encode_prompt, LoadedModel};
 use specd_engine::presets::DEFAULT_TARGET;
+use specd_engine::score::{self, Feed};
 
 #[derive(Args)]
 pub struct ScoreArgs {
@@ -35,6 +36,16 @@ pub struct ScoreArgs {
     /// The continuation as comma-separated token ids (the `token_ids` of `generate --json`).
     #[arg(long)]
     pub continuation_ids: Option<String>,
+    /// Feed one token per forward, as target-only decoding runs (default: one forward of the
+    /// whole text). On a backend whose kernels depend on the row count (candle), this is the
+    /// reference that greedy speculative output is checked against.
+    #[arg(long)]
+    pub steps: bool,
+    /// Also load the model on this device and report the teacher-forced agreement of the two
+    /// (top-1 at every position of prompt + continuation, max |Δ logit|): e.g. --device cpu
+    /// --compare-device cuda checks a GPU against specd's kernels.
+    #[arg(long)]
+    pub compare_device: Option<Device>,
     /// Print one JSON line instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -67,12 +78,36 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         (None, Some(ids)) => parse_ids(ids)?,
         _ => bail!("give the continuation as --continuation TEXT or --continuation-ids 1,2,3"),
     };
-    let r = specd_engine::score::score(&model.model, &prompt, &cont)?;
+    let feed = if a.steps { Feed::Steps } else { Feed::Block };
+    let r = score::score_fed(&model.model, &prompt, &cont, feed)?;
+    let compared = match a.compare_device {
+        Some(dev) => {
+            let other = LoadedModel::load_on(&a.model, dev, &crate::log)?;
+            let all: Vec<u32> = prompt.iter().chain(&cont).copied().collect();
+            Some((dev, score::agreement(&model.model, &other.model, &all)?))
+        }
+        None => None,
+    };
+    if let Some((dev, g)) = &compared {
+        eprintln!(
+            "{} vs {dev}: top-1 agreement {:.4} over {} positions, max |Δ logit| {:.3e}",
+            a.device,
+            g.top1_agreement(),
+            g.positions,
+            g.max_abs_delta
+        );
+    }
     if a.json {
         println!(
             "{}",
             json!({
                 "model": model.name,
+                "device": a.device.to_string(),
+                "feed": if a.steps { "steps" } else { "block" },
+                "compare": compared.map(|(dev, g)| json!({
+                    "device": dev.to_string(), "positions": g.positions,
+                    "top1_agreement": g.top1_agreement(), "max_abs_delta": g.max_abs_delta,
+                })),
                 "prompt_tokens": prompt.len(),
                 "tokens": r.tokens,
                 "nll_sum": r.nll_sum,

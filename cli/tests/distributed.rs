@@ -4,7 +4,6 @@
 //! target; invalid frames get the documented status codes without harming other sessions; start-up
 //! errors are clear.
 
-use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -302,65 +301,10 @@ fn concurrent_sessions_each_equal_their_sequential_run() {
     }
 }
 
-/// Writes a tiny llama GGUF with its own 300-token byte-level vocabulary.
+/// Writes a tiny random-weight llama GGUF with its own 512-token byte-level vocabulary.
 fn tiny_model_with_other_vocab(path: &std::path::Path) {
-    use specd_engine::gguf::{write_gguf, TensorOut, Value};
-    use specd_engine::quant::{quantize, GgmlType};
-    let (vocab, dim, ff, layers) = (300usize, 64usize, 128usize, 1usize);
-    let mut m = BTreeMap::new();
-    let s = |v: &str| Value::String(v.into());
-    m.insert("general.architecture".into(), s("llama"));
-    m.insert("llama.embedding_length".into(), Value::U32(dim as u32));
-    m.insert("llama.block_count".into(), Value::U32(layers as u32));
-    m.insert("llama.feed_forward_length".into(), Value::U32(ff as u32));
-    m.insert("llama.attention.head_count".into(), Value::U32(4));
-    m.insert("llama.attention.head_count_kv".into(), Value::U32(2));
-    m.insert("llama.context_length".into(), Value::U32(512));
-    m.insert("tokenizer.ggml.model".into(), s("gpt2"));
-    m.insert("tokenizer.ggml.pre".into(), s("gpt2"));
-    let bytes: Vec<String> = (0..256u32).map(|b| format!("<0x{b:02X}>")).collect();
-    let mut tokens: Vec<Value> = bytes.iter().map(|t| s(t)).collect();
-    tokens.extend(["t", "o", "to"].map(s));
-    tokens.extend((259..vocab).map(|i| s(&format!("tok{i}"))));
-    m.insert("tokenizer.ggml.tokens".into(), Value::Array(tokens));
-    m.insert("tokenizer.ggml.merges".into(), Value::Array(vec![s("t o")]));
-    m.insert("tokenizer.ggml.eos_token_id".into(), Value::U32(0));
-    let w = |n: usize, k: usize, seed: usize| -> Vec<f32> {
-        (0..n * k)
-            .map(|i| (((i * 31 + seed * 17) % 97) as f32 - 48.0) / 400.0)
-            .collect()
-    };
-    let mat = |name: &str, n: usize, k: usize, seed: usize| TensorOut {
-        name: name.into(),
-        dims: vec![k as u64, n as u64],
-        ggml_type: GgmlType::F32,
-        data: quantize(GgmlType::F32, &w(n, k, seed)).unwrap(),
-    };
-    let vec1 = |name: &str, n: usize| TensorOut {
-        name: name.into(),
-        dims: vec![n as u64],
-        ggml_type: GgmlType::F32,
-        data: quantize(GgmlType::F32, &vec![1.0; n]).unwrap(),
-    };
-    let kv = dim / 4 * 2;
-    let mut t = vec![
-        mat("token_embd.weight", vocab, dim, 1),
-        vec1("output_norm.weight", dim),
-    ];
-    for l in 0..layers {
-        let p = |x: &str| format!("blk.{l}.{x}.weight");
-        t.push(vec1(&p("attn_norm"), dim));
-        t.push(mat(&p("attn_q"), dim, dim, 2));
-        t.push(mat(&p("attn_k"), kv, dim, 3));
-        t.push(mat(&p("attn_v"), kv, dim, 4));
-        t.push(mat(&p("attn_output"), dim, dim, 5));
-        t.push(vec1(&p("ffn_norm"), dim));
-        t.push(mat(&p("ffn_gate"), ff, dim, 6));
-        t.push(mat(&p("ffn_up"), ff, dim, 7));
-        t.push(mat(&p("ffn_down"), dim, ff, 8));
-    }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    write_gguf(&mut f, &m, &t).unwrap();
+    use specd_engine::synth::{write_synth, Shape};
+    write_synth(&Shape::parse("tiny").unwrap(), "f32", 1, path, &|_, _| {}).unwrap();
 }
 
 #[test]

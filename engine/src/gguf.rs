@@ -386,6 +386,37 @@ pub fn write_gguf(
     metadata: &BTreeMap<String, Value>,
     tensors: &[TensorOut],
 ) -> Result<()> {
+    let heads: Vec<TensorHead> = tensors
+        .iter()
+        .map(|t| TensorHead {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            ggml_type: t.ggml_type,
+            n_bytes: t.data.len() as u64,
+        })
+        .collect();
+    write_gguf_streaming(w, metadata, &heads, |i, w| {
+        w.write_all(&tensors[i].data)?;
+        Ok(())
+    })
+}
+
+/// A tensor's entry in the header of a file written by [`write_gguf_streaming`].
+pub struct TensorHead {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ggml_type: GgmlType,
+    pub n_bytes: u64,
+}
+
+/// Writes a GGUF v3 file whose tensor data comes one tensor at a time: `data(i, w)` writes exactly
+/// `tensors[i].n_bytes` bytes of tensor `i`, in order, so a file larger than memory can be made.
+pub fn write_gguf_streaming<W: Write>(
+    w: &mut W,
+    metadata: &BTreeMap<String, Value>,
+    tensors: &[TensorHead],
+    mut data: impl FnMut(usize, &mut dyn Write) -> Result<()>,
+) -> Result<()> {
     let alignment = metadata
         .get("general.alignment")
         .and_then(Value::as_u64)
@@ -411,19 +442,48 @@ pub fn write_gguf(
         head.extend_from_slice(&t.ggml_type.id().to_le_bytes());
         head.extend_from_slice(&offset.to_le_bytes());
         offsets.push(offset);
-        offset = (offset + t.data.len() as u64).div_ceil(alignment) * alignment;
+        offset = (offset + t.n_bytes).div_ceil(alignment) * alignment;
     }
     let data_start = (head.len() as u64).div_ceil(alignment) * alignment;
     head.resize(data_start as usize, 0);
     w.write_all(&head)?;
     let mut pos = 0u64;
-    for (t, off) in tensors.iter().zip(offsets) {
+    for (i, (t, off)) in tensors.iter().zip(offsets).enumerate() {
         if off > pos {
             w.write_all(&vec![0u8; (off - pos) as usize])?;
             pos = off;
         }
-        w.write_all(&t.data)?;
-        pos += t.data.len() as u64;
+        let mut counted = Counting {
+            inner: &mut *w,
+            n: 0,
+        };
+        data(i, &mut counted)?;
+        if counted.n != t.n_bytes {
+            bail!(
+                "tensor {}: {} bytes written, its header says {}",
+                t.name,
+                counted.n,
+                t.n_bytes
+            );
+        }
+        pos += t.n_bytes;
     }
     Ok(())
+}
+
+/// A writer that counts the bytes passed through it.
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

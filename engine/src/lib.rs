@@ -6,6 +6,7 @@
 //! - [`tokenizer`]: tokenizer.json or GGUF metadata, chat template, vocabulary fingerprint;
 //! - [`presets`], [`source`]: offline presets and model sources (path, preset, Hugging Face);
 //! - [`sampling`]: distributions and keyed randomness;
+//! - [`synth`]: random-weight models of real shapes (timing only);
 //! - [`spec_decode`]: the speculative loop, its `Verifier` trait and the exact rule;
 //! - [`pipeline`]: embedded generation end to end.
 
@@ -20,4 +21,5 @@ pub mod sampling;
 pub mod score;
 pub mod source;
 pub mod spec_decode;
+pub mod synth;
 pub mod tokenizer;

@@ -1,18 +1,17 @@
 //! `specd bench generate`: target-only vs speculative speed, forward costs and the latency model.
 
-use specd_engine::device::Device;
-use std::time::Instant;
-
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
-use specd_engine::model::Model;
+use specd_engine::device::Device;
 use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::DraftSampling;
+
+use super::forward::time_forwards;
 
 /// Prompts of the generation benchmark (chat format when the target has a template).
 pub const BENCH_PROMPTS: &[&str] = &[
@@ -52,35 +51,6 @@ pub struct GenerateBenchArgs {
     /// Print one JSON line with every figure on stdout.
     #[arg(long)]
     pub json: bool,
-}
-
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[v.len() / 2]
-}
-
-/// Median seconds of forwards of `k` tokens (for every k in `ks`) after the prompt, measured
-/// round-robin over k so that drift on a shared machine hits every k alike.
-fn time_forwards(model: &Model, prompt: &[u32], ks: &[usize], reps: usize) -> Result<Vec<f64>> {
-    let mut cache = model.new_cache();
-    model.forward(&mut cache, prompt, prompt.len())?;
-    let base = cache.len();
-    let mut times = vec![Vec::with_capacity(reps); ks.len()];
-    for rep in 0..reps + 2 {
-        for (i, &k) in ks.iter().enumerate() {
-            let block: Vec<u32> = prompt.iter().cycle().take(k).copied().collect();
-            let t0 = Instant::now();
-            std::hint::black_box(model.forward(&mut cache, &block, 0)?);
-            if rep >= 2 {
-                times[i].push(t0.elapsed().as_secs_f64());
-            }
-            cache.truncate(base);
-        }
-    }
-    Ok(times.into_iter().map(median).collect())
 }
 
 /// Expected committed tokens per round with acceptance `a` and block `g` (DESIGN §7).

@@ -27,6 +27,7 @@ use specd_engine::spec_decode::DraftSampling;
 use specd_eval::plot;
 
 use super::procs::{free_port, start, start_model_node};
+use super::stats::median;
 use super::BENCH_PROMPTS;
 
 #[derive(Args)]
@@ -172,15 +173,6 @@ impl Acc {
             self.gamma_sum / self.target_calls as f64
         }
     }
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Least squares `y = a + b·x` (b ≥ 0; one point: `a = 0`, the line through the origin).

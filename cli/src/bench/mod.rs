@@ -2,10 +2,12 @@
 //! the same run.
 
 mod distributed;
+mod forward;
 mod generate;
 mod latency;
 mod procs;
 mod rules;
+mod stats;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -25,6 +27,9 @@ pub enum BenchCommand {
     /// block-size policy (fixed γ, auto, heuristic), with and without pipelining, beside the
     /// latency model's prediction (starts target-node, draft-node, link and coordinator).
     Latency(latency::LatencyBenchArgs),
+    /// Cost of one forward of k tokens, t_v(k), after a context, on a device, beside the
+    /// bandwidth floor (weight bytes ÷ memory bandwidth).
+    Forward(forward::ForwardBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -33,5 +38,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Rules(a) => rules::bench_rules(a),
         BenchCommand::Distributed(a) => distributed::bench_distributed(a),
         BenchCommand::Latency(a) => latency::bench_latency(a),
+        BenchCommand::Forward(a) => forward::bench_forward(a),
     }
 }

@@ -1,12 +1,12 @@
 //! `specd bench rules`: what each relaxed rule buys (α, E, speed) for what it costs (lossy accepts,
 //! budget, fidelity), against the exact rule in the same run.
 
-use specd_engine::device::Device;
 use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
+use specd_engine::device::Device;
 use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
 use specd_engine::presets::DEFAULT_TARGET;
 use specd_engine::sampling::SamplingParams;

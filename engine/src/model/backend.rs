@@ -9,6 +9,7 @@
 use anyhow::{bail, Result};
 
 use super::config::{Activation, ModelConfig, Rope, RopeStyle};
+use super::profile::Clock;
 use crate::quant::GgmlType;
 
 /// A weight matrix as read from a file: `n` rows of `k` values in ggml type `ty`.
@@ -162,6 +163,10 @@ pub trait Backend {
     fn softcap(&self, x: &mut Self::Act, cap: f32) -> Result<()>;
     /// The values, row-major, as f32 on the host.
     fn to_host(&self, x: Self::Act) -> Result<Vec<f32>>;
+    /// Waits for the work queued on the device (for profiling; CPU kernels are synchronous).
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// cos/sin of every rotation angle of `m` positions from `pos0` (`m × freqs` each), times
@@ -232,6 +237,8 @@ impl<B: Backend> Decoder<B> {
             return Ok(Vec::new());
         }
         let (qd, kvd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
+        let sync = || b.sync();
+        let mut clock = Clock::start(sync)?;
         let mut x = b.embed(&w.embed, tokens, c.embed_scale)?;
         let (cos, sin) = rope_angles(&self.inv_freq, c.rope.mscale(), pos0, m);
         let rot = b.rotation(cos, sin, m)?;
@@ -243,16 +250,19 @@ impl<B: Backend> Decoder<B> {
             None => None,
         };
         let style = c.arch.rope_style();
+        clock.mark("embed", sync)?;
         for (li, layer) in w.layers.iter().enumerate() {
             let rot = match &rot_local {
                 Some(r) if c.is_local(li) => r,
                 _ => &rot,
             };
             let h = b.rms_norm(&x, &layer.attn_norm, c.rms_eps)?;
+            clock.mark("residual + norms", sync)?;
             let mut qkv = b.matmul(&h, &layer.wqkv)?;
             if let Some(bias) = &layer.qkv_bias {
                 b.add_bias(&mut qkv, bias)?;
             }
+            clock.mark("matmul qkv", sync)?;
             let mut q = b.columns(&qkv, 0, qd)?;
             let mut k = b.columns(&qkv, qd, kvd)?;
             let v = b.columns(&qkv, qd + kvd, kvd)?;
@@ -265,6 +275,7 @@ impl<B: Backend> Decoder<B> {
             b.rope(&mut q, hd, style, rot)?;
             b.rope(&mut k, hd, style, rot)?;
             b.cache_append(cache, li, &k, &v)?;
+            clock.mark("rope + cache", sync)?;
             let spec = AttnSpec {
                 layer: li,
                 n_heads: c.n_heads,
@@ -275,13 +286,20 @@ impl<B: Backend> Decoder<B> {
                 softcap: c.attn_softcap,
             };
             let attn = b.attention(&q, cache, &spec)?;
+            clock.mark("attention", sync)?;
             let proj = b.matmul(&attn, &layer.wo)?;
+            clock.mark("matmul o", sync)?;
             b.residual(&mut x, proj, layer.post_attn_norm.as_ref(), c.rms_eps)?;
             let h = b.rms_norm(&x, &layer.ffn_norm, c.rms_eps)?;
+            clock.mark("residual + norms", sync)?;
             let gu = b.matmul(&h, &layer.w13)?;
+            clock.mark("matmul gate+up", sync)?;
             let act = b.glu(&gu, c.activation)?;
+            clock.mark("glu", sync)?;
             let proj = b.matmul(&act, &layer.w2)?;
+            clock.mark("matmul down", sync)?;
             b.residual(&mut x, proj, layer.post_ffn_norm.as_ref(), c.rms_eps)?;
+            clock.mark("residual + norms", sync)?;
         }
         b.cache_commit(cache, pos0 + m);
         let from = logits_from.min(m);
@@ -294,7 +312,10 @@ impl<B: Backend> Decoder<B> {
         if let Some(cap) = c.final_softcap {
             b.softcap(&mut logits, cap)?;
         }
-        b.to_host(logits)
+        clock.mark("lm head", sync)?;
+        let host = b.to_host(logits)?;
+        clock.mark("logits to host", sync)?;
+        Ok(host)
     }
 
     /// Bytes of weights held.

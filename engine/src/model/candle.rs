@@ -31,6 +31,11 @@ impl Candle {
     pub fn new(device: Device, force_f32: bool) -> Result<Self> {
         let device = match device {
             Device::Cuda(n) => CDevice::new_cuda(n).map_err(|e| {
+                // The reason without candle's backtrace (captured under RUST_BACKTRACE).
+                let e = match e {
+                    candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                    e => e,
+                };
                 anyhow::anyhow!(
                     "cannot open CUDA device {n}: {e} (is the NVIDIA driver (≥ 580, CUDA 13) installed, does the machine have a GPU with ordinal {n} (`nvidia-smi -L`), and are libcublas.so.13 / libcurand / libnvrtc on LD_LIBRARY_PATH? see docs/gpu.md)"
                 )
@@ -445,5 +450,9 @@ impl Backend for Candle {
             .flatten_all()?
             .to_vec1::<f32>()
             .context("copying logits to the host")
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(self.device.synchronize()?)
     }
 }

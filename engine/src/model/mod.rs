@@ -13,6 +13,7 @@ pub mod candle;
 pub mod config;
 pub mod cpu;
 mod load;
+pub mod profile;
 
 use anyhow::Result;
 
@@ -77,11 +78,18 @@ impl Model {
             }
             #[cfg(feature = "candle")]
             Device::CandleCpu | Device::Cuda(_) => {
+                use anyhow::Context;
                 let b = candle::Candle::new(device, force_f32)?;
-                let w = parts.try_map(
-                    |m| backend::Backend::matrix(&b, m),
-                    |v| backend::Backend::vector(&b, v),
-                )?;
+                let w = parts
+                    .try_map(
+                        |m| backend::Backend::matrix(&b, m),
+                        |v| backend::Backend::vector(&b, v),
+                    )
+                    .with_context(|| {
+                        format!(
+                            "cannot put the weights on {device} (if the device is out of memory: a smaller quantization, another GPU, or free what else runs there)"
+                        )
+                    })?;
                 Engine::Candle(backend::Decoder::new(b, &config, w))
             }
             #[cfg(not(feature = "candle"))]
