@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
+use specd_engine::device::Device;
 use specd_engine::model::{load_model, LoadOptions};
 
 const MAX_ABS_DLOGSOFTMAX: f64 = 1e-3;
@@ -288,14 +289,7 @@ fn hf_layout_of_every_architecture_loads_to_the_gguf_logits() {
     for name in ["llama", "mistral", "qwen2", "qwen2-yarn", "qwen3", "gemma3"] {
         let f = fixture(name);
         let path = dir().join(f.facts["gguf"].as_str().unwrap());
-        let (gguf, tok) = load_model(
-            &path,
-            LoadOptions {
-                force_f32: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let (gguf, tok) = load_model(&path, LoadOptions::exact_on(Device::Cpu)).unwrap();
         let hf_dir = tempfile::tempdir().unwrap();
         export_hf_safetensors(&gguf, &tok, hf_dir.path()).unwrap();
         let (hf, _) = load_model(hf_dir.path(), LoadOptions::default())
@@ -360,14 +354,7 @@ fn hf_llama3_rope_scaling_matches_the_gguf_rope_freqs() {
     use specd_engine::model::export_hf_safetensors;
     let f = fixture("llama3-rope");
     let path = dir().join(f.facts["gguf"].as_str().unwrap());
-    let (mut gguf, tok) = load_model(
-        &path,
-        LoadOptions {
-            force_f32: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (mut gguf, tok) = load_model(&path, LoadOptions::exact_on(Device::Cpu)).unwrap();
     let factors = std::mem::take(&mut gguf.config.rope.freq_factors);
     let hf_dir = tempfile::tempdir().unwrap();
     export_hf_safetensors(&gguf, &tok, hf_dir.path()).unwrap();

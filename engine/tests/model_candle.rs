@@ -59,10 +59,7 @@ fn agreement(a: &LoadedModel, b: &LoadedModel, seqs: &[Vec<u32>], positions: usi
 /// `name` loaded from its file with `force_f32` (exact dequantized weights, f32 arithmetic).
 fn load_exact(name: &str, device: Device) -> LoadedModel {
     let m = load_on(name, Device::Cpu);
-    let opts = LoadOptions {
-        force_f32: true,
-        device,
-    };
+    let opts = LoadOptions::exact_on(device);
     let (model, tokenizer) = load_model(&m.path, opts).unwrap();
     LoadedModel {
         model: Arc::new(model),
@@ -82,23 +79,35 @@ fn candle_logits_agree_with_specd_kernels_on_smollm2() {
     eprintln!("f32 weights: top-1 agreement {agree:.4}, max |Δ logit| {max_diff:.3e}");
     assert!(agree >= 0.99, "agreement {agree}");
     assert!(max_diff < 1e-3, "max |Δ logit| {max_diff}");
-    // Quantized weights: both backends quantize activations for the product, differently
-    // (specd per 32 values, candle per block of its activation type), so each is measured
-    // against the exact arithmetic on the same weights, as compare.py --vs-f32 does.
-    // (Q4_K_M on candle's CPU device takes minutes on AMD machines; it is measured in docs/gpu.md.)
-    for name in [DEFAULT_TARGET] {
-        let exact = load_exact(name, Device::Cpu);
-        let specd = load_on(name, Device::Cpu);
-        let candle = load_on(name, Device::CandleCpu);
-        let (a_specd, _) = agreement(&exact, &specd, &seqs, 500);
-        let (a_candle, d_candle) = agreement(&exact, &candle, &seqs, 500);
-        let (a_pair, _) = agreement(&specd, &candle, &seqs, 500);
-        eprintln!(
-            "{name}: top-1 vs exact: specd {a_specd:.4}, candle {a_candle:.4} (max |Δ logit| {d_candle:.3}); specd vs candle {a_pair:.4}"
-        );
-        assert!(a_candle >= 0.93, "{name}: candle vs exact {a_candle}");
-        assert!(a_pair >= 0.93, "{name}: specd vs candle {a_pair}");
-    }
+}
+
+/// Quantized weights: both backends quantize activations for the product, differently (specd per
+/// 32 values, candle per block of its activation type), so each is measured against the exact
+/// arithmetic on the same weights, as compare.py --vs-f32 does. One test per model: on candle's
+/// CPU device a K-quant model takes minutes on some machines.
+fn quantized_agreement(name: &str) {
+    let exact = load_exact(name, Device::Cpu);
+    let specd = load_on(name, Device::Cpu);
+    let candle = load_on(name, Device::CandleCpu);
+    let seqs = gsm8k_sequences(&exact, 12);
+    let (a_specd, _) = agreement(&exact, &specd, &seqs, 500);
+    let (a_candle, d_candle) = agreement(&exact, &candle, &seqs, 500);
+    let (a_pair, _) = agreement(&specd, &candle, &seqs, 500);
+    eprintln!(
+        "{name}: top-1 vs exact: specd {a_specd:.4}, candle {a_candle:.4} (max |Δ logit| {d_candle:.3}); specd vs candle {a_pair:.4}"
+    );
+    assert!(a_candle >= 0.93, "{name}: candle vs exact {a_candle}");
+    assert!(a_pair >= 0.93, "{name}: specd vs candle {a_pair}");
+}
+
+#[test]
+fn candle_q8_0_agrees_with_exact_arithmetic() {
+    quantized_agreement(DEFAULT_TARGET);
+}
+
+#[test]
+fn candle_q4_k_m_agrees_with_exact_arithmetic() {
+    quantized_agreement("smollm2-135m-q4_k_m");
 }
 
 #[test]

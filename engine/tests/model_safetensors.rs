@@ -3,20 +3,14 @@
 
 mod common;
 
+use specd_engine::device::Device;
 use specd_engine::model::{export_hf_safetensors, load_model, LoadOptions};
 use specd_engine::pipeline::encode_prompt;
 
 #[test]
 fn hf_export_loads_to_identical_logits() {
     let path = common::draft().path;
-    let (gguf, tok) = load_model(
-        &path,
-        LoadOptions {
-            force_f32: true,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (gguf, tok) = load_model(&path, LoadOptions::exact_on(Device::Cpu)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     export_hf_safetensors(&gguf, &tok, dir.path()).unwrap();
     let (hf, hf_tok) = load_model(dir.path(), LoadOptions::default()).unwrap();

@@ -25,6 +25,16 @@ pub struct LoadOptions {
     pub device: Device,
 }
 
+impl LoadOptions {
+    /// Every weight dequantized to f32 on `device`: exact arithmetic on the file's weights.
+    pub fn exact_on(device: Device) -> Self {
+        LoadOptions {
+            force_f32: true,
+            device,
+        }
+    }
+}
+
 /// A layer's matrices as file parts (fused by the backend), its vectors as f32.
 type LayerParts<'a> = Layer<Vec<RawMatrix<'a>>, Vec<f32>>;
 
