@@ -725,6 +725,7 @@ fn generation_through_the_link_emulator_is_unchanged_and_slower() {
         b["decode_ms"]
     );
     // Adaptive block sizes change no output, and their estimates see the link.
+    let mut link_rtt_ms = f64::INFINITY;
     for policy in ["auto", "heuristic"] {
         let c = generate(
             PROMPTS[0],
@@ -749,6 +750,7 @@ fn generation_through_the_link_emulator_is_unchanged_and_slower() {
             rtt >= 19.0,
             "γ {policy}: estimated RTT {rtt} ms through a 20 ms link"
         );
+        link_rtt_ms = link_rtt_ms.min(rtt);
         assert!(c["est_t_verify_ms"].as_f64().unwrap() > 0.0);
         assert!(c["est_t_draft_ms"].as_f64().unwrap() > 0.0);
         let alpha = c["est_alpha"].as_f64().unwrap();
@@ -765,37 +767,44 @@ fn generation_through_the_link_emulator_is_unchanged_and_slower() {
             &direct.url,
         ],
     );
-    assert!(direct_auto["est_rtt_ms"].as_f64().unwrap() < 19.0);
+    // Without the link the estimate drops by about the link's 20 ms (what is left is gRPC and
+    // scheduling, which a loaded machine inflates for both alike).
+    let direct_rtt_ms = direct_auto["est_rtt_ms"].as_f64().unwrap();
+    assert!(
+        direct_rtt_ms < link_rtt_ms - 10.0,
+        "estimated RTT {direct_rtt_ms} ms direct, {link_rtt_ms} ms through a 20 ms link"
+    );
     // Target-only decoding streams through the link: it pays the delay once per response, not
     // once per token (the text travels with the tokens: no detokenize round trip per event).
-    let base = generate(
-        PROMPTS[0],
-        &[
-            "--max-tokens",
-            "48",
-            "--mode",
-            "target-only",
-            "--coordinator",
-            &slow.url,
-        ],
-    );
+    // Compared with the same request without the link, in the same run (the compute cancels; the
+    // faster of two runs each keeps a noisy machine's stalls out): paying 20 ms per token would
+    // add n × 20 ms.
+    let target_only = |url: &str| {
+        let runs = [0, 1].map(|_| {
+            generate(
+                PROMPTS[0],
+                &[
+                    "--max-tokens",
+                    "48",
+                    "--mode",
+                    "target-only",
+                    "--coordinator",
+                    url,
+                ],
+            )
+        });
+        let wall = |r: &serde_json::Value| r["wall_ms"].as_f64().unwrap();
+        let fastest = wall(&runs[0]).min(wall(&runs[1]));
+        let [first, _] = runs;
+        (first, fastest)
+    };
+    let (base, slow_ms) = target_only(&slow.url);
+    let (direct_base, direct_ms) = target_only(&direct.url);
     let n = base["completion_tokens"].as_f64().unwrap();
     assert!(n >= 24.0, "{n} tokens");
     assert!(
-        base["wall_ms"].as_f64().unwrap() < n * 20.0,
-        "{} ms for {n} streamed tokens through a 20 ms link",
-        base["wall_ms"]
-    );
-    let direct_base = generate(
-        PROMPTS[0],
-        &[
-            "--max-tokens",
-            "48",
-            "--mode",
-            "target-only",
-            "--coordinator",
-            &direct.url,
-        ],
+        slow_ms - direct_ms < n * 10.0,
+        "{slow_ms} ms through a 20 ms link, {direct_ms} ms without it, for {n} streamed tokens"
     );
     assert_eq!(base["text"], direct_base["text"]);
 }

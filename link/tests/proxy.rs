@@ -67,16 +67,20 @@ async fn round_trip_is_about_twice_the_delay() {
         }
         let two_d = Duration::from_millis(2 * d);
         let slack = Duration::from_millis(20).max(two_d / 2);
-        for rtt in rtts {
+        // Never early (the delay is a floor); late only by scheduling, so the upper bound is on
+        // the median (a loaded machine may stall one ping).
+        for &rtt in &rtts {
             assert!(
                 rtt + Duration::from_millis(1) >= two_d,
                 "delay {d} ms: RTT {rtt:?} < 2D - 1 ms"
             );
-            assert!(
-                rtt <= two_d + slack,
-                "delay {d} ms: RTT {rtt:?} > 2D + {slack:?}"
-            );
         }
+        rtts.sort();
+        let median = rtts[rtts.len() / 2];
+        assert!(
+            median <= two_d + slack,
+            "delay {d} ms: median RTT {median:?} > 2D + {slack:?} ({rtts:?})"
+        );
     }
 }
 
