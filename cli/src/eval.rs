@@ -27,9 +27,9 @@ pub struct Gsm8kArgs {
     /// Run at most this many problems.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// `;`-separated configs `RULE[@budget=B,protect=default|none,pacing=none|linear[:BURST],gamma=G]`,
-    /// e.g. `exact;topk:3@budget=8;typical:0.09,0.3@budget=8,protect=none`. The target-only
-    /// baseline always runs.
+    /// `;`-separated configs `RULE[@budget=B,protect=default|none,pacing=none|linear[:BURST],gamma=G|auto|heuristic,drafter=model|ngram|ngram:MIN-MAX]`,
+    /// e.g. `exact;topk:3@budget=8;exact@drafter=ngram,gamma=auto`. `drafter=ngram` drafts by prompt
+    /// lookup (no draft model). The target-only baseline always runs.
     #[arg(long)]
     pub configs: String,
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]

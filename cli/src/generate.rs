@@ -10,6 +10,8 @@ use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec_decode::draft::ngram::NgramConfig;
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec_decode::rules::Rule;
 use specd_engine::spec_decode::DraftSampling;
@@ -23,6 +25,15 @@ pub const MAX_GAMMA: usize = 32;
 pub enum ModeArg {
     Speculative,
     TargetOnly,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DrafterArg {
+    /// The draft model (--draft).
+    Model,
+    /// Prompt lookup: what followed the latest earlier occurrence of the text's last n tokens;
+    /// no draft model.
+    Ngram,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -54,8 +65,19 @@ pub struct GenerateArgs {
     /// Random seed; a seeded run repeats exactly.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Draft model: a preset name, a .gguf file, an HF model directory, or a Hugging Face repo id
-    /// (org/name or org/name:file.gguf).
+    /// What drafts the blocks: the draft model (--draft), or `ngram` (prompt lookup over the
+    /// prompt and the text so far: no draft model, nearly free, proposes only where the text
+    /// repeats itself; greedy).
+    #[arg(long, value_enum, default_value = "model")]
+    pub drafter: DrafterArg,
+    /// --drafter ngram: the shortest n-gram matched.
+    #[arg(long, default_value_t = NgramConfig::default().min)]
+    pub ngram_min: usize,
+    /// --drafter ngram: the longest n-gram matched (longer matches are tried first).
+    #[arg(long, default_value_t = NgramConfig::default().max)]
+    pub ngram_max: usize,
+    /// Draft model (--drafter model): a preset name, a .gguf file, an HF model directory, or a
+    /// Hugging Face repo id (org/name or org/name:file.gguf).
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub draft: String,
     /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
@@ -143,6 +165,18 @@ impl GenerateArgs {
             seed: self.seed,
         };
         sampling.validate()?;
+        let drafter = match self.drafter {
+            DrafterArg::Model => DrafterSpec::Model,
+            DrafterArg::Ngram => {
+                let c = NgramConfig {
+                    min: self.ngram_min,
+                    max: self.ngram_max,
+                };
+                c.validate()
+                    .map_err(|e| anyhow::anyhow!("--ngram-min/--ngram-max: {e}"))?;
+                DrafterSpec::Ngram(c)
+            }
+        };
         Ok(Request {
             prompt: self.prompt.clone(),
             chat: self.chat,
@@ -157,6 +191,7 @@ impl GenerateArgs {
                 ModeArg::Speculative => Mode::Speculative,
                 ModeArg::TargetOnly => Mode::TargetOnly,
             },
+            drafter,
             draft_sampling: match self.draft_sampling {
                 DraftSamplingArg::Greedy => DraftSampling::Greedy,
                 DraftSamplingArg::Sample => DraftSampling::Sample,
@@ -244,7 +279,8 @@ pub fn output_json(
         "target": args.target,
         "target_device": args.target_device.to_string(),
         "draft_device": args.draft_device.to_string(),
-        "draft": if req.gamma.speculative() { Some(&args.draft) } else { None },
+        "drafter": req.drafter.name(),
+        "draft": if req.gamma.speculative() && req.drafter.needs_model() { Some(&args.draft) } else { None },
     });
     // The γ policy's outcome and the latency model's final estimates.
     if let Some(o) = j.as_object_mut() {
@@ -274,6 +310,12 @@ pub fn estimates_json(e: &Estimates) -> serde_json::Map<String, serde_json::Valu
 pub fn run(args: GenerateArgs) -> Result<()> {
     let mut req = args.request()?;
     if let Some(url) = &args.coordinator {
+        if !req.drafter.needs_model() {
+            bail!(
+                "--drafter {} runs embedded only for now: leave out --coordinator (a draft-node drafts with its model)",
+                req.drafter.name()
+            );
+        }
         let stdout = std::io::stdout();
         let remote = specd_coordinator::client::generate(
             url,
@@ -292,7 +334,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     let target = LoadedModel::load_on(&args.target, args.target_device, &crate::log)?;
     attach_protection(&mut req, &target.tokenizer, &args.protect)?;
-    let draft = if req.gamma.speculative() {
+    let draft = if req.gamma.speculative() && req.drafter.needs_model() {
         Some(LoadedModel::load_on(
             &args.draft,
             args.draft_device,

@@ -13,7 +13,7 @@ use crate::presets::Log;
 use crate::sampling::SamplingParams;
 use crate::source::ModelSource;
 use crate::spec_decode::budget::Policy;
-use crate::spec_decode::draft::Drafter;
+use crate::spec_decode::draft::{Drafter, DrafterSpec};
 use crate::spec_decode::gamma::GammaPolicy;
 use crate::spec_decode::generate::{run, RunStats};
 use crate::spec_decode::target::{SessionParams, TargetSession};
@@ -102,6 +102,8 @@ pub struct Request {
     /// Drafted tokens per block: fixed, `auto` or `heuristic` (see [`crate::spec_decode::gamma`]).
     pub gamma: GammaPolicy,
     pub mode: Mode,
+    /// What drafts: the draft model, or a model-free drafter.
+    pub drafter: DrafterSpec,
     pub draft_sampling: DraftSampling,
     /// Acceptance rule, budget, protection, pacing.
     pub policy: Policy,
@@ -186,8 +188,10 @@ pub fn generate(
         prompt.clone(),
         params,
     )?;
-    let mut drafter = match (req.mode, draft) {
-        (Mode::Speculative, Some(d)) if req.gamma.speculative() => {
+    let speculative = req.mode == Mode::Speculative && req.gamma.speculative();
+    let mut drafter = match (speculative, req.drafter, draft) {
+        (false, ..) => None,
+        (true, DrafterSpec::Model, Some(d)) => {
             check_pair(target, d)?;
             Some(Drafter::new(
                 d.model.clone(),
@@ -195,10 +199,13 @@ pub fn generate(
                 req.draft_sampling,
             ))
         }
-        (Mode::Speculative, None) if req.gamma.speculative() => {
-            bail!("speculative mode needs a draft model")
-        }
-        _ => None,
+        (true, DrafterSpec::Model, None) => bail!("speculative mode needs a draft model"),
+        (true, spec, _) => Some(Drafter::from_spec(
+            spec,
+            None,
+            req.sampling,
+            req.draft_sampling,
+        )?),
     };
     let mut stream = TextStream::new();
     let stats = run(

@@ -14,6 +14,7 @@ use specd_engine::pipeline::{encode_prompt, generate, LoadedModel, Mode, Request
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::{self, Agreement, Feed};
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::DraftSampling;
 
@@ -171,6 +172,7 @@ fn greedy_speculative_on_candle_agrees_with_its_target_only_argmax() {
             sampling: SamplingParams::default(),
             gamma: GammaPolicy::Fixed(4),
             mode: Mode::Speculative,
+            drafter: DrafterSpec::Model,
             draft_sampling: DraftSampling::Greedy,
             policy: Default::default(),
         };

@@ -5,6 +5,7 @@ mod common;
 
 use specd_engine::pipeline::{generate, Mode, Request};
 use specd_engine::sampling::SamplingParams;
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::{DraftSampling, FinishReason};
 
@@ -20,6 +21,7 @@ fn with_policy(prompt: &str, gamma: GammaPolicy, mode: Mode, max_tokens: usize) 
         sampling: SamplingParams::default(),
         gamma,
         mode,
+        drafter: DrafterSpec::Model,
         draft_sampling: DraftSampling::Greedy,
         policy: Default::default(),
     }
@@ -71,6 +73,71 @@ fn speculative_greedy_equals_target_only() {
     }
     // The weak draft must have been rejected somewhere, or the test proves nothing about rejection.
     assert!(total_rejections > 0);
+}
+
+/// The model-free drafter: prompt lookup, greedy, proposals of any length or none. Its output
+/// equals target-only bit for bit, in the embedded loop and pipelined (where an unmatched
+/// successor carries a stand-in token), and on text that repeats it does propose and get accepted.
+#[test]
+fn ngram_drafter_greedy_equals_target_only() {
+    use specd_engine::pipeline::encode_prompt;
+    use specd_engine::spec_decode::draft::ngram::NgramConfig;
+    use specd_engine::spec_decode::draft::Drafter;
+    use specd_engine::spec_decode::generate::run;
+    let t = common::target();
+    // A prompt whose answer quotes it: lookup has something to find.
+    let quoting =
+        "Repeat this sentence exactly three times: the quick brown fox jumps over the lazy dog.";
+    let mut accepted = 0;
+    let mut stale = 0;
+    for prompt in common::PROMPTS[..6].iter().copied().chain([quoting]) {
+        let base = generate(&t, None, &request(prompt, 0, Mode::TargetOnly, 64), |_| {}).unwrap();
+        for (gamma, config) in [
+            (GammaPolicy::Fixed(4), NgramConfig::default()),
+            (GammaPolicy::Fixed(8), NgramConfig { min: 1, max: 3 }),
+            (GammaPolicy::Auto { max: 16 }, NgramConfig::default()),
+        ] {
+            let mut req = with_policy(prompt, gamma, Mode::Speculative, 64);
+            req.drafter = DrafterSpec::Ngram(config);
+            let out = generate(&t, None, &req, |_| {}).unwrap();
+            assert_eq!(
+                out.token_ids, base.token_ids,
+                "prompt {prompt:?}, gamma {gamma}, {config}: ngram speculative differs from target-only"
+            );
+            assert_eq!(out.stats.draft_steps, 0, "no draft forwards");
+            accepted += out.stats.accepted_tokens;
+        }
+        // Pipelined, in process.
+        let ids = encode_prompt(&t.tokenizer, prompt, true).unwrap();
+        let mut s = common::open_session(&t, &ids, SamplingParams::default(), 64);
+        let mut drafter = Drafter::from_spec(
+            DrafterSpec::Ngram(NgramConfig { min: 1, max: 4 }),
+            None,
+            SamplingParams::default(),
+            DraftSampling::Greedy,
+        )
+        .unwrap();
+        let p = run(
+            &mut s,
+            Some(&mut drafter),
+            &ids,
+            64,
+            GammaPolicy::Fixed(4),
+            true,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(s.completion(), &base.token_ids[..], "{prompt:?} pipelined");
+        stale += p.stale_blocks;
+    }
+    assert!(
+        accepted > 20,
+        "lookup drafted only {accepted} accepted tokens"
+    );
+    assert!(
+        stale > 0,
+        "pipelined lookup must have met rejected predecessors"
+    );
 }
 
 #[test]

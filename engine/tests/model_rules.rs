@@ -10,6 +10,7 @@ use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
 use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::DraftSampling;
 
@@ -26,6 +27,7 @@ fn budget_bounds_non_argmax_tokens_at_temperature_zero() {
         sampling: SamplingParams::default(),
         gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { 4 }),
         mode,
+        drafter: DrafterSpec::Model,
         draft_sampling: DraftSampling::Greedy,
         policy,
     };
@@ -112,6 +114,7 @@ fn relaxation_raises_tokens_per_call() {
             sampling: SamplingParams::default(),
             gamma: GammaPolicy::Fixed(4),
             mode: Mode::Speculative,
+            drafter: DrafterSpec::Model,
             draft_sampling: DraftSampling::Greedy,
             policy,
         };

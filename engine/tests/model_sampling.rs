@@ -1,10 +1,12 @@
 //! Sampling exactness on the real model: the first token of speculative sampling follows the
-//! target's own distribution (sampled and greedy draft), and seeded runs repeat exactly.
+//! target's own distribution (sampled and greedy model draft, prompt lookup), and seeded runs
+//! repeat exactly.
 
 mod common;
 
 use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
 use specd_engine::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::{DraftBlock, DraftDist, DraftSampling, Verifier};
 
@@ -81,8 +83,24 @@ fn first_token_of_speculative_sampling_follows_the_target() {
         tv > 0.05,
         "draft and target too close ({tv}) for the test to detect a wrong residual"
     );
+    // Prompt lookup's proposal there: two one-hot tokens found earlier in the prompt.
+    let lookup = {
+        use specd_engine::spec_decode::draft::ngram::{NgramConfig, NgramDrafter};
+        let d = NgramDrafter::new(NgramConfig { min: 1, max: 4 }).unwrap();
+        d.propose(&prompt, 2).0
+    };
+    assert_eq!(
+        lookup.tokens.len(),
+        2,
+        "the prompt repeats its template tokens"
+    );
     let n = 1500;
-    for variant in ["sampled draft", "greedy draft", "target-only"] {
+    for variant in [
+        "sampled draft",
+        "greedy draft",
+        "ngram draft",
+        "target-only",
+    ] {
         let mut counts = std::collections::HashMap::new();
         let mut rejected = 0;
         for seed in 0..n as u64 {
@@ -108,6 +126,7 @@ fn first_token_of_speculative_sampling_follows_the_target() {
                     dists: vec![DraftDist::Greedy],
                     successor: false,
                 },
+                "ngram draft" => lookup.clone(),
                 _ => DraftBlock::empty(prompt.len()),
             };
             let v = s.verify(&block).unwrap();
@@ -144,6 +163,7 @@ fn seeded_sampled_runs_repeat_exactly() {
         },
         gamma: GammaPolicy::Fixed(gamma),
         mode: Mode::Speculative,
+        drafter: DrafterSpec::Model,
         draft_sampling,
         policy: Default::default(),
     };

@@ -1,10 +1,14 @@
 //! Experiment configurations: `RULE[@key=value,...]`, e.g. `exact`, `topk:3@budget=8`,
 //! `typical:0.09,0.3@budget=8,protect=none`. Keys: `budget` (default 0), `protect`
 //! (`default` | `none`; default `default`), `pacing` (`none` | `linear[:BURST]`; default `none`),
-//! `gamma` (overrides `--gamma`).
+//! `gamma` (a number, `auto` or `heuristic`; overrides `--gamma`), `drafter` (`model`, the default,
+//! or `ngram` / `ngram:MIN-MAX`: prompt lookup, no draft model), e.g. `exact@drafter=ngram,gamma=auto`.
 
 use anyhow::{bail, Context, Result};
 use specd_engine::spec_decode::budget::Pacing;
+use specd_engine::spec_decode::draft::ngram::NgramConfig;
+use specd_engine::spec_decode::draft::DrafterSpec;
+use specd_engine::spec_decode::gamma::{GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec_decode::rules::Rule;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -15,7 +19,28 @@ pub struct EvalConfig {
     pub budget: f64,
     pub protect: bool,
     pub pacing: Pacing,
-    pub gamma: Option<usize>,
+    pub gamma: Option<GammaPolicy>,
+    pub drafter: DrafterSpec,
+}
+
+/// `model`, `ngram` or `ngram:MIN-MAX`.
+fn parse_drafter(v: &str) -> Result<DrafterSpec> {
+    Ok(match v.split_once(':') {
+        None if v == "model" => DrafterSpec::Model,
+        None if v == "ngram" => DrafterSpec::Ngram(NgramConfig::default()),
+        Some(("ngram", lengths)) => {
+            let (min, max) = lengths
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .with_context(|| {
+                    format!("ngram:{lengths}: give the lengths as MIN-MAX, e.g. ngram:2-4")
+                })?;
+            let c = NgramConfig { min, max };
+            c.validate()?;
+            DrafterSpec::Ngram(c)
+        }
+        _ => bail!("drafter {v:?}: use model, ngram or ngram:MIN-MAX"),
+    })
 }
 
 impl std::str::FromStr for EvalConfig {
@@ -35,6 +60,7 @@ impl std::str::FromStr for EvalConfig {
             protect: true,
             pacing: Pacing::None,
             gamma: None,
+            drafter: DrafterSpec::Model,
         };
         for kv in opts.into_iter().flat_map(|o| o.split(',')) {
             let (k, v) = kv
@@ -58,12 +84,17 @@ impl std::str::FromStr for EvalConfig {
                 }
                 "pacing" => c.pacing = v.parse().with_context(|| format!("config {spec:?}"))?,
                 "gamma" => {
-                    c.gamma = Some(v.trim().parse().with_context(|| {
-                        format!("config {spec:?}: gamma {v:?} is not a whole number")
-                    })?)
+                    c.gamma = Some(
+                        GammaPolicy::parse(v.trim(), DEFAULT_GAMMA_MAX)
+                            .map_err(|e| anyhow::anyhow!("config {spec:?}: gamma: {e}"))?,
+                    )
+                }
+                "drafter" => {
+                    c.drafter =
+                        parse_drafter(v.trim()).with_context(|| format!("config {spec:?}"))?
                 }
                 other => bail!(
-                    "config {spec:?}: unknown key {other:?} (keys: budget, protect, pacing, gamma)"
+                    "config {spec:?}: unknown key {other:?} (keys: budget, protect, pacing, gamma, drafter)"
                 ),
             }
         }
@@ -120,8 +151,34 @@ mod tests {
             "exact@budget=2",
             "exact;exact",
             "target-only",
+            "exact@drafter=lookup",
+            "exact@drafter=ngram:3",
+            "exact@drafter=ngram:4-2",
+            "exact@gamma=fast",
         ] {
             assert!(parse_configs(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn parses_drafter_and_gamma_policy() {
+        let c = parse_configs(
+            "exact@drafter=ngram,gamma=auto;topk:5@budget=32,drafter=ngram:1-3;exact",
+        )
+        .unwrap();
+        assert_eq!(c[0].drafter, DrafterSpec::Ngram(NgramConfig::default()));
+        assert_eq!(
+            c[0].gamma,
+            Some(GammaPolicy::Auto {
+                max: DEFAULT_GAMMA_MAX
+            })
+        );
+        assert_eq!(
+            c[1].drafter,
+            DrafterSpec::Ngram(NgramConfig { min: 1, max: 3 })
+        );
+        assert_eq!((c[2].drafter, c[2].gamma), (DrafterSpec::Model, None));
+        let e = parse_configs("exact@drafter=ngram:0-3").unwrap_err();
+        assert!(format!("{e:#}").contains("1 ≤ min ≤ max"), "{e:#}");
     }
 }

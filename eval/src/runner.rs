@@ -13,6 +13,7 @@ use specd_engine::pipeline::{encode_prompt, generate, LoadedModel, Mode, Request
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
 use specd_engine::spec_decode::budget::{Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::DraftSampling;
 
@@ -243,12 +244,18 @@ impl<'a> Runner<'a> {
         let msgs = prompt_messages(p, &self.shots);
         let refs: Vec<(&str, &str)> = msgs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
         let prompt_text = self.target.tokenizer.apply_chat_template_messages(&refs)?;
-        let (mode, gamma, policy) = match config {
-            None => (Mode::TargetOnly, 0, Policy::default()),
+        let (mode, gamma, policy, drafter) = match config {
+            None => (
+                Mode::TargetOnly,
+                GammaPolicy::Fixed(0),
+                Policy::default(),
+                DrafterSpec::Model,
+            ),
             Some(c) => (
                 Mode::Speculative,
-                c.gamma.unwrap_or(self.opts.gamma),
+                c.gamma.unwrap_or(GammaPolicy::Fixed(self.opts.gamma)),
                 self.policy(c),
+                c.drafter,
             ),
         };
         let req = Request {
@@ -261,13 +268,18 @@ impl<'a> Runner<'a> {
                 top_k: 0,
                 seed,
             },
-            gamma: GammaPolicy::Fixed(gamma),
+            gamma,
             mode,
+            drafter,
             draft_sampling: DraftSampling::Greedy,
             policy,
         };
         let out = match &self.opts.coordinator {
             None => generate(self.target, Some(self.draft), &req, |_| {})?,
+            Some(_) if !drafter.needs_model() => bail!(
+                "drafter {} runs embedded only for now: it cannot go through --coordinator",
+                drafter.name()
+            ),
             Some(url) => {
                 let protect = if config.is_some_and(|c| !c.protect) {
                     "none"

@@ -9,6 +9,7 @@ use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::DraftSampling;
 
@@ -71,6 +72,7 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
         sampling: SamplingParams::default(),
         gamma: GammaPolicy::Fixed(a.gamma),
         mode: Mode::Speculative,
+        drafter: DrafterSpec::Model,
         draft_sampling: DraftSampling::Greedy,
         policy: Policy::default(),
     };

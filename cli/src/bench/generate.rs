@@ -8,6 +8,7 @@ use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::DraftSampling;
 
@@ -98,6 +99,7 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         sampling,
         gamma: GammaPolicy::Fixed(gamma),
         mode,
+        drafter: DrafterSpec::Model,
         draft_sampling: DraftSampling::Greedy,
         policy: Policy::default(),
     };

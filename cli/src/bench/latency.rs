@@ -22,6 +22,7 @@ use specd_engine::pipeline::{Mode, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec_decode::DraftSampling;
 use specd_eval::plot;
@@ -305,6 +306,7 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
         } else {
             Mode::TargetOnly
         },
+        drafter: DrafterSpec::Model,
         draft_sampling: DraftSampling::Greedy,
         policy: Policy::default(),
     };

@@ -12,6 +12,7 @@ use specd_engine::presets::DEFAULT_TARGET;
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
 use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet};
+use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
 use specd_engine::spec_decode::rules::Rule;
 use specd_engine::spec_decode::DraftSampling;
@@ -92,6 +93,7 @@ pub fn bench_rules(a: RulesBenchArgs) -> Result<()> {
             sampling,
             gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { a.gamma }),
             mode,
+            drafter: DrafterSpec::Model,
             draft_sampling: DraftSampling::Greedy,
             policy,
         };

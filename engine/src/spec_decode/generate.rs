@@ -143,14 +143,23 @@ pub fn run(
                 stats.draft_prefill_s += t.prefill_s;
                 // A prefill forward is no per-token cost: keep it out of the t_d estimate.
                 if t.prefill_s > 0.0 {
-                    ctl.observe_draft(t.steps - 1, t.seconds - t.prefill_s);
+                    ctl.observe_draft(t.cost_units - 1, t.seconds - t.prefill_s);
                 } else {
-                    ctl.observe_draft(t.steps, t.seconds);
+                    ctl.observe_draft(t.cost_units, t.seconds);
                 }
                 b
             }
             _ => DraftBlock::empty(base.len()),
         };
+        // A successor must carry a token. Where a model-free drafter found nothing, the last
+        // token stands in: judged like any drafted token (exact: q is one-hot), almost surely
+        // rejected, and the rejection commits the target's own token.
+        if min_gamma > 0 && block.tokens.is_empty() && g > 0 {
+            block
+                .tokens
+                .push(*base.last().expect("a successor follows committed tokens"));
+            block.dists.push(super::DraftDist::Greedy);
+        }
         // A successor needs room for at least one drafted token after this block.
         block.successor =
             pipeline && !block.tokens.is_empty() && remaining >= block.tokens.len() + 2;

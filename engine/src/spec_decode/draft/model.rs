@@ -1,4 +1,4 @@
-//! The draft side: proposes blocks with the draft model, keeping its KV cache in step with the
+//! The model draft: proposes blocks with the draft model, keeping its KV cache in step with the
 //! committed sequence (rolled back to the longest prefix it shares with it).
 
 use std::sync::Arc;
@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{DraftBlock, DraftDist, DraftSampling};
+use super::DraftTiming;
 use crate::model::{KvCache, Model};
 use crate::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
+use crate::spec_decode::{DraftBlock, DraftDist, DraftSampling};
 
 #[derive(Clone)]
-pub struct Drafter {
+pub struct ModelDrafter {
     model: Arc<Model>,
     cache: KvCache,
     /// The tokens whose keys/values are in `cache`.
@@ -20,31 +21,16 @@ pub struct Drafter {
     mode: DraftSampling,
 }
 
-/// Timing of one proposal.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DraftTiming {
-    /// Draft forwards run.
-    pub steps: usize,
-    pub seconds: f64,
-    /// Seconds of the first forward when it had to feed more than two tokens (the prompt, or a
-    /// sequence the draft had not seen): a prefill, not a per-token cost.
-    pub prefill_s: f64,
-}
-
-impl Drafter {
+impl ModelDrafter {
     pub fn new(model: Arc<Model>, sampling: SamplingParams, mode: DraftSampling) -> Self {
         let cache = model.new_cache();
-        Drafter {
+        ModelDrafter {
             model,
             cache,
             cache_tokens: Vec::new(),
             sampling,
             mode,
         }
-    }
-
-    pub fn model(&self) -> &Model {
-        &self.model
     }
 
     /// Proposes up to `gamma` tokens following `committed` (fewer near the draft's context end).
@@ -110,6 +96,7 @@ impl Drafter {
             block,
             DraftTiming {
                 steps,
+                cost_units: steps,
                 seconds: t0.elapsed().as_secs_f64(),
                 prefill_s,
             },
