@@ -132,6 +132,24 @@ fn generate_json_contract() {
     }
     assert!(auto["est_t_verify_ms"].as_f64().unwrap() > 0.0);
     assert_eq!(spec["mean_gamma"], 4.0, "a fixed γ is its own mean");
+    assert_eq!(spec["drafter"], "model");
+    // Prompt lookup: no draft model is named or loaded, and the output is unchanged.
+    let lookup = json_line(&specd(&[
+        "generate",
+        "--prompt",
+        "Write a haiku about the sea.",
+        "--chat",
+        "--max-tokens",
+        "24",
+        "--drafter",
+        "ngram",
+        "--draft",
+        "no-such-model",
+        "--json",
+    ]));
+    assert_eq!(lookup["drafter"], "ngram");
+    assert!(lookup["draft"].is_null());
+    assert_eq!(lookup["token_ids"], base["token_ids"]);
 }
 
 #[test]
@@ -172,6 +190,19 @@ fn invalid_flag_values_are_named() {
     fails_with(&with(&["--rule", "bogus"]), &["--rule", "bogus"]);
     fails_with(&with(&["--mode", "fast"]), &["--mode"]);
     fails_with(&with(&["--seed", "abc"]), &["--seed"]);
+    fails_with(&with(&["--drafter", "suffix"]), &["--drafter", "ngram"]);
+    fails_with(
+        &with(&["--drafter", "ngram", "--ngram-min", "0"]),
+        &["--ngram-min", "1 ≤ min ≤ max"],
+    );
+    fails_with(
+        &with(&["--drafter", "ngram", "--ngram-min", "5"]),
+        &["--ngram-min", "min 5, max 4"],
+    );
+    fails_with(
+        &with(&["--drafter", "ngram", "--coordinator", "http://127.0.0.1:9"]),
+        &["--drafter ngram", "embedded only", "--coordinator"],
+    );
 }
 
 #[test]
