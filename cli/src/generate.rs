@@ -165,18 +165,7 @@ impl GenerateArgs {
             seed: self.seed,
         };
         sampling.validate()?;
-        let drafter = match self.drafter {
-            DrafterArg::Model => DrafterSpec::Model,
-            DrafterArg::Ngram => {
-                let c = NgramConfig {
-                    min: self.ngram_min,
-                    max: self.ngram_max,
-                };
-                c.validate()
-                    .map_err(|e| anyhow::anyhow!("--ngram-min/--ngram-max: {e}"))?;
-                DrafterSpec::Ngram(c)
-            }
-        };
+        let drafter = drafter_spec(self.drafter, self.ngram_min, self.ngram_max)?;
         Ok(Request {
             prompt: self.prompt.clone(),
             chat: self.chat,
@@ -208,6 +197,19 @@ impl GenerateArgs {
             },
         })
     }
+}
+
+/// `--drafter` with its n-gram lengths.
+pub fn drafter_spec(arg: DrafterArg, min: usize, max: usize) -> Result<DrafterSpec> {
+    Ok(match arg {
+        DrafterArg::Model => DrafterSpec::Model,
+        DrafterArg::Ngram => {
+            let c = NgramConfig { min, max };
+            c.validate()
+                .map_err(|e| anyhow::anyhow!("--ngram-min/--ngram-max: {e}"))?;
+            DrafterSpec::Ngram(c)
+        }
+    })
 }
 
 /// The `--protect` argument as a pattern (`None` for `none`).
@@ -310,12 +312,6 @@ pub fn estimates_json(e: &Estimates) -> serde_json::Map<String, serde_json::Valu
 pub fn run(args: GenerateArgs) -> Result<()> {
     let mut req = args.request()?;
     if let Some(url) = &args.coordinator {
-        if !req.drafter.needs_model() {
-            bail!(
-                "--drafter {} runs embedded only for now: leave out --coordinator (a draft-node drafts with its model)",
-                req.drafter.name()
-            );
-        }
         let stdout = std::io::stdout();
         let remote = specd_coordinator::client::generate(
             url,

@@ -7,6 +7,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use specd_engine::device::Device;
 use specd_engine::pipeline::LoadedModel;
+use specd_engine::spec_decode::draft::ngram::NgramConfig;
+
+use crate::generate::DrafterArg;
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -68,7 +71,19 @@ pub struct DraftNodeArgs {
     /// Address to serve on, e.g. 0.0.0.0:50052.
     #[arg(long)]
     pub listen: String,
-    /// The draft model (preset, file, directory or Hugging Face repo id).
+    /// What drafts when a request names no drafter: the draft model (--model), or `ngram`
+    /// (prompt lookup: no model file, no accelerator; drafts for a target of any vocabulary).
+    /// Requests may ask for `ngram` from a node with a model too.
+    #[arg(long, value_enum, default_value = "model")]
+    pub drafter: DrafterArg,
+    /// --drafter ngram: the shortest n-gram matched.
+    #[arg(long, default_value_t = NgramConfig::default().min)]
+    pub ngram_min: usize,
+    /// --drafter ngram: the longest n-gram matched.
+    #[arg(long, default_value_t = NgramConfig::default().max)]
+    pub ngram_max: usize,
+    /// The draft model (preset, file, directory or Hugging Face repo id); not loaded with
+    /// --drafter ngram.
     #[arg(long, default_value = DEFAULT_DRAFT)]
     pub model: String,
     /// Device: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
@@ -81,10 +96,16 @@ pub struct DraftNodeArgs {
 
 pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
     let listen = parse_listen(&a.listen)?;
-    let model = LoadedModel::load_on(&a.model, a.device, &crate::log)?;
+    let drafter = crate::generate::drafter_spec(a.drafter, a.ngram_min, a.ngram_max)?;
+    let model = if drafter.needs_model() {
+        Some(LoadedModel::load_on(&a.model, a.device, &crate::log)?)
+    } else {
+        None
+    };
     let cfg = specd_draft_node::DraftConfig {
         listen,
         max_gamma: a.max_gamma,
+        drafter,
     };
     runtime()?.block_on(specd_draft_node::serve(cfg, model, ctrl_c()))
 }

@@ -199,10 +199,6 @@ fn invalid_flag_values_are_named() {
         &with(&["--drafter", "ngram", "--ngram-min", "5"]),
         &["--ngram-min", "min 5, max 4"],
     );
-    fails_with(
-        &with(&["--drafter", "ngram", "--coordinator", "http://127.0.0.1:9"]),
-        &["--drafter ngram", "embedded only", "--coordinator"],
-    );
 }
 
 #[test]

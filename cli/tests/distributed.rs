@@ -145,6 +145,75 @@ const PROMPTS: &[&str] = &[
     "What is 12 times 7? Show your work.",
 ];
 
+/// A model-free draft-node (`--drafter ngram`: no model file loaded) drafts by prompt lookup for
+/// the target: the output equals the embedded lookup run and target-only, text included (the
+/// text comes from the target's verdicts), pipelined and not; asking it for the model drafter is
+/// a clear error; a model-holding node serves a lookup request too.
+#[test]
+fn model_free_draft_node_equals_embedded() {
+    let t = target_node(&[]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let free = spawn(
+        &[
+            "draft-node",
+            "--listen",
+            &listen,
+            "--drafter",
+            "ngram",
+            "--model",
+            "no-such-model",
+        ],
+        port,
+    );
+    let c = coordinator(&t, Some(&free));
+    let with_model = draft_node("smollm2-135m-q4_1");
+    let c_model = coordinator(&t, Some(&with_model));
+    let prompt = "Repeat this sentence exactly twice: the quick brown fox jumps over the lazy dog.";
+    let base = generate(prompt, &["--max-tokens", "48", "--mode", "target-only"]);
+    let embedded = generate(prompt, &["--max-tokens", "48", "--drafter", "ngram"]);
+    assert_eq!(embedded["token_ids"], base["token_ids"]);
+    assert!(
+        embedded["accepted_tokens"].as_u64().unwrap() > 0,
+        "the quoting prompt must give lookup something: {embedded}"
+    );
+    for (url, extra) in [
+        (&c.url, None),
+        (&c.url, Some("--no-pipeline")),
+        (&c_model.url, None),
+    ] {
+        let mut args = vec![
+            "--max-tokens",
+            "48",
+            "--drafter",
+            "ngram",
+            "--coordinator",
+            url,
+        ];
+        args.extend(extra);
+        let d = generate(prompt, &args);
+        assert_eq!(d["token_ids"], base["token_ids"], "{args:?}");
+        assert_eq!(d["text"], base["text"], "{args:?}: text from the target");
+        assert_eq!(d["fallback"], false, "{args:?}: {d}");
+        assert!(d["accepted_tokens"].as_u64().unwrap() > 0, "{args:?}: {d}");
+    }
+    let o = run(&[
+        "generate",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+        "--coordinator",
+        &c.url,
+    ]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("no draft model") && e.contains("ngram"),
+        "asking a model-free node for the model drafter: {e}"
+    );
+}
+
 #[test]
 fn distributed_equals_embedded_and_target_only() {
     let t = target_node(&[]);

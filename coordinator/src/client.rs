@@ -67,6 +67,7 @@ pub fn generate(
             },
             tenant: String::new(),
             no_pipeline: !pipeline,
+            drafter: req.drafter.to_string(),
         };
         let mut stream = client
             .generate(wire)

@@ -200,6 +200,7 @@ impl Coordinator for CoordinatorNode {
                     sampling: r.sampling,
                     draft_sampling: r.draft_sampling.clone(),
                     pipeline: !r.no_pipeline,
+                    drafter: r.drafter.clone(),
                 })
                 .await
             }
@@ -409,8 +410,9 @@ pub async fn serve(
                 )
             })?
             .into_inner();
+        // A model-free draft-node (empty fingerprint) drafts in any vocabulary.
         for (t, fp) in &fingerprints {
-            if *fp != info.vocab_fingerprint {
+            if !info.vocab_fingerprint.is_empty() && *fp != info.vocab_fingerprint {
                 eprintln!(
                     "specd coordinator: warning: draft {url} (vocabulary {}) and target {t} (vocabulary {fp}) differ; its requests will be refused",
                     info.vocab_fingerprint

@@ -1,7 +1,10 @@
 //! `specd draft-node`: serves `specd.v1.Drafter`. `Run` connects to the target named in the
-//! request, refuses a target with another vocabulary, and runs the engine's speculative loop
-//! (`spec_decode::generate::run`, the same code as the embedded mode) through [`GrpcVerifier`], a
-//! `Verifier` that sends each block on a `Verify` stream and waits for its verdict.
+//! request, refuses a target with another vocabulary (when it drafts with a model), and runs the
+//! engine's speculative loop (`spec_decode::generate::run`, the same code as the embedded mode)
+//! through [`GrpcVerifier`], a `Verifier` that sends each block on a `Verify` stream and waits for
+//! its verdict. A node started with `--drafter ngram` holds no model at all: it drafts by prompt
+//! lookup in any vocabulary (it adopts the target's), and the text of its events, like every
+//! node's, comes from the target's verdicts.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -9,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use specd_engine::pipeline::{LoadedModel, TextStream};
-use specd_engine::spec_decode::draft::Drafter;
+use specd_engine::pipeline::LoadedModel;
+use specd_engine::spec_decode::draft::{Drafter, DrafterSpec};
 use specd_engine::spec_decode::generate::run as run_loop;
 use specd_engine::spec_decode::{DraftBlock, FinishReason, Verdict, Verifier};
 use specd_proto::convert;
@@ -26,11 +29,15 @@ use tonic::{Request, Response, Status, Streaming};
 pub struct DraftConfig {
     pub listen: SocketAddr,
     pub max_gamma: usize,
+    /// The drafter of requests that name none.
+    pub drafter: DrafterSpec,
 }
 
 #[derive(Clone)]
 pub struct DraftNode {
-    model: Arc<LoadedModel>,
+    /// None on a model-free node.
+    model: Option<Arc<LoadedModel>>,
+    drafter: DrafterSpec,
     max_gamma: usize,
 }
 
@@ -63,10 +70,6 @@ pub struct GrpcVerifier {
     pub overhead_us: Vec<f64>,
     /// Send times of the blocks in flight, and whether each was alone in flight when sent.
     sent: std::collections::VecDeque<(std::time::Instant, bool)>,
-    /// The text of the committed tokens is decoded here (the draft shares the target's
-    /// vocabulary), so relaying it costs no round trip to the target.
-    model: Arc<LoadedModel>,
-    pub text: TextStream,
 }
 
 /// The q-quantile of `v` (sorted in place).
@@ -123,12 +126,8 @@ impl Verifier for GrpcVerifier {
             "length" => Some(FinishReason::Length),
             _ => None,
         };
-        let text = self
-            .text
-            .push(&self.model.tokenizer, &v.committed, false)
-            .unwrap_or_default();
         let event = TokenEvent {
-            text,
+            text: v.text,
             token_ids: v.committed.clone(),
             lossy: v.lossy.clone(),
             charge: v.charge.clone(),
@@ -162,11 +161,18 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>
 #[tonic::async_trait]
 impl DrafterRpc for DraftNode {
     async fn info(&self, _: Request<v1::InfoRequest>) -> Result<Response<v1::ModelInfo>, Status> {
-        Ok(Response::new(convert::model_info(
-            &self.model,
-            "draft",
-            self.max_gamma,
-        )))
+        Ok(Response::new(match &self.model {
+            Some(m) => convert::model_info(m, "draft", self.max_gamma),
+            // No vocabulary of its own: an empty fingerprint drafts for any target.
+            None => v1::ModelInfo {
+                protocol_version: specd_proto::PROTOCOL_VERSION.into(),
+                role: "draft".into(),
+                model_id: self.drafter.to_string(),
+                max_block: self.max_gamma as u32,
+                device: "none".into(),
+                ..Default::default()
+            },
+        }))
     }
 
     type RunStream = EventStream;
@@ -184,16 +190,37 @@ impl DrafterRpc for DraftNode {
         let sampling = convert::sampling_from_wire(r.sampling.as_ref())?;
         let mode = convert::draft_sampling_from_wire(&r.draft_sampling)?;
         let gamma = convert::gamma_from_wire(r.gamma, &r.gamma_policy, r.gamma_max, usize::MAX)?;
+        let spec = if r.drafter.is_empty() {
+            self.drafter
+        } else {
+            r.drafter
+                .parse::<DrafterSpec>()
+                .map_err(|e| Status::invalid_argument(format!("{e:#}")))?
+        };
+        let model = match (spec, &self.model) {
+            (DrafterSpec::Model, None) => {
+                return Err(Status::failed_precondition(format!(
+                    "this draft-node has no draft model (it serves --drafter {}); ask for drafter {0} or start it with --drafter model",
+                    self.drafter
+                )))
+            }
+            (DrafterSpec::Model, Some(m)) => Some(m.clone()),
+            _ => None,
+        };
         let channel = connect(&r.target_url).await?;
         let mut client = TargetVerifierClient::new(channel).max_decoding_message_size(64 << 20);
         let info = client.info(v1::InfoRequest {}).await?.into_inner();
-        let mine = self.model.tokenizer.fingerprint();
-        if info.vocab_fingerprint != mine {
-            return Err(Status::failed_precondition(format!(
-                "vocabulary mismatch: draft {} has fingerprint {mine}, target {} at {} has {}",
-                self.model.name, info.model_id, r.target_url, info.vocab_fingerprint
-            )));
+        if let Some(m) = &model {
+            let mine = m.tokenizer.fingerprint();
+            if info.vocab_fingerprint != mine {
+                return Err(Status::failed_precondition(format!(
+                    "vocabulary mismatch: draft {} has fingerprint {mine}, target {} at {} has {}",
+                    m.name, info.model_id, r.target_url, info.vocab_fingerprint
+                )));
+            }
         }
+        let mut drafter = Drafter::from_spec(spec, model.map(|m| m.model.clone()), sampling, mode)
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let gamma = gamma.capped(self.max_gamma.min(info.max_block as usize));
         let (frame_tx, frame_rx) = mpsc::channel(2);
         let verdicts = client
@@ -201,7 +228,6 @@ impl DrafterRpc for DraftNode {
             .await?
             .into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let model = self.model.clone();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let mut verifier = GrpcVerifier {
@@ -214,10 +240,7 @@ impl DrafterRpc for DraftNode {
                 last_spent: 0.0,
                 overhead_us: Vec::new(),
                 sent: Default::default(),
-                model: model.clone(),
-                text: TextStream::new(),
             };
-            let mut drafter = Drafter::new(model.model.clone(), sampling, mode);
             match run_loop(
                 &mut verifier,
                 Some(&mut drafter),
@@ -232,12 +255,7 @@ impl DrafterRpc for DraftNode {
                     wire.rounds = verifier.overhead_us.len() as u64;
                     wire.round_overhead_us_p50 = quantile(&mut verifier.overhead_us, 0.5);
                     wire.round_overhead_us_p99 = quantile(&mut verifier.overhead_us, 0.99);
-                    let text = verifier
-                        .text
-                        .push(&model.tokenizer, &[], true)
-                        .unwrap_or_default();
                     let _ = tx.blocking_send(Ok(TokenEvent {
-                        text,
                         finished: true,
                         finish_reason: stats
                             .finish_reason
@@ -262,21 +280,29 @@ impl DrafterRpc for DraftNode {
 }
 
 /// Binds the listener (a clear error when the address is taken) and serves until `shutdown`.
+/// `model` is required for the model drafter and unused by the others.
 pub async fn serve(
     cfg: DraftConfig,
-    model: LoadedModel,
+    model: Option<LoadedModel>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
+    if cfg.drafter.needs_model() && model.is_none() {
+        anyhow::bail!("the model drafter needs a draft model");
+    }
     let listener = specd_proto::bind(cfg.listen).await?;
     let node = DraftNode {
-        model: Arc::new(model),
+        model: model.map(Arc::new),
+        drafter: cfg.drafter,
         max_gamma: cfg.max_gamma,
     };
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<DrafterServer<DraftNode>>().await;
     eprintln!(
         "specd draft-node: serving {} on {}",
-        node.model.name,
+        node.model.as_ref().map_or_else(
+            || format!("drafter {} (no model)", node.drafter),
+            |m| m.name.clone()
+        ),
         listener.local_addr()?
     );
     tonic::transport::Server::builder()

@@ -6,7 +6,6 @@
 
 use anyhow::{bail, Context, Result};
 use specd_engine::spec_decode::budget::Pacing;
-use specd_engine::spec_decode::draft::ngram::NgramConfig;
 use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::{GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec_decode::rules::Rule;
@@ -21,26 +20,6 @@ pub struct EvalConfig {
     pub pacing: Pacing,
     pub gamma: Option<GammaPolicy>,
     pub drafter: DrafterSpec,
-}
-
-/// `model`, `ngram` or `ngram:MIN-MAX`.
-fn parse_drafter(v: &str) -> Result<DrafterSpec> {
-    Ok(match v.split_once(':') {
-        None if v == "model" => DrafterSpec::Model,
-        None if v == "ngram" => DrafterSpec::Ngram(NgramConfig::default()),
-        Some(("ngram", lengths)) => {
-            let (min, max) = lengths
-                .split_once('-')
-                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
-                .with_context(|| {
-                    format!("ngram:{lengths}: give the lengths as MIN-MAX, e.g. ngram:2-4")
-                })?;
-            let c = NgramConfig { min, max };
-            c.validate()?;
-            DrafterSpec::Ngram(c)
-        }
-        _ => bail!("drafter {v:?}: use model, ngram or ngram:MIN-MAX"),
-    })
 }
 
 impl std::str::FromStr for EvalConfig {
@@ -90,8 +69,7 @@ impl std::str::FromStr for EvalConfig {
                     )
                 }
                 "drafter" => {
-                    c.drafter =
-                        parse_drafter(v.trim()).with_context(|| format!("config {spec:?}"))?
+                    c.drafter = v.parse().with_context(|| format!("config {spec:?}"))?
                 }
                 other => bail!(
                     "config {spec:?}: unknown key {other:?} (keys: budget, protect, pacing, gamma, drafter)"
@@ -127,6 +105,7 @@ pub fn parse_configs(s: &str) -> Result<Vec<EvalConfig>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use specd_engine::spec_decode::draft::ngram::NgramConfig;
 
     #[test]
     fn parses_configs() {

@@ -276,10 +276,6 @@ impl<'a> Runner<'a> {
         };
         let out = match &self.opts.coordinator {
             None => generate(self.target, Some(self.draft), &req, |_| {})?,
-            Some(_) if !drafter.needs_model() => bail!(
-                "drafter {} runs embedded only for now: it cannot go through --coordinator",
-                drafter.name()
-            ),
             Some(url) => {
                 let protect = if config.is_some_and(|c| !c.protect) {
                     "none"

@@ -34,6 +34,8 @@ pub struct TargetConfig {
 
 struct Slot {
     session: Mutex<TargetSession>,
+    /// The completion's text as verdicts commit it (`Verdict.text`).
+    text: Mutex<TextStream>,
     last_used: Mutex<Instant>,
 }
 
@@ -126,8 +128,10 @@ impl TargetService {
         seq: u64,
         budget: f64,
         verify_ms: f64,
+        text: String,
     ) -> Verdict {
         Verdict {
+            text,
             block_seq: seq,
             stale: false,
             accepted: v.accepted as u32,
@@ -205,6 +209,7 @@ impl TargetVerifier for TargetNode {
             id.clone(),
             Arc::new(Slot {
                 session: Mutex::new(session),
+                text: Mutex::new(TextStream::new()),
                 last_used: Mutex::new(Instant::now()),
             }),
         );
@@ -253,6 +258,7 @@ impl TargetVerifier for TargetNode {
                         block_from_wire(&wire, svc.model.model.config.vocab_size, svc.max_block)?;
                     slot.touch();
                     let seq = wire.block_seq;
+                    let tokenizer = svc.model.tokenizer.clone();
                     let verdict = tokio::task::spawn_blocking(move || {
                         let mut s = slot.session.lock().unwrap();
                         if s.finished().is_some() {
@@ -273,11 +279,15 @@ impl TargetVerifier for TargetNode {
                                 ..Default::default()
                             });
                         }
+                        let verify_ms = t0.elapsed().as_secs_f64() * 1e3;
+                        let text = slot
+                            .text
+                            .lock()
+                            .unwrap()
+                            .push(&tokenizer, &v.committed, v.finished.is_some())
+                            .unwrap_or_default();
                         Ok(TargetService::verdict_to_wire(
-                            &v,
-                            seq,
-                            budget,
-                            t0.elapsed().as_secs_f64() * 1e3,
+                            &v, seq, budget, verify_ms, text,
                         ))
                     })
                     .await

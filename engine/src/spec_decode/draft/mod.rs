@@ -28,6 +28,40 @@ pub enum DrafterSpec {
     Ngram(NgramConfig),
 }
 
+impl std::str::FromStr for DrafterSpec {
+    type Err = anyhow::Error;
+
+    /// `model`, `ngram` (default lengths) or `ngram:MIN-MAX`.
+    fn from_str(v: &str) -> Result<Self> {
+        Ok(match v.trim().split_once(':') {
+            None if v.trim() == "model" => DrafterSpec::Model,
+            None if v.trim() == "ngram" => DrafterSpec::Ngram(NgramConfig::default()),
+            Some(("ngram", lengths)) => {
+                let Some((min, max)) = lengths
+                    .split_once('-')
+                    .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                else {
+                    bail!("drafter {v:?}: give the n-gram lengths as MIN-MAX, e.g. ngram:2-4");
+                };
+                let c = NgramConfig { min, max };
+                c.validate()?;
+                DrafterSpec::Ngram(c)
+            }
+            _ => bail!("drafter {v:?}: use model, ngram or ngram:MIN-MAX"),
+        })
+    }
+}
+
+impl std::fmt::Display for DrafterSpec {
+    /// The form [`DrafterSpec::from_str`] reads (the wire's `drafter` field).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DrafterSpec::Model => write!(f, "model"),
+            DrafterSpec::Ngram(c) => write!(f, "ngram:{}-{}", c.min, c.max),
+        }
+    }
+}
+
 impl DrafterSpec {
     pub fn needs_model(&self) -> bool {
         matches!(self, DrafterSpec::Model)
@@ -92,6 +126,42 @@ impl Drafter {
         match self {
             Drafter::Model(d) => d.propose(committed, gamma),
             Drafter::Ngram(d) => Ok(d.propose(committed, gamma)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_print_back() {
+        for (text, spec) in [
+            ("model", DrafterSpec::Model),
+            ("ngram", DrafterSpec::Ngram(NgramConfig::default())),
+            (
+                "ngram:1-3",
+                DrafterSpec::Ngram(NgramConfig { min: 1, max: 3 }),
+            ),
+        ] {
+            let parsed: DrafterSpec = text.parse().unwrap();
+            assert_eq!(parsed, spec);
+            assert_eq!(parsed.to_string().parse::<DrafterSpec>().unwrap(), spec);
+        }
+        assert_eq!(
+            DrafterSpec::Ngram(NgramConfig::default()).to_string(),
+            "ngram:2-4"
+        );
+        for bad in [
+            "",
+            "lookup",
+            "ngram:3",
+            "ngram:a-b",
+            "ngram:0-2",
+            "ngram:4-2",
+            "model:1",
+        ] {
+            assert!(bad.parse::<DrafterSpec>().is_err(), "{bad}");
         }
     }
 }

@@ -41,7 +41,7 @@ impl NgramConfig {
 
 impl fmt::Display for NgramConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ngram:{}..{}", self.min, self.max)
+        write!(f, "ngram:{}-{}", self.min, self.max)
     }
 }
 
