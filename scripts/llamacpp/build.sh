@@ -24,7 +24,7 @@ cmake -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
   -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
   -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF >/dev/null
-cmake --build build -j"$(nproc)" --target llama-bench llama-speculative-simple llama-simple llama-quantize
+cmake --build build -j"$(nproc)" --target llama-bench llama-speculative-simple llama-simple llama-quantize llama-server
 BIN=$PWD/build/bin
 ENV="export LD_LIBRARY_PATH=$BIN LLAMA_CPP_LIB_PATH=$BIN PYTHONPATH=$D/llama_cpp_python-$VERSION"
 echo "$ENV" > "$D/env.sh"
