@@ -6,10 +6,9 @@ docs/results/drafters.md.
         --data ../shared/data/gsm8k/test_dev.jsonl --limit 50 --out docs/results/llamacpp-spec.json
 
 For each configuration (target-only, ngram-simple at its defaults and at n=3 m=8, ngram-mod, a draft
-model with at most 4 drafted tokens) it starts
-one `llama-server` (2 threads, greedy, the target's own chat template) and sends every problem as
-the same single user message specd's eval sends (question, newline, the eval's instruction) to
-`/v1/chat/completions` with up to 256 tokens; the server's `timings` give decode tokens and
+model with at most 4 drafted tokens) it starts one `llama-server` (2 threads, greedy, the target's
+own chat template) and sends every problem as the same single user message specd's eval sends
+(question, newline, the eval's instruction) to `/v1/chat/completions` with up to 256 tokens; the server's `timings` give decode tokens and
 seconds (prompt processing excluded, as in specd's decode tok/s) and the draft counts. Prints a
 Markdown table and writes every figure as JSON.
 """
