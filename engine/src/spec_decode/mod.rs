@@ -1,6 +1,7 @@
 //! Speculative decoding, written once against the [`Verifier`] trait.
 //!
-//! - [`draft::Drafter`] proposes blocks of tokens with the draft model;
+//! - a [`draft::Drafter`] proposes blocks of tokens: with the draft model, or by prompt lookup
+//!   (no model);
 //! - a [`Verifier`] judges a block against the target and commits tokens. The target is the
 //!   source of truth for what is committed. [`target::LocalVerifier`] runs the target in-process
 //!   (embedded mode); a gRPC implementation plugs in the same way (distributed mode);
