@@ -29,11 +29,45 @@ pub enum ModeArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum DrafterArg {
-    /// The draft model (--draft).
+    /// The draft model (`generate --draft`, `draft-node --model`).
     Model,
     /// Prompt lookup: what followed the latest earlier occurrence of the text's last n tokens;
     /// no draft model.
     Ngram,
+}
+
+/// `--drafter` and its n-gram lengths (`generate`, `draft-node`).
+#[derive(Args)]
+pub struct DrafterArgs {
+    /// What drafts the blocks: the draft model, or `ngram` (prompt lookup over the prompt and the
+    /// text so far: no draft model or accelerator, nearly free, proposes only where the text
+    /// repeats itself; greedy; drafts for a target of any vocabulary). On a draft-node: the
+    /// drafter of requests that name none (a node with a model serves `ngram` requests too).
+    #[arg(long, value_enum, default_value = "model")]
+    pub drafter: DrafterArg,
+    /// --drafter ngram: the shortest n-gram matched.
+    #[arg(long, default_value_t = NgramConfig::default().min)]
+    pub ngram_min: usize,
+    /// --drafter ngram: the longest n-gram matched (longer matches are tried first).
+    #[arg(long, default_value_t = NgramConfig::default().max)]
+    pub ngram_max: usize,
+}
+
+impl DrafterArgs {
+    pub fn spec(&self) -> Result<DrafterSpec> {
+        Ok(match self.drafter {
+            DrafterArg::Model => DrafterSpec::Model,
+            DrafterArg::Ngram => {
+                let c = NgramConfig {
+                    min: self.ngram_min,
+                    max: self.ngram_max,
+                };
+                c.validate()
+                    .map_err(|e| anyhow::anyhow!("--ngram-min/--ngram-max: {e}"))?;
+                DrafterSpec::Ngram(c)
+            }
+        })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -65,17 +99,8 @@ pub struct GenerateArgs {
     /// Random seed; a seeded run repeats exactly.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// What drafts the blocks: the draft model (--draft), or `ngram` (prompt lookup over the
-    /// prompt and the text so far: no draft model, nearly free, proposes only where the text
-    /// repeats itself; greedy).
-    #[arg(long, value_enum, default_value = "model")]
-    pub drafter: DrafterArg,
-    /// --drafter ngram: the shortest n-gram matched.
-    #[arg(long, default_value_t = NgramConfig::default().min)]
-    pub ngram_min: usize,
-    /// --drafter ngram: the longest n-gram matched (longer matches are tried first).
-    #[arg(long, default_value_t = NgramConfig::default().max)]
-    pub ngram_max: usize,
+    #[command(flatten)]
+    pub drafter: DrafterArgs,
     /// Draft model (--drafter model): a preset name, a .gguf file, an HF model directory, or a
     /// Hugging Face repo id (org/name or org/name:file.gguf).
     #[arg(long, default_value = DEFAULT_DRAFT)]
@@ -165,7 +190,7 @@ impl GenerateArgs {
             seed: self.seed,
         };
         sampling.validate()?;
-        let drafter = drafter_spec(self.drafter, self.ngram_min, self.ngram_max)?;
+        let drafter = self.drafter.spec()?;
         Ok(Request {
             prompt: self.prompt.clone(),
             chat: self.chat,
@@ -197,19 +222,6 @@ impl GenerateArgs {
             },
         })
     }
-}
-
-/// `--drafter` with its n-gram lengths.
-pub fn drafter_spec(arg: DrafterArg, min: usize, max: usize) -> Result<DrafterSpec> {
-    Ok(match arg {
-        DrafterArg::Model => DrafterSpec::Model,
-        DrafterArg::Ngram => {
-            let c = NgramConfig { min, max };
-            c.validate()
-                .map_err(|e| anyhow::anyhow!("--ngram-min/--ngram-max: {e}"))?;
-            DrafterSpec::Ngram(c)
-        }
-    })
 }
 
 /// The `--protect` argument as a pattern (`None` for `none`).

@@ -7,10 +7,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use specd_engine::device::Device;
 use specd_engine::pipeline::LoadedModel;
-use specd_engine::spec_decode::draft::ngram::NgramConfig;
-
-use crate::generate::DrafterArg;
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+
+use crate::generate::DrafterArgs;
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -71,17 +70,8 @@ pub struct DraftNodeArgs {
     /// Address to serve on, e.g. 0.0.0.0:50052.
     #[arg(long)]
     pub listen: String,
-    /// What drafts when a request names no drafter: the draft model (--model), or `ngram`
-    /// (prompt lookup: no model file, no accelerator; drafts for a target of any vocabulary).
-    /// Requests may ask for `ngram` from a node with a model too.
-    #[arg(long, value_enum, default_value = "model")]
-    pub drafter: DrafterArg,
-    /// --drafter ngram: the shortest n-gram matched.
-    #[arg(long, default_value_t = NgramConfig::default().min)]
-    pub ngram_min: usize,
-    /// --drafter ngram: the longest n-gram matched.
-    #[arg(long, default_value_t = NgramConfig::default().max)]
-    pub ngram_max: usize,
+    #[command(flatten)]
+    pub drafter: DrafterArgs,
     /// The draft model (preset, file, directory or Hugging Face repo id); not loaded with
     /// --drafter ngram.
     #[arg(long, default_value = DEFAULT_DRAFT)]
@@ -96,7 +86,7 @@ pub struct DraftNodeArgs {
 
 pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
     let listen = parse_listen(&a.listen)?;
-    let drafter = crate::generate::drafter_spec(a.drafter, a.ngram_min, a.ngram_max)?;
+    let drafter = a.drafter.spec()?;
     let model = if drafter.needs_model() {
         Some(LoadedModel::load_on(&a.model, a.device, &crate::log)?)
     } else {

@@ -189,23 +189,23 @@ pub fn generate(
         params,
     )?;
     let speculative = req.mode == Mode::Speculative && req.gamma.speculative();
-    let mut drafter = match (speculative, req.drafter, draft) {
-        (false, ..) => None,
-        (true, DrafterSpec::Model, Some(d)) => {
-            check_pair(target, d)?;
-            Some(Drafter::new(
-                d.model.clone(),
-                req.sampling,
-                req.draft_sampling,
-            ))
-        }
-        (true, DrafterSpec::Model, None) => bail!("speculative mode needs a draft model"),
-        (true, spec, _) => Some(Drafter::from_spec(
-            spec,
-            None,
+    let mut drafter = if speculative {
+        let model = match (req.drafter, draft) {
+            (DrafterSpec::Model, Some(d)) => {
+                check_pair(target, d)?;
+                Some(d.model.clone())
+            }
+            (DrafterSpec::Model, None) => bail!("speculative mode needs a draft model"),
+            _ => None,
+        };
+        Some(Drafter::from_spec(
+            req.drafter,
+            model,
             req.sampling,
             req.draft_sampling,
-        )?),
+        )?)
+    } else {
+        None
     };
     let mut stream = TextStream::new();
     let stats = run(
