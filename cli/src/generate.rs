@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use specd_engine::device::Device;
-use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
+use specd_engine::pipeline::{self, LoadedModel, Mode, Prompt, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
@@ -192,8 +192,8 @@ impl GenerateArgs {
         sampling.validate()?;
         let drafter = self.drafter.spec()?;
         Ok(Request {
-            prompt: self.prompt.clone(),
-            chat: self.chat,
+            prompt: Prompt::new(self.prompt.clone(), self.chat),
+            stop: Vec::new(),
             max_tokens: self.max_tokens,
             sampling,
             gamma: if matches!(self.mode, ModeArg::TargetOnly) {

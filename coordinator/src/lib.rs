@@ -152,6 +152,8 @@ impl Coordinator for CoordinatorNode {
             .open_session(v1::OpenSessionRequest {
                 prompt: r.prompt.clone(),
                 chat: r.chat,
+                messages: r.messages.clone(),
+                stop: r.stop.clone(),
                 prompt_ids: Vec::new(),
                 max_tokens: r.max_tokens,
                 sampling: r.sampling,

@@ -248,7 +248,14 @@ impl DrafterRpc for DraftNode {
                 r.max_tokens as usize,
                 gamma,
                 r.pipeline,
-                |_| {},
+                // The caller went away (the stream was dropped): end the session here.
+                |_| {
+                    if tx.is_closed() {
+                        std::ops::ControlFlow::Break(())
+                    } else {
+                        std::ops::ControlFlow::Continue(())
+                    }
+                },
             ) {
                 Ok(stats) => {
                     let mut wire = convert::stats_to_wire(&stats);

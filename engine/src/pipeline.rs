@@ -1,5 +1,6 @@
 //! Embedded generation: load a model pair, tokenize, run the speculative loop in-process, decode.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use crate::spec_decode::budget::Policy;
 use crate::spec_decode::draft::{Drafter, DrafterSpec};
 use crate::spec_decode::gamma::GammaPolicy;
 use crate::spec_decode::generate::{run, RunStats};
+use crate::spec_decode::stop::StopStrings;
 use crate::spec_decode::target::{SessionParams, TargetSession};
 use crate::spec_decode::DraftSampling;
 use crate::tokenizer::Tokenizer;
@@ -91,13 +93,63 @@ pub enum Mode {
     TargetOnly,
 }
 
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` (what the model's chat template knows).
+    pub role: String,
+    pub content: String,
+}
+
+/// What a request continues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    /// Raw text, tokenized as it is.
+    Text(String),
+    /// A conversation, rendered with the model's chat template (generation prompt added).
+    Chat(Vec<ChatMessage>),
+}
+
+impl Prompt {
+    /// A conversation of one user message.
+    pub fn user(text: impl Into<String>) -> Self {
+        Prompt::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: text.into(),
+        }])
+    }
+
+    /// `text` as a user message (`chat`) or as raw text.
+    pub fn new(text: impl Into<String>, chat: bool) -> Self {
+        if chat {
+            Prompt::user(text)
+        } else {
+            Prompt::Text(text.into())
+        }
+    }
+
+    /// Token ids, with BOS first when the model wants it (see [`encode_prompt`]).
+    pub fn encode(&self, tok: &Tokenizer) -> Result<Vec<u32>> {
+        match self {
+            Prompt::Text(t) => encode_prompt(tok, t, false),
+            Prompt::Chat(messages) => {
+                let m: Vec<(&str, &str)> = messages
+                    .iter()
+                    .map(|m| (m.role.as_str(), m.content.as_str()))
+                    .collect();
+                encode_text(tok, &tok.apply_chat_template_messages(&m)?)
+            }
+        }
+    }
+}
+
 /// One generation request.
 #[derive(Debug, Clone)]
 pub struct Request {
-    pub prompt: String,
-    /// Wrap the prompt in the model's chat template.
-    pub chat: bool,
+    pub prompt: Prompt,
     pub max_tokens: usize,
+    /// Stop strings (see [`crate::spec_decode::stop`]); empty: none.
+    pub stop: Vec<String>,
     pub sampling: SamplingParams,
     /// Drafted tokens per block: fixed, `auto` or `heuristic` (see [`crate::spec_decode::gamma`]).
     pub gamma: GammaPolicy,
@@ -123,11 +175,16 @@ pub struct Output {
 /// Tokenizes the prompt (chat template applied when asked), with BOS first when the model wants
 /// it ([`Tokenizer::add_bos`]) and the text (e.g. a chat template's output) does not start with it.
 pub fn encode_prompt(tok: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-    let mut ids = if chat {
-        tok.encode(&tok.apply_chat_template(prompt)?, true)?
+    if chat {
+        encode_text(tok, &tok.apply_chat_template(prompt)?)
     } else {
-        tok.encode(prompt, true)?
-    };
+        encode_text(tok, prompt)
+    }
+}
+
+/// Tokenizes `text` (special tokens parsed), BOS first as in [`encode_prompt`].
+fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    let mut ids = tok.encode(text, true)?;
     if let (true, Some(bos)) = (tok.add_bos, tok.bos_id) {
         if ids.first() != Some(&bos) {
             ids.insert(0, bos);
@@ -137,16 +194,26 @@ pub fn encode_prompt(tok: &Tokenizer, prompt: &str, chat: bool) -> Result<Vec<u3
 }
 
 /// Streams text as tokens are committed: emits the new suffix of the decoded completion, holding
-/// back an incomplete UTF-8 sequence until the last push.
+/// back an incomplete UTF-8 sequence until the last push, and with stop strings, what could begin
+/// one (the text ends where a stop string begins; the stop string is never emitted).
 #[derive(Debug, Clone, Default)]
 pub struct TextStream {
     ids: Vec<u32>,
     printed: usize,
+    stop: Option<StopStrings>,
 }
 
 impl TextStream {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A stream that ends its text where a stop string begins.
+    pub fn with_stop(stop: Option<StopStrings>) -> Self {
+        TextStream {
+            stop,
+            ..Self::default()
+        }
     }
 
     /// Adds committed tokens; returns the new text, if any (`last`: flush whatever is held back).
@@ -155,7 +222,14 @@ impl TextStream {
         if ids.is_empty() && !last {
             return None;
         }
-        let text = tok.decode(&self.ids).ok()?;
+        let decoded = tok.decode(&self.ids).ok()?;
+        let mut text = decoded.as_str();
+        if let Some(stop) = &self.stop {
+            text = stop.cut(text);
+            if !last && text.len() == decoded.len() {
+                text = &text[..text.len() - stop.holdback(text)];
+            }
+        }
         if (!last && text.ends_with('\u{fffd}'))
             || text.len() <= self.printed
             || !text.is_char_boundary(self.printed)
@@ -168,19 +242,38 @@ impl TextStream {
     }
 }
 
-/// Runs one request in-process.
+/// Runs one request in-process; `on_text` sees the text as it is committed.
 pub fn generate(
     target: &LoadedModel,
     draft: Option<&LoadedModel>,
     req: &Request,
     mut on_text: impl FnMut(&str),
 ) -> Result<Output> {
+    generate_until(target, draft, req, |t| {
+        if !t.is_empty() {
+            on_text(t);
+        }
+        ControlFlow::Continue(())
+    })
+}
+
+/// [`generate`], ended early (finish reason `Cancelled`) when `on_text` breaks, e.g. because the
+/// client that streams the text went away. It is called after every verify round (with an empty
+/// string when the round's text is held back).
+pub fn generate_until(
+    target: &LoadedModel,
+    draft: Option<&LoadedModel>,
+    req: &Request,
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+) -> Result<Output> {
     let t0 = Instant::now();
-    let prompt = encode_prompt(&target.tokenizer, &req.prompt, req.chat)?;
+    let prompt = req.prompt.encode(&target.tokenizer)?;
+    let stop = StopStrings::new(&req.stop, target.tokenizer.clone())?;
     let params = SessionParams {
         sampling: req.sampling,
         max_tokens: req.max_tokens,
         policy: req.policy.clone(),
+        stop: stop.clone(),
     };
     let mut session = TargetSession::open(
         target.model.clone(),
@@ -207,7 +300,7 @@ pub fn generate(
     } else {
         None
     };
-    let mut stream = TextStream::new();
+    let mut stream = TextStream::with_stop(stop.clone());
     let stats = run(
         &mut session,
         drafter.as_mut(),
@@ -216,17 +309,20 @@ pub fn generate(
         req.gamma,
         false,
         |ids| {
-            if let Some(t) = stream.push(&target.tokenizer, ids, false) {
-                on_text(&t);
-            }
+            let text = stream.push(&target.tokenizer, ids, false);
+            on_text(text.as_deref().unwrap_or(""))
         },
     )?;
     if let Some(t) = stream.push(&target.tokenizer, &[], true) {
-        on_text(&t);
+        let _ = on_text(&t);
     }
     let token_ids = session.completion().to_vec();
+    let text = target.tokenizer.decode(&token_ids)?;
     Ok(Output {
-        text: target.tokenizer.decode(&token_ids)?,
+        text: match &stop {
+            Some(s) => s.cut(&text).to_owned(),
+            None => text,
+        },
         prompt_tokens: prompt.len(),
         token_ids,
         stats,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use specd_engine::device::Device;
 use specd_engine::model::{load_model, LoadOptions};
-use specd_engine::pipeline::{encode_prompt, generate, LoadedModel, Mode, Request};
+use specd_engine::pipeline::{encode_prompt, generate, LoadedModel, Mode, Prompt, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::{self, Agreement, Feed};
@@ -166,8 +166,8 @@ fn greedy_speculative_on_candle_agrees_with_its_target_only_argmax() {
     let (mut same, mut total) = (0usize, 0usize);
     for prompt in &common::PROMPTS[..4] {
         let req = Request {
-            prompt: prompt.to_string(),
-            chat: true,
+            prompt: Prompt::user(*prompt),
+            stop: Vec::new(),
             max_tokens: 48,
             sampling: SamplingParams::default(),
             gamma: GammaPolicy::Fixed(4),

@@ -3,7 +3,9 @@
 
 mod common;
 
-use specd_engine::pipeline::{generate, Mode, Request};
+use std::ops::ControlFlow;
+
+use specd_engine::pipeline::{generate, Mode, Prompt, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
@@ -15,8 +17,8 @@ fn request(prompt: &str, gamma: usize, mode: Mode, max_tokens: usize) -> Request
 
 fn with_policy(prompt: &str, gamma: GammaPolicy, mode: Mode, max_tokens: usize) -> Request {
     Request {
-        prompt: prompt.into(),
-        chat: true,
+        prompt: Prompt::user(prompt),
+        stop: Vec::new(),
         max_tokens,
         sampling: SamplingParams::default(),
         gamma,
@@ -124,7 +126,7 @@ fn ngram_drafter_greedy_equals_target_only() {
             64,
             GammaPolicy::Fixed(4),
             true,
-            |_| {},
+            |_| ControlFlow::Continue(()),
         )
         .unwrap();
         assert_eq!(s.completion(), &base.token_ids[..], "{prompt:?} pipelined");
@@ -187,6 +189,65 @@ fn stops_at_end_of_sequence_inside_a_block() {
     assert_eq!(out.token_ids, base.token_ids);
 }
 
+/// A stop string ends the session at the token that completes it, for every block size: the text
+/// ends where the stop string begins, the stream never shows any of it, and nothing past it is
+/// committed or charged.
+#[test]
+fn stop_strings_end_the_session_where_they_complete() {
+    let (t, d) = (common::target(), common::draft());
+    let base = generate(
+        &t,
+        None,
+        &request(common::PROMPTS[2], 0, Mode::TargetOnly, 64),
+        |_| {},
+    )
+    .unwrap();
+    // A stop string from the middle of the output, at its first occurrence.
+    let text = &base.text;
+    let a = (text.len() / 3..text.len())
+        .find(|&a| {
+            text.is_char_boundary(a)
+                && text.is_char_boundary(a + 5)
+                && text.find(&text[a..a + 5]) == Some(a)
+        })
+        .expect("a stop string in the output");
+    let stop = text[a..a + 5].to_owned();
+    let n = (1..=base.token_ids.len())
+        .find(|&n| t.tokenizer.decode(&base.token_ids[..n]).unwrap().contains(&stop))
+        .unwrap();
+    for (gamma, mode) in [
+        (0, Mode::TargetOnly),
+        (1, Mode::Speculative),
+        (4, Mode::Speculative),
+        (8, Mode::Speculative),
+    ] {
+        let mut req = request(common::PROMPTS[2], gamma, mode, 64);
+        req.stop = vec!["never appears \u{1F999}".into(), stop.clone()];
+        let mut streamed = String::new();
+        let out = generate(&t, Some(&d), &req, |s| streamed.push_str(s)).unwrap();
+        assert_eq!(out.text, text[..a], "γ {gamma}: text cut where {stop:?} begins");
+        assert_eq!(streamed, out.text, "γ {gamma}: the stream shows none of the stop string");
+        assert_eq!(out.token_ids, base.token_ids[..n], "γ {gamma}");
+        assert_eq!(out.stats.finish_reason, Some(FinishReason::Stop));
+        assert_eq!(out.stats.completion_tokens, n);
+    }
+    // A relaxed rule charges nothing past the end.
+    let mut req = request(common::PROMPTS[2], 8, Mode::Speculative, 64);
+    req.policy.rule = "topk:5".parse().unwrap();
+    req.policy.budget = 16.0;
+    req.policy.pacing = "none".parse().unwrap();
+    req.stop = vec![stop.clone()];
+    let out = generate(&t, Some(&d), &req, |_| {}).unwrap();
+    assert!(!out.text.contains(&stop));
+    assert_eq!(out.stats.token_info.len(), out.token_ids.len());
+    let charged: f64 = out.stats.token_info.iter().map(|i| i.charge).sum();
+    assert!(
+        (out.stats.budget_spent - charged).abs() < 1e-9,
+        "spent {} but the committed tokens were charged {charged}",
+        out.stats.budget_spent
+    );
+}
+
 #[test]
 fn pipelined_loop_equals_target_only_in_process() {
     use specd_engine::pipeline::encode_prompt;
@@ -206,7 +267,7 @@ fn pipelined_loop_equals_target_only_in_process() {
                 48,
                 GammaPolicy::Fixed(0),
                 false,
-                |_| {},
+                |_| ControlFlow::Continue(()),
             )
             .unwrap();
             let mut s = open();
@@ -222,7 +283,7 @@ fn pipelined_loop_equals_target_only_in_process() {
                 48,
                 GammaPolicy::Fixed(4),
                 true,
-                |_| {},
+                |_| ControlFlow::Continue(()),
             )
             .unwrap();
             assert_eq!(

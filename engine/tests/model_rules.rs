@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
+use specd_engine::pipeline::{encode_prompt, generate, Mode, Prompt, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
 use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
@@ -21,8 +21,8 @@ fn budget_bounds_non_argmax_tokens_at_temperature_zero() {
     let protect = Arc::new(ProtectSet::build(&t.tokenizer, DEFAULT_PROTECT).unwrap());
     let prompt = common::PROMPTS[11];
     let req = |policy: Policy, mode| Request {
-        prompt: prompt.into(),
-        chat: true,
+        prompt: Prompt::user(prompt),
+        stop: Vec::new(),
         max_tokens: 64,
         sampling: SamplingParams::default(),
         gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { 4 }),
@@ -108,8 +108,8 @@ fn relaxation_raises_tokens_per_call() {
             pacing: Pacing::None,
         };
         let req = Request {
-            prompt: common::PROMPTS[11].into(),
-            chat: true,
+            prompt: Prompt::user(common::PROMPTS[11]),
+            stop: Vec::new(),
             max_tokens: 96,
             sampling: SamplingParams::default(),
             gamma: GammaPolicy::Fixed(4),

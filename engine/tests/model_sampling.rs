@@ -4,7 +4,7 @@
 
 mod common;
 
-use specd_engine::pipeline::{encode_prompt, generate, Mode, Request};
+use specd_engine::pipeline::{encode_prompt, generate, Mode, Prompt, Request};
 use specd_engine::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
 use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
@@ -152,8 +152,8 @@ fn first_token_of_speculative_sampling_follows_the_target() {
 fn seeded_sampled_runs_repeat_exactly() {
     let (t, d) = (common::target(), common::load("smollm2-135m-q4_0"));
     let req = |seed: u64, gamma: usize, draft_sampling| Request {
-        prompt: common::PROMPTS[11].into(),
-        chat: true,
+        prompt: Prompt::user(common::PROMPTS[11]),
+        stop: Vec::new(),
         max_tokens: 40,
         sampling: SamplingParams {
             temperature: 0.8,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use specd_engine::pipeline::{encode_prompt, generate, LoadedModel, Mode, Request};
+use specd_engine::pipeline::{encode_prompt, generate, LoadedModel, Mode, Prompt, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
 use specd_engine::spec_decode::budget::{Policy, ProtectSet, DEFAULT_PROTECT};
@@ -259,8 +259,8 @@ impl<'a> Runner<'a> {
             ),
         };
         let req = Request {
-            prompt: prompt_text.clone(),
-            chat: false,
+            prompt: Prompt::Text(prompt_text.clone()),
+            stop: Vec::new(),
             max_tokens: self.opts.max_tokens,
             sampling: SamplingParams {
                 temperature: self.opts.temperature,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use specd_engine::pipeline::{ChatMessage, Prompt};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
 use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
@@ -29,6 +30,41 @@ pub fn model_info(
         context_length: c.context_length as u32,
         max_block: max_block as u32,
         device: model.model.device().to_string(),
+    }
+}
+
+/// A prompt as the wire carries it: `(prompt, chat, messages)`.
+pub fn prompt_to_wire(p: &Prompt) -> (String, bool, Vec<v1::ChatMessage>) {
+    match p {
+        Prompt::Text(t) => (t.clone(), false, Vec::new()),
+        Prompt::Chat(m) => (
+            String::new(),
+            true,
+            m.iter()
+                .map(|m| v1::ChatMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// The prompt of a request: its `messages` when there are any, else `prompt` (as a user message
+/// with `chat`).
+pub fn prompt_from_wire(prompt: &str, chat: bool, messages: &[v1::ChatMessage]) -> Prompt {
+    if messages.is_empty() {
+        Prompt::new(prompt, chat)
+    } else {
+        Prompt::Chat(
+            messages
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect(),
+        )
     }
 }
 

@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use specd_engine::pipeline::{encode_prompt, LoadedModel, TextStream};
+use specd_engine::pipeline::{LoadedModel, TextStream};
 use specd_engine::spec_decode::budget::ProtectSet;
 use specd_engine::spec_decode::target::{SessionParams, TargetSession};
+use specd_engine::spec_decode::stop::StopStrings;
 use specd_engine::spec_decode::DraftBlock;
 use specd_proto::convert::{self, block_from_wire};
 use specd_proto::v1::target_verifier_server::{TargetVerifier, TargetVerifierServer};
@@ -177,16 +178,20 @@ impl TargetVerifier for TargetNode {
             )));
         }
         let prompt = if r.prompt_ids.is_empty() {
-            encode_prompt(&self.model.tokenizer, &r.prompt, r.chat)
+            convert::prompt_from_wire(&r.prompt, r.chat, &r.messages)
+                .encode(&self.model.tokenizer)
                 .map_err(|e| Status::invalid_argument(format!("prompt: {e:#}")))?
         } else {
             r.prompt_ids.clone()
         };
+        let stop = StopStrings::new(&r.stop, self.model.tokenizer.clone())
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let model = self.model.clone();
         let params = SessionParams {
             sampling,
             max_tokens: r.max_tokens as usize,
             policy,
+            stop: stop.clone(),
         };
         let ids = prompt.clone();
         let session = tokio::task::spawn_blocking(move || {
@@ -209,7 +214,7 @@ impl TargetVerifier for TargetNode {
             id.clone(),
             Arc::new(Slot {
                 session: Mutex::new(session),
-                text: Mutex::new(TextStream::new()),
+                text: Mutex::new(TextStream::with_stop(stop)),
                 last_used: Mutex::new(Instant::now()),
             }),
         );

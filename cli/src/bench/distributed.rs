@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use specd_engine::device::Device;
-use specd_engine::pipeline::{self, LoadedModel, Mode, Request};
+use specd_engine::pipeline::{self, LoadedModel, Mode, Prompt, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
@@ -66,8 +66,8 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
         pc,
     )?;
     let req = |p: &str| Request {
-        prompt: p.to_owned(),
-        chat: true,
+        prompt: Prompt::user(p),
+        stop: Vec::new(),
         max_tokens: a.max_tokens,
         sampling: SamplingParams::default(),
         gamma: GammaPolicy::Fixed(a.gamma),

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use specd_engine::device::Device;
-use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
+use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Prompt, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
@@ -93,8 +93,8 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         seed: 1,
     };
     let request = |p: &str, gamma: usize, mode: Mode| Request {
-        prompt: p.to_owned(),
-        chat,
+        prompt: Prompt::new(p.to_owned(), chat),
+        stop: Vec::new(),
         max_tokens: a.max_tokens,
         sampling,
         gamma: GammaPolicy::Fixed(gamma),

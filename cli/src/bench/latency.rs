@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::json;
 use specd_coordinator::client::{self, Remote};
-use specd_engine::pipeline::{Mode, Request};
+use specd_engine::pipeline::{Mode, Prompt, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
@@ -296,8 +296,8 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
     let (_t, pt) = start_model_node("target-node", &a.target)?;
     let (_d, pd) = start_model_node("draft-node", &a.draft)?;
     let req = |p: &str, gamma: GammaPolicy, max_tokens: usize| Request {
-        prompt: p.to_owned(),
-        chat: true,
+        prompt: Prompt::user(p),
+        stop: Vec::new(),
         max_tokens,
         sampling: SamplingParams::default(),
         gamma,

@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
 use specd_engine::device::Device;
-use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Request};
+use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Prompt, Request};
 use specd_engine::presets::DEFAULT_TARGET;
 use specd_engine::sampling::SamplingParams;
 use specd_engine::score::score;
@@ -87,8 +87,8 @@ pub fn bench_rules(a: RulesBenchArgs) -> Result<()> {
             seed: 1,
         };
         let request = |p: &str, policy: Policy, mode: Mode| Request {
-            prompt: p.to_owned(),
-            chat: true,
+            prompt: Prompt::user(p),
+            stop: Vec::new(),
             max_tokens: a.max_tokens,
             sampling,
             gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { a.gamma }),

@@ -1,6 +1,7 @@
 //! The speculative loop, written once against [`Verifier`]: draft a block, have it judged, commit.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -96,7 +97,8 @@ impl RunStats {
 /// chooses the drafted tokens of each block (a block of 0, or no drafter, is a step of
 /// target-only decoding). With `pipeline`, block n+1 is drafted and submitted (as if block n were
 /// fully accepted) before block n's verdict arrives; it is judged if block n was fully accepted
-/// and answered stale otherwise. `on_commit` sees each batch of newly committed tokens.
+/// and answered stale otherwise. `on_commit` sees each batch of newly committed tokens; its
+/// `Break` ends the generation there (finish reason `Cancelled`: a client went away).
 pub fn run(
     verifier: &mut dyn Verifier,
     mut drafter: Option<&mut Drafter>,
@@ -104,7 +106,7 @@ pub fn run(
     max_tokens: usize,
     gamma: GammaPolicy,
     pipeline: bool,
-    mut on_commit: impl FnMut(&[u32]),
+    mut on_commit: impl FnMut(&[u32]) -> ControlFlow<()>,
 ) -> Result<RunStats> {
     let mut stats = RunStats::default();
     let mut committed = prompt.to_vec();
@@ -214,7 +216,10 @@ pub fn run(
             stats.budget_spent = verdict.budget_spent;
             stats.token_info.extend_from_slice(&verdict.token_info);
             committed.extend_from_slice(&verdict.committed);
-            on_commit(&verdict.committed);
+            if on_commit(&verdict.committed).is_break() {
+                stats.finish_reason = Some(FinishReason::Cancelled);
+                break;
+            }
             if let Some(f) = verdict.finished {
                 stats.finish_reason = Some(f);
                 break;

@@ -16,6 +16,7 @@ pub mod gamma;
 pub mod generate;
 pub mod judge;
 pub mod rules;
+pub mod stop;
 pub mod target;
 
 use serde::{Deserialize, Serialize};
@@ -69,10 +70,12 @@ impl DraftBlock {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
-    /// An end-of-sequence token was committed.
+    /// An end-of-sequence token, or the token completing a stop string, was committed.
     Stop,
     /// `max_tokens` completion tokens were committed.
     Length,
+    /// The client went away (the session ended where it was).
+    Cancelled,
 }
 
 /// What happened at one committed token.

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 
 use super::budget::Policy;
 use super::judge::judge_block;
+use super::stop::StopStrings;
 use super::{DraftBlock, FinishReason, Verdict, Verifier};
 use crate::model::{KvCache, Model};
 use crate::sampling::SamplingParams;
@@ -19,6 +20,8 @@ pub struct SessionParams {
     pub max_tokens: usize,
     /// Acceptance rule, error budget, protection and pacing.
     pub policy: Policy,
+    /// Stop strings: the session ends at the token completing one, as at end-of-sequence.
+    pub stop: Option<StopStrings>,
 }
 
 /// Checks that a prompt and its completion fit a model's context.
@@ -138,14 +141,18 @@ impl TargetSession {
         &self.model
     }
 
-    /// Appends `new` to the committed sequence, stopping at an end-of-sequence token or at
-    /// `max_tokens`; returns what was committed.
+    /// Appends `new` to the committed sequence, stopping at an end-of-sequence token, at the
+    /// token that completes a stop string, or at `max_tokens`; returns what was committed.
     fn commit(&mut self, new: &[u32]) -> Vec<u32> {
         let mut out = Vec::with_capacity(new.len());
         for &t in new {
             self.tokens.push(t);
             out.push(t);
-            if self.eos.contains(&t) {
+            let stopped = self.eos.contains(&t)
+                || self.params.stop.as_ref().is_some_and(|s| {
+                    s.completed_by_last(&self.tokens[self.prompt_len..])
+                });
+            if stopped {
                 self.finished = Some(FinishReason::Stop);
                 break;
             }
@@ -212,6 +219,7 @@ impl TargetSession {
             }
         };
         let keep_p = g > 0 && block.successor;
+        let spent_before = self.spent;
         let out = judge_block(
             &self.params.policy,
             &self.params.sampling,
@@ -223,9 +231,15 @@ impl TargetSession {
             row,
         );
         let (mut info, accepted, rejected) = (out.info, out.accepted, out.rejected);
-        let (lossy_accepted, protected_positions) = (out.lossy_accepted, out.protected_positions);
+        let protected_positions = out.protected_positions;
         let committed = self.commit(&out.tokens);
-        info.truncate(committed.len());
+        if committed.len() < info.len() {
+            // Ended early (end-of-sequence, stop string, max_tokens): what was judged past the
+            // end is neither committed nor charged.
+            info.truncate(committed.len());
+            self.spent = spent_before + info.iter().map(|i| i.charge).sum::<f64>();
+        }
+        let lossy_accepted = info.iter().filter(|i| i.lossy).count();
         if keep_p && !rejected && self.finished.is_none() {
             // Fully accepted, no bonus: the cache holds every committed token and the
             // distribution after the block waits for the queued block.

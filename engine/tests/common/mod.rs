@@ -30,6 +30,7 @@ pub fn open_session(
         sampling,
         max_tokens,
         policy: Default::default(),
+        stop: None,
     };
     TargetSession::open(
         t.model.clone(),
