@@ -9,7 +9,7 @@ use specd_engine::device::Device;
 use specd_engine::pipeline::{self, LoadedModel, Mode, Prompt, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec_decode::budget::{protect_pattern, Pacing, Policy, ProtectSet};
 use specd_engine::spec_decode::draft::ngram::NgramConfig;
 use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
@@ -194,6 +194,7 @@ impl GenerateArgs {
         Ok(Request {
             prompt: Prompt::new(self.prompt.clone(), self.chat),
             stop: Vec::new(),
+            logprobs: None,
             max_tokens: self.max_tokens,
             sampling,
             gamma: if matches!(self.mode, ModeArg::TargetOnly) {
@@ -221,15 +222,6 @@ impl GenerateArgs {
                 p
             },
         })
-    }
-}
-
-/// The `--protect` argument as a pattern (`None` for `none`).
-pub fn protect_pattern(arg: &str) -> Option<&str> {
-    match arg {
-        "none" => None,
-        "default" => Some(DEFAULT_PROTECT),
-        re => Some(re),
     }
 }
 

@@ -5,6 +5,7 @@ mod eval;
 mod generate;
 mod nodes;
 mod score;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt (embedded mode: draft and target in this process).
     Generate(generate::GenerateArgs),
+    /// Serve the OpenAI-compatible HTTP API (chat and text completions, streaming, /v1/models,
+    /// /health) with the target and the draft in this process.
+    Serve(serve::ServeArgs),
     /// Serve the target model: verify drafted blocks over gRPC (specd.v1.TargetVerifier).
     TargetNode(nodes::TargetNodeArgs),
     /// Serve the draft model: run the speculative loop against a remote target (specd.v1.Drafter).
@@ -171,6 +175,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),
+        Command::Serve(a) => serve::run(a),
         Command::TargetNode(a) => nodes::target_node(a),
         Command::DraftNode(a) => nodes::draft_node(a),
         Command::Coordinator(a) => nodes::coordinator(a),

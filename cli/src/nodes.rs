@@ -11,19 +11,36 @@ use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 
 use crate::generate::DrafterArgs;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-async fn ctrl_c() {
+/// Resolves on Ctrl-C or SIGTERM (what container runtimes and Kubernetes send).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     eprintln!("specd: shutting down");
 }
 
-fn parse_listen(s: &str) -> Result<SocketAddr> {
+pub fn parse_listen(s: &str) -> Result<SocketAddr> {
     s.parse()
         .with_context(|| format!("--listen {s:?}: expected HOST:PORT, e.g. 127.0.0.1:50051"))
 }
@@ -62,7 +79,7 @@ pub fn target_node(a: TargetNodeArgs) -> Result<()> {
         idle_timeout: Duration::from_secs(a.session_idle_timeout),
         max_block: a.max_block,
     };
-    runtime()?.block_on(specd_target_node::serve(cfg, model, ctrl_c()))
+    runtime()?.block_on(specd_target_node::serve(cfg, model, shutdown_signal()))
 }
 
 #[derive(Args)]
@@ -97,7 +114,7 @@ pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
         max_gamma: a.max_gamma,
         drafter,
     };
-    runtime()?.block_on(specd_draft_node::serve(cfg, model, ctrl_c()))
+    runtime()?.block_on(specd_draft_node::serve(cfg, model, shutdown_signal()))
 }
 
 #[derive(Args)]
@@ -120,7 +137,7 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
         targets: a.target,
         drafts: a.draft,
     };
-    runtime()?.block_on(specd_coordinator::serve(cfg, ctrl_c()))
+    runtime()?.block_on(specd_coordinator::serve(cfg, shutdown_signal()))
 }
 
 #[derive(Args)]
@@ -162,5 +179,5 @@ pub fn link(a: LinkArgs) -> Result<()> {
     if a.upstream.parse::<SocketAddr>().is_err() && !a.upstream.contains(':') {
         anyhow::bail!("--upstream {:?}: expected HOST:PORT", a.upstream);
     }
-    runtime()?.block_on(specd_link::serve(cfg, ctrl_c()))
+    runtime()?.block_on(specd_link::serve(cfg, shutdown_signal()))
 }

@@ -43,11 +43,12 @@ pub fn generate(
             .map_err(|s| anyhow!("coordinator {url}: {}", s.message()))?;
         let mut client = CoordinatorClient::new(channel);
         let (gamma, gamma_policy, gamma_max) = convert::gamma_to_wire(req.gamma);
-        let (prompt, chat, messages) = convert::prompt_to_wire(&req.prompt);
+        let (prompt, chat, messages, prompt_ids) = convert::prompt_to_wire(&req.prompt);
         let wire = GenerateRequest {
             prompt,
             chat,
             messages,
+            prompt_ids,
             stop: req.stop.clone(),
             max_tokens: req.max_tokens as u32,
             sampling: Some(convert::sampling_to_wire(&req.sampling)),

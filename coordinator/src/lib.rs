@@ -154,7 +154,7 @@ impl Coordinator for CoordinatorNode {
                 chat: r.chat,
                 messages: r.messages.clone(),
                 stop: r.stop.clone(),
-                prompt_ids: Vec::new(),
+                prompt_ids: r.prompt_ids.clone(),
                 max_tokens: r.max_tokens,
                 sampling: r.sampling,
                 policy: r.policy.clone(),

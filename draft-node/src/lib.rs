@@ -146,6 +146,7 @@ impl Verifier for GrpcVerifier {
             rejected: v.rejected,
             token_info: convert::token_info(&v.lossy, &v.charge),
             committed: v.committed,
+            logprobs: Vec::new(),
             lossy_accepted: v.lossy_accepted as usize,
             protected_positions: v.protected_positions as usize,
             budget_spent: v.budget_spent,

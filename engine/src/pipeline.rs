@@ -108,6 +108,8 @@ pub enum Prompt {
     Text(String),
     /// A conversation, rendered with the model's chat template (generation prompt added).
     Chat(Vec<ChatMessage>),
+    /// Token ids, as they are (no BOS added).
+    Ids(Vec<u32>),
 }
 
 impl Prompt {
@@ -132,6 +134,7 @@ impl Prompt {
     pub fn encode(&self, tok: &Tokenizer) -> Result<Vec<u32>> {
         match self {
             Prompt::Text(t) => encode_prompt(tok, t, false),
+            Prompt::Ids(ids) => Ok(ids.clone()),
             Prompt::Chat(messages) => {
                 let m: Vec<(&str, &str)> = messages
                     .iter()
@@ -159,6 +162,20 @@ pub struct Request {
     pub draft_sampling: DraftSampling,
     /// Acceptance rule, budget, protection, pacing.
     pub policy: Policy,
+    /// Report each committed token's log-probability under the target, with this many of the
+    /// most likely alternatives (`RunStats::logprobs`, and each [`Delta`]).
+    pub logprobs: Option<usize>,
+}
+
+/// What one verify round added, as a client is streamed it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delta<'a> {
+    /// New text (empty when the round's text is held back: an incomplete UTF-8 sequence, or what
+    /// could begin a stop string).
+    pub text: &'a str,
+    pub token_ids: &'a [u32],
+    /// One per token when the request asked for them.
+    pub logprobs: &'a [crate::spec_decode::TokenLogprob],
 }
 
 /// The result of a generation.
@@ -249,22 +266,22 @@ pub fn generate(
     req: &Request,
     mut on_text: impl FnMut(&str),
 ) -> Result<Output> {
-    generate_until(target, draft, req, |t| {
-        if !t.is_empty() {
-            on_text(t);
+    generate_until(target, draft, req, |d| {
+        if !d.text.is_empty() {
+            on_text(d.text);
         }
         ControlFlow::Continue(())
     })
 }
 
-/// [`generate`], ended early (finish reason `Cancelled`) when `on_text` breaks, e.g. because the
-/// client that streams the text went away. It is called after every verify round (with an empty
-/// string when the round's text is held back).
+/// [`generate`], ended early (finish reason `Cancelled`) when `on_delta` breaks, e.g. because the
+/// client that streams the text went away. It is called after every verify round that committed
+/// tokens, and once more at the end with the text held back until then.
 pub fn generate_until(
     target: &LoadedModel,
     draft: Option<&LoadedModel>,
     req: &Request,
-    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    mut on_delta: impl FnMut(&Delta) -> ControlFlow<()>,
 ) -> Result<Output> {
     let t0 = Instant::now();
     let prompt = req.prompt.encode(&target.tokenizer)?;
@@ -274,6 +291,7 @@ pub fn generate_until(
         max_tokens: req.max_tokens,
         policy: req.policy.clone(),
         stop: stop.clone(),
+        logprobs: req.logprobs,
     };
     let mut session = TargetSession::open(
         target.model.clone(),
@@ -308,13 +326,21 @@ pub fn generate_until(
         req.max_tokens,
         req.gamma,
         false,
-        |ids| {
-            let text = stream.push(&target.tokenizer, ids, false);
-            on_text(text.as_deref().unwrap_or(""))
+        |v| {
+            let text = stream.push(&target.tokenizer, &v.committed, false);
+            on_delta(&Delta {
+                text: text.as_deref().unwrap_or(""),
+                token_ids: &v.committed,
+                logprobs: &v.logprobs,
+            })
         },
     )?;
     if let Some(t) = stream.push(&target.tokenizer, &[], true) {
-        let _ = on_text(&t);
+        let _ = on_delta(&Delta {
+            text: &t,
+            token_ids: &[],
+            logprobs: &[],
+        });
     }
     let token_ids = session.completion().to_vec();
     let text = target.tokenizer.decode(&token_ids)?;

@@ -168,6 +168,7 @@ fn greedy_speculative_on_candle_agrees_with_its_target_only_argmax() {
         let req = Request {
             prompt: Prompt::user(*prompt),
             stop: Vec::new(),
+            logprobs: None,
             max_tokens: 48,
             sampling: SamplingParams::default(),
             gamma: GammaPolicy::Fixed(4),

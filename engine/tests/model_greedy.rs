@@ -19,6 +19,7 @@ fn with_policy(prompt: &str, gamma: GammaPolicy, mode: Mode, max_tokens: usize) 
     Request {
         prompt: Prompt::user(prompt),
         stop: Vec::new(),
+        logprobs: None,
         max_tokens,
         sampling: SamplingParams::default(),
         gamma,
@@ -213,7 +214,12 @@ fn stop_strings_end_the_session_where_they_complete() {
         .expect("a stop string in the output");
     let stop = text[a..a + 5].to_owned();
     let n = (1..=base.token_ids.len())
-        .find(|&n| t.tokenizer.decode(&base.token_ids[..n]).unwrap().contains(&stop))
+        .find(|&n| {
+            t.tokenizer
+                .decode(&base.token_ids[..n])
+                .unwrap()
+                .contains(&stop)
+        })
         .unwrap();
     for (gamma, mode) in [
         (0, Mode::TargetOnly),
@@ -225,8 +231,15 @@ fn stop_strings_end_the_session_where_they_complete() {
         req.stop = vec!["never appears \u{1F999}".into(), stop.clone()];
         let mut streamed = String::new();
         let out = generate(&t, Some(&d), &req, |s| streamed.push_str(s)).unwrap();
-        assert_eq!(out.text, text[..a], "γ {gamma}: text cut where {stop:?} begins");
-        assert_eq!(streamed, out.text, "γ {gamma}: the stream shows none of the stop string");
+        assert_eq!(
+            out.text,
+            text[..a],
+            "γ {gamma}: text cut where {stop:?} begins"
+        );
+        assert_eq!(
+            streamed, out.text,
+            "γ {gamma}: the stream shows none of the stop string"
+        );
         assert_eq!(out.token_ids, base.token_ids[..n], "γ {gamma}");
         assert_eq!(out.stats.finish_reason, Some(FinishReason::Stop));
         assert_eq!(out.stats.completion_tokens, n);

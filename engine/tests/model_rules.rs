@@ -23,6 +23,7 @@ fn budget_bounds_non_argmax_tokens_at_temperature_zero() {
     let req = |policy: Policy, mode| Request {
         prompt: Prompt::user(prompt),
         stop: Vec::new(),
+        logprobs: None,
         max_tokens: 64,
         sampling: SamplingParams::default(),
         gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { 4 }),
@@ -110,6 +111,7 @@ fn relaxation_raises_tokens_per_call() {
         let req = Request {
             prompt: Prompt::user(common::PROMPTS[11]),
             stop: Vec::new(),
+            logprobs: None,
             max_tokens: 96,
             sampling: SamplingParams::default(),
             gamma: GammaPolicy::Fixed(4),

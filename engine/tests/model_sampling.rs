@@ -154,6 +154,7 @@ fn seeded_sampled_runs_repeat_exactly() {
     let req = |seed: u64, gamma: usize, draft_sampling| Request {
         prompt: Prompt::user(common::PROMPTS[11]),
         stop: Vec::new(),
+        logprobs: None,
         max_tokens: 40,
         sampling: SamplingParams {
             temperature: 0.8,

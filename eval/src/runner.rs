@@ -261,6 +261,7 @@ impl<'a> Runner<'a> {
         let req = Request {
             prompt: Prompt::Text(prompt_text.clone()),
             stop: Vec::new(),
+            logprobs: None,
             max_tokens: self.opts.max_tokens,
             sampling: SamplingParams {
                 temperature: self.opts.temperature,

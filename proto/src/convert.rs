@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use specd_engine::pipeline::{ChatMessage, Prompt};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectSet, DEFAULT_PROTECT};
+use specd_engine::spec_decode::budget::{protect_pattern, Pacing, Policy, ProtectSet};
 use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec_decode::generate::RunStats;
 use specd_engine::spec_decode::{DraftBlock, DraftDist, DraftSampling, TokenInfo};
@@ -33,10 +33,11 @@ pub fn model_info(
     }
 }
 
-/// A prompt as the wire carries it: `(prompt, chat, messages)`.
-pub fn prompt_to_wire(p: &Prompt) -> (String, bool, Vec<v1::ChatMessage>) {
+/// A prompt as the wire carries it: `(prompt, chat, messages, prompt_ids)`.
+pub fn prompt_to_wire(p: &Prompt) -> (String, bool, Vec<v1::ChatMessage>, Vec<u32>) {
     match p {
-        Prompt::Text(t) => (t.clone(), false, Vec::new()),
+        Prompt::Text(t) => (t.clone(), false, Vec::new(), Vec::new()),
+        Prompt::Ids(ids) => (String::new(), false, Vec::new(), ids.clone()),
         Prompt::Chat(m) => (
             String::new(),
             true,
@@ -46,6 +47,7 @@ pub fn prompt_to_wire(p: &Prompt) -> (String, bool, Vec<v1::ChatMessage>) {
                     content: m.content.clone(),
                 })
                 .collect(),
+            Vec::new(),
         ),
     }
 }
@@ -89,15 +91,6 @@ pub fn sampling_to_wire(p: &SamplingParams) -> v1::Sampling {
         top_p: p.top_p,
         top_k: p.top_k as u32,
         seed: p.seed,
-    }
-}
-
-/// The protect pattern of a wire policy (`None` = no protection).
-pub fn protect_pattern(protect: &str) -> Option<&str> {
-    match protect {
-        "" | "default" => Some(DEFAULT_PROTECT),
-        "none" => None,
-        re => Some(re),
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use specd_engine::pipeline::{LoadedModel, TextStream};
 use specd_engine::spec_decode::budget::ProtectSet;
-use specd_engine::spec_decode::target::{SessionParams, TargetSession};
 use specd_engine::spec_decode::stop::StopStrings;
+use specd_engine::spec_decode::target::{SessionParams, TargetSession};
 use specd_engine::spec_decode::DraftBlock;
 use specd_proto::convert::{self, block_from_wire};
 use specd_proto::v1::target_verifier_server::{TargetVerifier, TargetVerifierServer};
@@ -192,6 +192,7 @@ impl TargetVerifier for TargetNode {
             max_tokens: r.max_tokens as usize,
             policy,
             stop: stop.clone(),
+            logprobs: None,
         };
         let ids = prompt.clone();
         let session = tokio::task::spawn_blocking(move || {

@@ -68,6 +68,7 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
     let req = |p: &str| Request {
         prompt: Prompt::user(p),
         stop: Vec::new(),
+        logprobs: None,
         max_tokens: a.max_tokens,
         sampling: SamplingParams::default(),
         gamma: GammaPolicy::Fixed(a.gamma),

@@ -95,6 +95,7 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
     let request = |p: &str, gamma: usize, mode: Mode| Request {
         prompt: Prompt::new(p.to_owned(), chat),
         stop: Vec::new(),
+        logprobs: None,
         max_tokens: a.max_tokens,
         sampling,
         gamma: GammaPolicy::Fixed(gamma),

@@ -298,6 +298,7 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
     let req = |p: &str, gamma: GammaPolicy, max_tokens: usize| Request {
         prompt: Prompt::user(p),
         stop: Vec::new(),
+        logprobs: None,
         max_tokens,
         sampling: SamplingParams::default(),
         gamma,

@@ -72,7 +72,7 @@ pub fn bench_rules(a: RulesBenchArgs) -> Result<()> {
     let target = LoadedModel::load_on(&a.target, a.target_device, log)?;
     let draft = LoadedModel::load_on(&a.draft, a.draft_device, log)?;
     pipeline::check_pair(&target, &draft)?;
-    let protect = match crate::generate::protect_pattern(&a.protect) {
+    let protect = match specd_engine::spec_decode::budget::protect_pattern(&a.protect) {
         Some(p) => Some(Arc::new(ProtectSet::build(&target.tokenizer, p)?)),
         None => None,
     };
@@ -89,6 +89,7 @@ pub fn bench_rules(a: RulesBenchArgs) -> Result<()> {
         let request = |p: &str, policy: Policy, mode: Mode| Request {
             prompt: Prompt::user(p),
             stop: Vec::new(),
+            logprobs: None,
             max_tokens: a.max_tokens,
             sampling,
             gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { a.gamma }),

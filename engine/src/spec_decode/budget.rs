@@ -19,6 +19,16 @@ use crate::tokenizer::Tokenizer;
 /// marker `####`.
 pub const DEFAULT_PROTECT: &str = r"[0-9]|[-+*/=^%$×÷<>]|####";
 
+/// A protection setting (`default` or empty, `none`, or a regular expression) as the pattern it
+/// stands for (`None`: no protection).
+pub fn protect_pattern(protect: &str) -> Option<&str> {
+    match protect {
+        "" | "default" => Some(DEFAULT_PROTECT),
+        "none" => None,
+        re => Some(re),
+    }
+}
+
 /// Tokens whose text matches a pattern; positions where the drafted token or the target's argmax
 /// is one of them are always judged exactly.
 #[derive(Debug)]

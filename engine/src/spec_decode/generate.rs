@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::draft::Drafter;
 use super::gamma::{Estimates, GammaController, GammaPolicy};
 
-use super::{DraftBlock, FinishReason, Verifier};
+use super::{DraftBlock, FinishReason, TokenLogprob, Verdict, Verifier};
 
 /// Counters and timings of one generation (DESIGN §7 definitions).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -44,6 +44,9 @@ pub struct RunStats {
     pub stale_drafted_tokens: usize,
     /// Per committed token: lossy accept and charge.
     pub token_info: Vec<super::TokenInfo>,
+    /// Per committed token, when the request asked for log-probabilities.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logprobs: Vec<TokenLogprob>,
     /// Decode wall time (after prefill), seconds.
     pub decode_s: f64,
     pub finish_reason: Option<FinishReason>,
@@ -97,7 +100,7 @@ impl RunStats {
 /// chooses the drafted tokens of each block (a block of 0, or no drafter, is a step of
 /// target-only decoding). With `pipeline`, block n+1 is drafted and submitted (as if block n were
 /// fully accepted) before block n's verdict arrives; it is judged if block n was fully accepted
-/// and answered stale otherwise. `on_commit` sees each batch of newly committed tokens; its
+/// and answered stale otherwise. `on_commit` sees each verdict that committed tokens; its
 /// `Break` ends the generation there (finish reason `Cancelled`: a client went away).
 pub fn run(
     verifier: &mut dyn Verifier,
@@ -106,7 +109,7 @@ pub fn run(
     max_tokens: usize,
     gamma: GammaPolicy,
     pipeline: bool,
-    mut on_commit: impl FnMut(&[u32]) -> ControlFlow<()>,
+    mut on_commit: impl FnMut(&Verdict) -> ControlFlow<()>,
 ) -> Result<RunStats> {
     let mut stats = RunStats::default();
     let mut committed = prompt.to_vec();
@@ -215,8 +218,9 @@ pub fn run(
             stats.protected_positions += verdict.protected_positions;
             stats.budget_spent = verdict.budget_spent;
             stats.token_info.extend_from_slice(&verdict.token_info);
+            stats.logprobs.extend_from_slice(&verdict.logprobs);
             committed.extend_from_slice(&verdict.committed);
-            if on_commit(&verdict.committed).is_break() {
+            if on_commit(&verdict).is_break() {
                 stats.finish_reason = Some(FinishReason::Cancelled);
                 break;
             }

@@ -21,6 +21,27 @@ pub mod target;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+mod tests {
+    use super::TokenLogprob;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_best_alternatives() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, -1.0];
+        let l = TokenLogprob::of(&logits, 2, 3);
+        let z: f32 = logits.iter().map(|x| x.exp()).sum();
+        assert!((l.logprob - (2f32.exp() / z).ln()).abs() < 1e-6);
+        let ids: Vec<u32> = l.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2], "most likely first, ties by the lowest id");
+        assert!((l.top[0].1 - (3f32.exp() / z).ln()).abs() < 1e-6);
+        assert!(TokenLogprob::of(&logits, 0, 0).top.is_empty());
+        let p: f32 = (0..5)
+            .map(|t| TokenLogprob::of(&logits, t, 0).logprob.exp())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-5);
+    }
+}
+
 /// How the draft chooses its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -88,6 +109,42 @@ pub struct TokenInfo {
     pub charge: f64,
 }
 
+/// The target's log-probability of a committed token and its most likely alternatives, from the
+/// target model's own distribution (log-softmax of the logits at temperature 1, before any
+/// truncation: what OpenAI's and vLLM's `logprobs` report).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// The `n` most likely tokens, most likely first (ties: lowest id first).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// `token`'s log-probability under `logits`, with the `n` most likely alternatives.
+    pub fn of(logits: &[f32], token: u32, n: usize) -> Self {
+        let max = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let log_z = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(n + 1);
+        if n > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                // Kept sorted by logit (descending), then id; only the n best stay.
+                if top.len() == n && l <= top[n - 1].1 {
+                    continue;
+                }
+                let at = top.partition_point(|&(_, t)| t >= l);
+                top.insert(at, (i as u32, l));
+                top.truncate(n);
+            }
+        }
+        TokenLogprob {
+            token,
+            logprob: logits[token as usize] - log_z,
+            top: top.into_iter().map(|(i, l)| (i, l - log_z)).collect(),
+        }
+    }
+}
+
 /// The target's answer to a block.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Verdict {
@@ -103,6 +160,8 @@ pub struct Verdict {
     pub committed: Vec<u32>,
     /// One per committed token.
     pub token_info: Vec<TokenInfo>,
+    /// One per committed token when the session asked for log-probabilities.
+    pub logprobs: Vec<TokenLogprob>,
     /// Lossy accepts in this block.
     pub lossy_accepted: usize,
     /// Positions of this block judged exactly because they were protected.

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use super::budget::Policy;
 use super::judge::judge_block;
 use super::stop::StopStrings;
-use super::{DraftBlock, FinishReason, Verdict, Verifier};
+use super::{DraftBlock, FinishReason, TokenLogprob, Verdict, Verifier};
 use crate::model::{KvCache, Model};
 use crate::sampling::SamplingParams;
 
@@ -22,6 +22,8 @@ pub struct SessionParams {
     pub policy: Policy,
     /// Stop strings: the session ends at the token completing one, as at end-of-sequence.
     pub stop: Option<StopStrings>,
+    /// Report each committed token's log-probability with this many alternatives.
+    pub logprobs: Option<usize>,
 }
 
 /// Checks that a prompt and its completion fit a model's context.
@@ -149,9 +151,11 @@ impl TargetSession {
             self.tokens.push(t);
             out.push(t);
             let stopped = self.eos.contains(&t)
-                || self.params.stop.as_ref().is_some_and(|s| {
-                    s.completed_by_last(&self.tokens[self.prompt_len..])
-                });
+                || self
+                    .params
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.completed_by_last(&self.tokens[self.prompt_len..]));
             if stopped {
                 self.finished = Some(FinishReason::Stop);
                 break;
@@ -230,16 +234,28 @@ impl TargetSession {
             !keep_p,
             row,
         );
-        let (mut info, accepted, rejected) = (out.info, out.accepted, out.rejected);
+        let (mut info, mut accepted, mut rejected) = (out.info, out.accepted, out.rejected);
         let protected_positions = out.protected_positions;
         let committed = self.commit(&out.tokens);
         if committed.len() < info.len() {
             // Ended early (end-of-sequence, stop string, max_tokens): what was judged past the
-            // end is neither committed nor charged.
+            // end is neither committed, counted nor charged.
             info.truncate(committed.len());
+            // A rejection is counted only where its residual token was committed.
+            rejected &= committed.len() > accepted;
+            accepted = accepted.min(committed.len());
             self.spent = spent_before + info.iter().map(|i| i.charge).sum::<f64>();
         }
         let lossy_accepted = info.iter().filter(|i| i.lossy).count();
+        // Committed token i was chosen at the position of row(i) (drafted, residual or bonus).
+        let logprobs = match self.params.logprobs {
+            Some(n) => committed
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| TokenLogprob::of(row(i), t, n))
+                .collect(),
+            None => Vec::new(),
+        };
         if keep_p && !rejected && self.finished.is_none() {
             // Fully accepted, no bonus: the cache holds every committed token and the
             // distribution after the block waits for the queued block.
@@ -254,6 +270,7 @@ impl TargetSession {
             rejected,
             committed,
             token_info: info,
+            logprobs,
             lossy_accepted,
             protected_positions,
             budget_spent: self.spent,

@@ -31,6 +31,7 @@ pub fn open_session(
         max_tokens,
         policy: Default::default(),
         stop: None,
+        logprobs: None,
     };
     TargetSession::open(
         t.model.clone(),

@@ -1,0 +1,112 @@
+//! `specd serve`: the OpenAI-compatible HTTP API with the target and the draft in this process.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Args;
+use specd_engine::device::Device;
+use specd_engine::pipeline::LoadedModel;
+use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+use specd_openai::request::Speculative;
+use specd_openai::{Backend, Embedded, HttpConfig};
+
+use crate::nodes::{parse_listen, runtime, shutdown_signal};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP API, e.g. 127.0.0.1:8000 (0.0.0.0:8000 for every interface).
+    #[arg(long, default_value = "127.0.0.1:8000")]
+    pub listen: String,
+    /// Target model: a preset name, a .gguf file, an HF model directory, or a Hugging Face repo
+    /// id (org/name or org/name:file.gguf).
+    #[arg(long, default_value = DEFAULT_TARGET)]
+    pub target: String,
+    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub target_device: Device,
+    /// Draft model (same forms as --target); `none`: no draft model (requests may still ask for
+    /// the `ngram` drafter or `target-only`).
+    #[arg(long, default_value = DEFAULT_DRAFT)]
+    pub draft: String,
+    /// Device of the draft.
+    #[arg(long, default_value = "cpu")]
+    pub draft_device: Device,
+    /// The model id clients name in `model` (default: the target's preset or file name).
+    #[arg(long)]
+    pub served_model_name: Option<String>,
+    /// Requests generating at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_running: usize,
+    /// Requests waiting for a turn (served in order of arrival); beyond them the server answers
+    /// 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_waiting: usize,
+    /// Default drafter of requests: model, ngram or ngram:MIN-MAX (a request's
+    /// `speculative.drafter` overrides it, as every default below).
+    #[arg(long, default_value = "model")]
+    pub drafter: String,
+    /// Default drafted tokens per block: a number, `auto` or `heuristic` (see `generate --help`).
+    #[arg(long, default_value = "8")]
+    pub gamma: String,
+    /// Default largest block of `auto` and `heuristic`.
+    #[arg(long, default_value_t = specd_engine::spec_decode::gamma::DEFAULT_GAMMA_MAX)]
+    pub gamma_max: usize,
+    /// Default acceptance rule (docs/rules.md): exact, topk:k, ...
+    #[arg(long, default_value = "exact")]
+    pub rule: String,
+    /// Default error budget B per request.
+    #[arg(long, default_value_t = 0.0)]
+    pub budget: f64,
+    /// Default protected tokens: `default`, `none` or a regular expression.
+    #[arg(long, default_value = "default")]
+    pub protect: String,
+    /// Default budget pacing: `linear[:BURST]` or `none`.
+    #[arg(long, default_value = "linear")]
+    pub pacing: String,
+}
+
+impl ServeArgs {
+    fn defaults(&self) -> Speculative {
+        Speculative {
+            mode: None,
+            rule: Some(self.rule.clone()),
+            budget: Some(self.budget),
+            gamma: Some(serde_json::Value::String(self.gamma.clone())),
+            gamma_max: Some(self.gamma_max),
+            protect: Some(self.protect.clone()),
+            pacing: Some(self.pacing.clone()),
+            drafter: Some(self.drafter.clone()),
+            draft_sampling: None,
+        }
+    }
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let listen = parse_listen(&a.listen)?;
+    let cfg = HttpConfig {
+        max_running: a.max_running,
+        max_waiting: a.max_waiting,
+        defaults: a.defaults(),
+    };
+    // Check the defaults as a request would be checked, before loading anything.
+    specd_openai::request::check_defaults(&cfg.defaults)
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let load = move || -> Result<Arc<dyn Backend>> {
+        let target = LoadedModel::load_on(&a.target, a.target_device, &crate::log)?;
+        let draft = if a.draft == "none" {
+            None
+        } else {
+            Some(LoadedModel::load_on(&a.draft, a.draft_device, &crate::log)?)
+        };
+        let backend = Embedded::new(target, draft, a.served_model_name)?;
+        crate::log(&format!("serving model {:?}", backend.model_id()));
+        Ok(Arc::new(backend))
+    };
+    runtime()?.block_on(specd_openai::serve(
+        listen,
+        cfg,
+        load,
+        shutdown_signal(),
+        |addr| crate::log(&format!("HTTP API on http://{addr} (loading the models)")),
+    ))
+}

@@ -1,0 +1,230 @@
+//! `specd serve` as a user runs it: a real process on 127.0.0.1 checked by the official `openai`
+//! Python client (cli/tests/openai_client.py), with greedy output equal to `specd generate`; plain
+//! HTTP for what a client library hides (SSE framing, disconnects, start-up errors).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_specd")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `specd serve` process, killed on drop.
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 exchange: status and body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+    (status, body)
+}
+
+fn serve(extra: &[&str]) -> Server {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["serve", "--listen", &listen];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(bin())
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn specd serve");
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("specd serve exited early: {status}: {err}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (code, body) = http(port, "GET", "/health", "");
+            if code == 200 {
+                break;
+            }
+            assert_eq!(code, 503, "{body}");
+            assert!(body.contains("loading"), "{body}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "serve not ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Server { child, port }
+}
+
+const PROMPT: &str = "Explain in detail how a bicycle works.";
+
+#[test]
+fn openai_python_client_against_serve() {
+    // The reference: the same greedy request through `specd generate`.
+    let out = Command::new(bin())
+        .args([
+            "generate",
+            "--prompt",
+            PROMPT,
+            "--chat",
+            "--max-tokens",
+            "40",
+            "--json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let j: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.json");
+    std::fs::write(
+        &expected,
+        serde_json::json!({
+            "prompt": PROMPT,
+            "text": j["text"],
+            "completion_tokens": j["token_ids"].as_array().unwrap().len(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let server = serve(&["--max-running", "1", "--max-waiting", "1"]);
+    let python = std::env::var("SPECD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let out = Command::new(python)
+        .args([
+            script,
+            &format!("http://127.0.0.1:{}/v1", server.port),
+            "smollm2-135m-q8_0",
+            expected.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "openai client checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("passed, 0 failed"), "{stdout}");
+}
+
+/// The SSE framing itself, a client that disconnects mid-stream (the server keeps serving), and a
+/// server without a draft model.
+#[test]
+fn raw_sse_disconnect_and_no_draft() {
+    let server = serve(&["--draft", "none"]);
+    let body = serde_json::json!({
+        "model": "smollm2-135m-q8_0", "prompt": "Count to twenty: 1, 2, 3,", "max_tokens": 300,
+        "temperature": 0, "stream": true, "speculative": {"drafter": "ngram"}
+    })
+    .to_string();
+    // Read a few events, then hang up.
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let mut events = 0;
+    while events < 3 {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if let Some(data) = line.trim().strip_prefix("data: ") {
+            let v: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(v["object"], "text_completion");
+            events += 1;
+        }
+    }
+    drop(r);
+    drop(s);
+    // The server goes on serving; without a draft model, the model drafter is refused clearly.
+    let (code, body) = http(
+        server.port,
+        "POST",
+        "/v1/completions",
+        r#"{"model": "smollm2-135m-q8_0", "prompt": "Hi", "max_tokens": 3, "temperature": 0}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("no draft model"), "{body}");
+    let (code, body) = http(
+        server.port,
+        "POST",
+        "/v1/completions",
+        r#"{"model": "smollm2-135m-q8_0", "prompt": "Hi", "max_tokens": 3, "temperature": 0, "speculative": {"mode": "target-only"}}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    // Not JSON, and an unknown path: OpenAI's error object.
+    let (code, body) = http(server.port, "POST", "/v1/chat/completions", "{oops");
+    assert_eq!(code, 400);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    let (code, _) = http(server.port, "GET", "/v2/nothing", "");
+    assert_eq!(code, 404);
+}
+
+#[test]
+fn serve_start_up_errors_are_clear() {
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "nowhere"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+    let out = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--rule", "bogus"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rule") && err.contains("bogus"), "{err}");
+    let out = Command::new(bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--target",
+            "/nonexistent/model.gguf",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model.gguf"), "{err}");
+}

@@ -1,0 +1,313 @@
+//! specd's OpenAI-compatible HTTP API: `POST /v1/chat/completions` and `POST /v1/completions`
+//! (whole or streamed as server-sent events), `GET /v1/models`, `GET /health`. Requests are
+//! turned into the engine's one request type ([`request`]) and run on a [`Backend`]; each runs on
+//! a blocking thread, at most `max_running` at once, with at most `max_waiting` more waiting in
+//! order (beyond that: 429 with `Retry-After`). A client that goes away ends its request.
+
+pub mod backend;
+pub mod error;
+pub mod request;
+pub mod response;
+
+use std::net::SocketAddr;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, Result};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use backend::{Backend, Embedded};
+pub use error::ApiError;
+use request::{Endpoint, Parsed, Speculative};
+use response::Meta;
+
+/// How the HTTP server runs.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Requests generating at once.
+    pub max_running: usize,
+    /// Requests waiting for a turn, served in order of arrival; beyond them, 429.
+    pub max_waiting: usize,
+    /// The server's speculative settings; a request's `speculative` object overrides them.
+    pub defaults: Speculative,
+}
+
+struct AppState {
+    backend: OnceLock<Arc<dyn Backend>>,
+    cfg: HttpConfig,
+    running: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+type Shared = Arc<AppState>;
+
+/// A fresh request id (hex).
+pub(crate) fn request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{:016x}",
+        specd_engine::sampling::splitmix64(nanos ^ n.rotate_left(40))
+    )
+}
+
+/// The router; `backend` is set once the models are loaded (until then every request but
+/// `/health` is answered 503).
+fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .fallback(|| async {
+            ApiError {
+                status: axum::http::StatusCode::NOT_FOUND,
+                message: "no such endpoint: this server has POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health".into(),
+                param: None,
+                code: None,
+                retry_after: None,
+            }
+        })
+        .with_state(state)
+}
+
+/// Binds `listen`, then loads the backend with `load` (on a blocking thread: `/health` answers
+/// 503 "loading" meanwhile) and serves until `shutdown`. `ready` is called with the bound address.
+pub async fn serve(
+    listen: SocketAddr,
+    cfg: HttpConfig,
+    load: impl FnOnce() -> Result<Arc<dyn Backend>> + Send + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    anyhow::ensure!(cfg.max_running >= 1, "--max-running must be at least 1");
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let state = Arc::new(AppState {
+        backend: OnceLock::new(),
+        running: Arc::new(Semaphore::new(cfg.max_running)),
+        waiting: AtomicUsize::new(0),
+        cfg,
+    });
+    ready(addr);
+    let app = router(state.clone());
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+    });
+    let loading = tokio::task::spawn_blocking(load);
+    tokio::select! {
+        r = &mut server => return r.context("HTTP server panicked")?.context("HTTP server failed"),
+        loaded = loading => {
+            let backend = loaded.context("model loading panicked")??;
+            let _ = state.backend.set(backend);
+        }
+    }
+    server
+        .await
+        .context("HTTP server panicked")?
+        .context("HTTP server failed")
+}
+
+async fn health(State(s): State<Shared>) -> Response {
+    match s.backend.get() {
+        Some(b) => Json(json!({"status": "ok", "model": b.model_id()})).into_response(),
+        None => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+    }
+}
+
+fn backend(s: &AppState) -> Result<Arc<dyn Backend>, ApiError> {
+    s.backend
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("the model is still loading; retry shortly"))
+}
+
+async fn models(State(s): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let b = backend(&s)?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": [{"id": b.model_id(), "object": "model", "created": 0, "owned_by": "specd"}],
+    })))
+}
+
+async fn chat(State(s): State<Shared>, body: Bytes) -> Response {
+    complete(s, Endpoint::Chat, body).await
+}
+
+async fn completions(State(s): State<Shared>, body: Bytes) -> Response {
+    complete(s, Endpoint::Completion, body).await
+}
+
+/// Sets its flag when dropped: the handler's future is dropped when its client goes away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Waits for a turn to generate: at once if fewer than `max_running` run, in order behind at most
+/// `max_waiting` others, or 429.
+async fn admit(s: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+    if let Ok(p) = s.running.clone().try_acquire_owned() {
+        return Ok(p);
+    }
+    let max = s.cfg.max_waiting;
+    if s.waiting
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w < max).then_some(w + 1)
+        })
+        .is_err()
+    {
+        return Err(ApiError::overloaded(
+            format!(
+                "the server is at capacity ({} requests running, {max} waiting); retry later",
+                s.cfg.max_running
+            ),
+            1,
+        ));
+    }
+    struct Waiting<'a>(&'a AtomicUsize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    let _w = Waiting(&s.waiting);
+    s.running
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::unavailable("the server is shutting down"))
+}
+
+async fn complete(s: Shared, endpoint: Endpoint, body: Bytes) -> Response {
+    match prepare(&s, endpoint, &body).await {
+        Err(e) => e.into_response(),
+        Ok((backend, parsed, permit)) if parsed.stream => stream(backend, parsed, permit),
+        Ok((backend, parsed, permit)) => whole(backend, parsed, permit).await,
+    }
+}
+
+async fn prepare(
+    s: &AppState,
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<(Arc<dyn Backend>, Parsed, OwnedSemaphorePermit), ApiError> {
+    let backend = backend(s)?;
+    let parsed = request::parse(endpoint, body, &s.cfg.defaults)?;
+    if parsed.model != backend.model_id() {
+        return Err(ApiError::unknown_model(&parsed.model, backend.model_id()));
+    }
+    let permit = admit(s).await?;
+    Ok((backend, parsed, permit))
+}
+
+async fn whole(
+    backend: Arc<dyn Backend>,
+    parsed: Parsed,
+    permit: OwnedSemaphorePermit,
+) -> Response {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _guard = CancelOnDrop(cancelled.clone());
+    let run = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let out = backend.generate(&parsed, &mut |_| {
+            if cancelled.load(Ordering::Relaxed) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        out.map(|o| Meta::new(parsed.endpoint, &parsed.model).complete(&parsed, &o, &*backend))
+    });
+    match run.await {
+        Ok(Ok(body)) => Json(body).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => ApiError::internal(format!("generation panicked: {e}")).into_response(),
+    }
+}
+
+/// A streamed response: server-sent events, one chunk per verify round that adds text, a last
+/// chunk with the finish reason, the usage chunk when asked for, then `[DONE]`. An error after
+/// the stream began is sent as an event holding the error object.
+fn stream(backend: Arc<dyn Backend>, parsed: Parsed, permit: OwnedSemaphorePermit) -> Response {
+    let (tx, rx) = mpsc::channel::<Result<Event, std::convert::Infallible>>(64);
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let meta = Meta::new(parsed.endpoint, &parsed.model);
+        let send = |v: serde_json::Value| {
+            tx.blocking_send(Ok(Event::default().data(v.to_string())))
+                .is_ok()
+        };
+        if parsed.endpoint == Endpoint::Chat && !send(meta.chunk(&parsed, None, None, None)) {
+            return;
+        }
+        let mut offset = 0;
+        let out = backend.generate(&parsed, &mut |d| {
+            if d.text.is_empty() && (parsed.request.logprobs.is_none() || d.logprobs.is_empty()) {
+                // Nothing to show (text held back); still notice a client that left.
+                return if tx.is_closed() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                };
+            }
+            let lp = parsed
+                .request
+                .logprobs
+                .map(|_| response::logprobs(parsed.endpoint, d.logprobs, &*backend, offset));
+            offset += d.text.len();
+            if send(meta.chunk(&parsed, Some(d.text), lp, None)) {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        });
+        match out {
+            Ok(o) => {
+                let f = o.stats.finish_reason;
+                if f == Some(specd_engine::spec_decode::FinishReason::Cancelled) {
+                    return;
+                }
+                send(meta.chunk(
+                    &parsed,
+                    None,
+                    None,
+                    f.or(Some(specd_engine::spec_decode::FinishReason::Stop)),
+                ));
+                if parsed.include_usage {
+                    send(meta.usage_chunk(&parsed, &o));
+                }
+            }
+            Err(e) => {
+                send(e.body());
+            }
+        }
+        let _ = tx.blocking_send(Ok(Event::default().data("[DONE]")));
+    });
+    Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
