@@ -429,3 +429,53 @@ fn a_corrupt_preset_is_detected_and_the_fix_named() {
         "the corrupt file is not kept"
     );
 }
+
+/// Every kernel path this CPU has (AVX-512 VNNI, AVX2, portable) gives the same per-token NLLs,
+/// bit for bit, on each weight layout: Q8_0 (W8), Q4_1 (W4), Q4_K_M (W4F and W8F).
+#[test]
+fn every_kernel_path_scores_the_same_bits() {
+    let paths: Vec<&str> = ["avx512", "avx2", "portable"]
+        .into_iter()
+        .filter(|p| match *p {
+            "avx512" => std::is_x86_feature_detected!("avx512vnni"),
+            "avx2" => std::is_x86_feature_detected!("avx2"),
+            _ => true,
+        })
+        .collect();
+    for model in [
+        "smollm2-135m-q8_0",
+        "smollm2-135m-q4_1",
+        "smollm2-135m-q4_k_m",
+    ] {
+        let mut seen: Option<(String, serde_json::Value)> = None;
+        for path in &paths {
+            // `avx512` is the default where the CPU has it; other values force a path.
+            let env: &[(&str, &str)] = if *path == "avx512" {
+                &[]
+            } else {
+                &[("SPECD_KERNEL", path)]
+            };
+            let j = json_line(&specd_env(
+                &[
+                    "score",
+                    "--model",
+                    model,
+                    "--prompt",
+                    "The capital of France is",
+                    "--continuation",
+                    " Paris, and the capital of Germany is Berlin.",
+                    "--json",
+                ],
+                env,
+            ));
+            let per_token = j["per_token"].clone();
+            assert!(per_token.as_array().is_some_and(|a| a.len() > 5));
+            match &seen {
+                None => seen = Some((path.to_string(), per_token)),
+                Some((first, want)) => {
+                    assert_eq!(&per_token, want, "{model}: {path} differs from {first}")
+                }
+            }
+        }
+    }
+}

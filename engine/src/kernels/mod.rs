@@ -36,6 +36,8 @@ use half::f16;
 use crate::quant::{unpack_block, GgmlType, Unpacked, QK};
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod pool;
 pub mod portable;
@@ -108,16 +110,14 @@ fn layout_of(ty: GgmlType) -> Option<Layout> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelPath {
     Avx512Vnni,
+    Avx2,
     Portable,
 }
 
-/// The kernel path this process uses (`SPECD_KERNEL=portable` forces the portable one).
-pub fn kernel_path() -> KernelPath {
-    static PATH: OnceLock<KernelPath> = OnceLock::new();
-    *PATH.get_or_init(|| {
-        if std::env::var("SPECD_KERNEL").is_ok_and(|v| v == "portable") {
-            return KernelPath::Portable;
-        }
+impl KernelPath {
+    /// The paths this CPU can run, fastest first (the portable one last).
+    pub fn available() -> Vec<KernelPath> {
+        let mut paths = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx512f")
@@ -126,10 +126,31 @@ pub fn kernel_path() -> KernelPath {
                 && is_x86_feature_detected!("avx512vnni")
                 && is_x86_feature_detected!("fma")
             {
-                return KernelPath::Avx512Vnni;
+                paths.push(KernelPath::Avx512Vnni);
+            }
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                paths.push(KernelPath::Avx2);
             }
         }
-        KernelPath::Portable
+        paths.push(KernelPath::Portable);
+        paths
+    }
+}
+
+/// The kernel path this process uses: the fastest the CPU has, or the one `SPECD_KERNEL` names
+/// (`portable`, or `avx2` where the CPU has it). Every path gives the same bits.
+pub fn kernel_path() -> KernelPath {
+    static PATH: OnceLock<KernelPath> = OnceLock::new();
+    *PATH.get_or_init(|| {
+        let available = KernelPath::available();
+        match std::env::var("SPECD_KERNEL").as_deref() {
+            Ok("portable") => KernelPath::Portable,
+            Ok("avx2") if available.contains(&KernelPath::Avx2) => KernelPath::Avx2,
+            _ => available[0],
+        }
     })
 }
 
@@ -610,6 +631,11 @@ fn group_tile(
             // SAFETY: the path is only chosen when the CPU has these features.
             unsafe { avx512::group_tile(w, act, g, r0, rows, out) }
         }
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 => {
+            // SAFETY: the path is only chosen when the CPU has these features.
+            unsafe { avx2::group_tile(w, act, g, r0, rows, out) }
+        }
         _ => portable::group_tile(w, act, g, r0, rows, out),
     }
 }
@@ -621,6 +647,9 @@ pub fn dot_f32(path: KernelPath, a: &[f32], b: &[f32]) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path is only chosen when the CPU has AVX-512.
         KernelPath::Avx512Vnni => unsafe { avx512::dot_f32(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path is only chosen when the CPU has AVX2 and FMA.
+        KernelPath::Avx2 => unsafe { avx2::dot_f32(a, b) },
         _ => portable::dot_f32(a, b),
     }
 }
@@ -693,23 +722,15 @@ mod tests {
                 );
             }
         }
-        // The portable kernel gives the same bits as the SIMD one for quantized weights.
-        if ty.is_quantized() {
-            let act = ActQ8::quantize(&x, k);
-            let mut tile = [[0f32; GROUP]; MAX_TILE];
-            for g in 0..mat.groups() {
-                portable::group_tile(&mat, &act, g, 0, 8, &mut tile);
-                for (r, vals) in tile.iter().enumerate() {
-                    for c in 0..GROUP.min(n - g * GROUP) {
-                        assert_eq!(
-                            vals[c].to_bits(),
-                            out[r * n + g * GROUP + c].to_bits(),
-                            "{ty:?} portable vs {:?}",
-                            kernel_path()
-                        );
-                    }
-                }
-            }
+        // Every kernel path this CPU has gives the same bits (the portable one included).
+        for path in KernelPath::available() {
+            let mut o = vec![0f32; 11 * n];
+            matmul_with(path, &x, &mat, &mut o);
+            assert!(
+                o.iter().zip(&out).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{ty:?}: {path:?} differs from {:?}",
+                kernel_path()
+            );
         }
     }
 
@@ -768,7 +789,7 @@ mod dot_tests {
                 .map(|i| ((i * 104729) % 11) as f32 * 0.5 - 2.0)
                 .collect();
             let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
-            for path in [KernelPath::Portable, kernel_path()] {
+            for path in KernelPath::available() {
                 let got = dot_f32(path, &a, &b);
                 assert!(
                     (got as f64 - want).abs() < 1e-3,
@@ -777,11 +798,13 @@ mod dot_tests {
             }
             let c: Vec<f32> = a.iter().map(|v| (v * 0.731).sin()).collect();
             let d: Vec<f32> = b.iter().map(|v| (v * 1.37).cos()).collect();
-            assert_eq!(
-                dot_f32(KernelPath::Portable, &c, &d).to_bits(),
-                dot_f32(kernel_path(), &c, &d).to_bits(),
-                "len {len}: paths differ"
-            );
+            for path in KernelPath::available() {
+                assert_eq!(
+                    dot_f32(KernelPath::Portable, &c, &d).to_bits(),
+                    dot_f32(path, &c, &d).to_bits(),
+                    "len {len}: {path:?} differs from the portable path"
+                );
+            }
         }
     }
 }
