@@ -128,14 +128,30 @@ pub struct CoordinatorArgs {
     /// Draft-node URLs, comma-separated. None: target-only decoding.
     #[arg(long, value_delimiter = ',')]
     pub draft: Vec<String>,
+    /// Also serve the OpenAI-compatible HTTP API on this address, e.g. 0.0.0.0:8000
+    /// (docs/serving.md); its requests run like gRPC ones.
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    #[command(flatten)]
+    pub api: crate::serve::ApiArgs,
 }
 
 pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
     let listen = parse_listen(&a.listen)?;
+    let http = match &a.http_listen {
+        Some(h) => Some((
+            h.parse()
+                .with_context(|| format!("--http-listen {h:?}: expected HOST:PORT"))?,
+            a.api.config()?,
+        )),
+        None => None,
+    };
     let cfg = specd_coordinator::CoordinatorConfig {
         listen,
         targets: a.target,
         drafts: a.draft,
+        http,
+        model_name: a.api.served_model_name.clone(),
     };
     runtime()?.block_on(specd_coordinator::serve(cfg, shutdown_signal()))
 }

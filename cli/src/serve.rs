@@ -31,6 +31,13 @@ pub struct ServeArgs {
     /// Device of the draft.
     #[arg(long, default_value = "cpu")]
     pub draft_device: Device,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// The HTTP API's settings (`serve`, and `coordinator --http-listen`).
+#[derive(Args)]
+pub struct ApiArgs {
     /// The model id clients name in `model` (default: the target's preset or file name).
     #[arg(long)]
     pub served_model_name: Option<String>,
@@ -43,31 +50,32 @@ pub struct ServeArgs {
     pub max_waiting: usize,
     /// Default drafter of requests: model, ngram or ngram:MIN-MAX (a request's
     /// `speculative.drafter` overrides it, as every default below).
-    #[arg(long, default_value = "model")]
+    #[arg(long = "default-drafter", default_value = "model")]
     pub drafter: String,
     /// Default drafted tokens per block: a number, `auto` or `heuristic` (see `generate --help`).
-    #[arg(long, default_value = "8")]
+    #[arg(long = "default-gamma", default_value = "8")]
     pub gamma: String,
     /// Default largest block of `auto` and `heuristic`.
-    #[arg(long, default_value_t = specd_engine::spec_decode::gamma::DEFAULT_GAMMA_MAX)]
+    #[arg(long = "default-gamma-max", default_value_t = specd_engine::spec_decode::gamma::DEFAULT_GAMMA_MAX)]
     pub gamma_max: usize,
     /// Default acceptance rule (docs/rules.md): exact, topk:k, ...
-    #[arg(long, default_value = "exact")]
+    #[arg(long = "default-rule", default_value = "exact")]
     pub rule: String,
     /// Default error budget B per request.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long = "default-budget", default_value_t = 0.0)]
     pub budget: f64,
     /// Default protected tokens: `default`, `none` or a regular expression.
-    #[arg(long, default_value = "default")]
+    #[arg(long = "default-protect", default_value = "default")]
     pub protect: String,
     /// Default budget pacing: `linear[:BURST]` or `none`.
-    #[arg(long, default_value = "linear")]
+    #[arg(long = "default-pacing", default_value = "linear")]
     pub pacing: String,
 }
 
-impl ServeArgs {
-    fn defaults(&self) -> Speculative {
-        Speculative {
+impl ApiArgs {
+    /// The HTTP settings, the defaults checked as a request's `speculative` object is.
+    pub fn config(&self) -> Result<HttpConfig> {
+        let defaults = Speculative {
             mode: None,
             rule: Some(self.rule.clone()),
             budget: Some(self.budget),
@@ -77,20 +85,30 @@ impl ServeArgs {
             pacing: Some(self.pacing.clone()),
             drafter: Some(self.drafter.clone()),
             draft_sampling: None,
+        };
+        specd_openai::request::check_defaults(&defaults).map_err(|e| {
+            let field = e
+                .param
+                .as_deref()
+                .unwrap_or("")
+                .trim_start_matches("speculative.");
+            anyhow::anyhow!("--default-{}: {}", field.replace('_', "-"), e.message)
+        })?;
+        if self.max_running == 0 {
+            anyhow::bail!("--max-running must be at least 1");
         }
+        Ok(HttpConfig {
+            max_running: self.max_running,
+            max_waiting: self.max_waiting,
+            defaults,
+        })
     }
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let listen = parse_listen(&a.listen)?;
-    let cfg = HttpConfig {
-        max_running: a.max_running,
-        max_waiting: a.max_waiting,
-        defaults: a.defaults(),
-    };
-    // Check the defaults as a request would be checked, before loading anything.
-    specd_openai::request::check_defaults(&cfg.defaults)
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let cfg = a.api.config()?;
+    let name = a.api.served_model_name.clone();
     let load = move || -> Result<Arc<dyn Backend>> {
         let target = LoadedModel::load_on(&a.target, a.target_device, &crate::log)?;
         let draft = if a.draft == "none" {
@@ -98,15 +116,16 @@ pub fn run(a: ServeArgs) -> Result<()> {
         } else {
             Some(LoadedModel::load_on(&a.draft, a.draft_device, &crate::log)?)
         };
-        let backend = Embedded::new(target, draft, a.served_model_name)?;
+        let backend = Embedded::new(target, draft, name)?;
         crate::log(&format!("serving model {:?}", backend.model_id()));
         Ok(Arc::new(backend))
     };
-    runtime()?.block_on(specd_openai::serve(
-        listen,
-        cfg,
-        load,
-        shutdown_signal(),
-        |addr| crate::log(&format!("HTTP API on http://{addr} (loading the models)")),
-    ))
+    runtime()?.block_on(async move {
+        let listener = specd_openai::bind(listen).await?;
+        crate::log(&format!(
+            "HTTP API on http://{} (loading the models)",
+            listener.local_addr()?
+        ));
+        specd_openai::serve(listener, cfg, load, shutdown_signal()).await
+    })
 }

@@ -12,17 +12,9 @@ use specd_proto::v1::target_verifier_client::TargetVerifierClient;
 use specd_proto::v1::{self, DraftBlock, DraftFrame};
 use tonic::Code;
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_specd")
-}
+mod common;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{bin, free_port};
 
 /// A node process, killed on drop.
 struct Node {
@@ -876,4 +868,59 @@ fn generation_through_the_link_emulator_is_unchanged_and_slower() {
         "{slow_ms} ms through a 20 ms link, {direct_ms} ms without it, for {n} streamed tokens"
     );
     assert_eq!(base["text"], direct_base["text"]);
+}
+
+/// The coordinator's HTTP API (`--http-listen`) with the official `openai` Python client: the
+/// checks `specd serve` passes (greedy output equal to `specd generate`, streaming, stop, seeds,
+/// the extension object, errors, 429), through target-node and draft-node processes. The 429 check
+/// cuts a stream mid-way: its ledger row says "cancelled" and no row stays "running".
+#[test]
+fn openai_python_client_against_the_coordinator() {
+    let t = target_node(&[]);
+    let d = draft_node("smollm2-135m-q4_1");
+    let (port, http_port) = (free_port(), free_port());
+    let mut child = Command::new(bin())
+        .args([
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--target",
+            &t.url,
+            "--draft",
+            &d.url,
+            "--http-listen",
+            &format!("127.0.0.1:{http_port}"),
+            "--max-running",
+            "1",
+            "--max-waiting",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn coordinator");
+    common::wait_http_ready(http_port, &mut child);
+    let c = Node {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    common::openai_client_checks(http_port, "smollm2-135m-q8_0", true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sessions = rt.block_on(async {
+        specd_proto::v1::coordinator_client::CoordinatorClient::connect(c.url.clone())
+            .await
+            .unwrap()
+            .list_sessions(v1::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+    });
+    let states: Vec<&str> = sessions.iter().map(|s| s.state.as_str()).collect();
+    assert!(states.len() > 10, "{states:?}");
+    assert!(!states.contains(&"running"), "{states:?}");
+    assert!(states.contains(&"cancelled"), "{states:?}");
 }

@@ -1,8 +1,9 @@
 """The official `openai` Python client against a running `specd serve` (driven by cli/tests/serve.rs).
 
-Usage: openai_client.py BASE_URL MODEL EXPECTED_JSON
+Usage: openai_client.py BASE_URL MODEL EXPECTED_JSON [coordinator]
 EXPECTED_JSON is `specd generate --json` of the same greedy request: HTTP must give the same text
-and token count. Every check asserts; the last line printed is "N passed, 0 failed".
+and token count. `coordinator`: the server is a coordinator's HTTP API (no logprobs there yet: they
+must be refused clearly). Every check asserts; the last line printed is "N passed, 0 failed".
 """
 
 import json
@@ -18,6 +19,7 @@ except ImportError:
     sys.exit("the `openai` Python package is missing: python3 -m pip install openai (.ci/run installs it)")
 
 base, model, expected_path = sys.argv[1], sys.argv[2], sys.argv[3]
+COORDINATOR = sys.argv[4:] == ["coordinator"]
 expected = json.load(open(expected_path))
 PROMPT = expected["prompt"]
 TEXT = expected["text"]
@@ -33,6 +35,14 @@ def check(name):
         passed.append(name)
         print(f"ok {name}", flush=True)
     return run
+
+
+def status_of(call):
+    try:
+        call()
+    except openai.APIStatusError as e:
+        return e.status_code, e.body
+    raise AssertionError("no error")
 
 
 def spec(usage):
@@ -112,6 +122,11 @@ def _():
 
 @check("logprobs come from the target's distribution")
 def _():
+    if COORDINATOR:
+        code, body = status_of(lambda: client.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=4, logprobs=True))
+        assert code == 400 and body["param"] == "logprobs", body
+        return
     r = client.chat.completions.create(
         model=model, messages=MESSAGES, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content
@@ -146,22 +161,15 @@ def _():
 @check("text completions, whole and streamed, with logprobs")
 def _():
     r = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8,
-                                  temperature=0, logprobs=2)
+                                  temperature=0, logprobs=None if COORDINATOR else 2)
     assert r.object == "text_completion" and r.usage.completion_tokens == 8
-    lp = r.choices[0].logprobs
-    assert len(lp.tokens) == 8 and all(len(t) == 2 for t in lp.top_logprobs)
-    assert "".join(lp.tokens) == r.choices[0].text
+    if not COORDINATOR:
+        lp = r.choices[0].logprobs
+        assert len(lp.tokens) == 8 and all(len(t) == 2 for t in lp.top_logprobs)
+        assert "".join(lp.tokens) == r.choices[0].text
     chunks = list(client.completions.create(model=model, prompt="The capital of France is",
                                             max_tokens=8, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
-
-
-def status_of(call):
-    try:
-        call()
-    except openai.APIStatusError as e:
-        return e.status_code, e.body
-    raise AssertionError("no error")
 
 
 @check("errors: OpenAI's error object and status")
@@ -208,6 +216,42 @@ def _():
 def _():
     with urllib.request.urlopen(base.removesuffix("/v1") + "/health") as r:
         assert json.load(r)["status"] == "ok"
+
+
+def scrape():
+    """GET /metrics through prometheus_client's own text parser: {(name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(base.removesuffix("/v1") + "/metrics") as r:
+        assert r.headers["content-type"].startswith("text/plain")
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+@check("metrics: Prometheus text that moves as requests run")
+def _():
+    before = scrape()
+    get = lambda m, name, **labels: m.get((name, tuple(sorted(labels.items()))), 0.0)
+    assert get(before, "specd_spec_decode_num_drafts_total") > 0
+    assert get(before, "specd_spec_decode_num_accepted_tokens_per_pos_total", position="0") > 0
+    assert get(before, "specd_num_requests_running") == 0
+    r = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=N, temperature=0,
+                                       extra_body={"speculative": {"rule": "topk:5", "budget": 2}})
+    after = scrape()
+    s = spec(r.usage)
+    assert get(after, "specd_generation_tokens_total") - get(before, "specd_generation_tokens_total") == N
+    assert get(after, "specd_prompt_tokens_total") - get(before, "specd_prompt_tokens_total") == r.usage.prompt_tokens
+    assert (get(after, "specd_spec_decode_num_draft_tokens_total")
+            - get(before, "specd_spec_decode_num_draft_tokens_total")) == s["drafted_tokens"]
+    assert (get(after, "specd_spec_decode_num_accepted_tokens_total")
+            - get(before, "specd_spec_decode_num_accepted_tokens_total")) == s["accepted_tokens"]
+    assert (get(after, "specd_lossy_accepted_tokens_total", rule="topk:5")
+            - get(before, "specd_lossy_accepted_tokens_total", rule="topk:5")) == s["lossy_accepted_tokens"]
+    assert abs(get(after, "specd_error_budget_spent_total")
+               - get(before, "specd_error_budget_spent_total") - s["budget_spent"]) < 1e-9
+    assert (get(after, "specd_e2e_request_latency_seconds_count")
+            - get(before, "specd_e2e_request_latency_seconds_count")) == 1
+    assert get(after, "specd_time_to_first_token_seconds_count") > get(before, "specd_time_to_first_token_seconds_count")
 
 
 print(f"{len(passed)} passed, 0 failed")

@@ -2,22 +2,13 @@
 //! Python client (cli/tests/openai_client.py), with greedy output equal to `specd generate`; plain
 //! HTTP for what a client library hides (SSE framing, disconnects, start-up errors).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_specd")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::{bin, free_port, http, openai_client_checks, wait_http_ready};
 
 /// A `specd serve` process, killed on drop.
 struct Server {
@@ -32,23 +23,6 @@ impl Drop for Server {
     }
 }
 
-/// One HTTP/1.1 exchange: status and body.
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
-    (status, body)
-}
-
 fn serve(extra: &[&str]) -> Server {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
@@ -60,82 +34,14 @@ fn serve(extra: &[&str]) -> Server {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn specd serve");
-    let start = Instant::now();
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-            panic!("specd serve exited early: {status}: {err}");
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            let (code, body) = http(port, "GET", "/health", "");
-            if code == 200 {
-                break;
-            }
-            assert_eq!(code, 503, "{body}");
-            assert!(body.contains("loading"), "{body}");
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(300),
-            "serve not ready"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_http_ready(port, &mut child);
     Server { child, port }
 }
 
-const PROMPT: &str = "Explain in detail how a bicycle works.";
-
 #[test]
 fn openai_python_client_against_serve() {
-    // The reference: the same greedy request through `specd generate`.
-    let out = Command::new(bin())
-        .args([
-            "generate",
-            "--prompt",
-            PROMPT,
-            "--chat",
-            "--max-tokens",
-            "40",
-            "--json",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let line = String::from_utf8(out.stdout).unwrap();
-    let j: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let expected = dir.path().join("expected.json");
-    std::fs::write(
-        &expected,
-        serde_json::json!({
-            "prompt": PROMPT,
-            "text": j["text"],
-            "completion_tokens": j["token_ids"].as_array().unwrap().len(),
-        })
-        .to_string(),
-    )
-    .unwrap();
     let server = serve(&["--max-running", "1", "--max-waiting", "1"]);
-    let python = std::env::var("SPECD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
-    let out = Command::new(python)
-        .args([
-            script,
-            &format!("http://127.0.0.1:{}/v1", server.port),
-            "smollm2-135m-q8_0",
-            expected.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "openai client checks failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("passed, 0 failed"), "{stdout}");
+    openai_client_checks(server.port, "smollm2-135m-q8_0", false);
 }
 
 /// The SSE framing itself, a client that disconnects mid-stream (the server keeps serving), and a
@@ -208,7 +114,13 @@ fn serve_start_up_errors_are_clear() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
     let out = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--rule", "bogus"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--default-rule",
+            "bogus",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

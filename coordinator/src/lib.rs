@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 pub use specd_draft_node::connect;
 
 pub mod client;
+pub mod http;
 use specd_proto::convert;
 use specd_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use specd_proto::v1::drafter_client::DrafterClient;
@@ -35,6 +36,10 @@ pub struct CoordinatorConfig {
     pub listen: SocketAddr,
     pub targets: Vec<String>,
     pub drafts: Vec<String>,
+    /// The OpenAI-compatible HTTP API: its address and settings.
+    pub http: Option<(SocketAddr, specd_openai::HttpConfig)>,
+    /// The model id HTTP clients name (default: the first target's model id).
+    pub model_name: Option<String>,
 }
 
 #[derive(Clone)]
@@ -100,12 +105,13 @@ impl CoordinatorNode {
         }
     }
 
-    /// Keeps the session table bounded: beyond `MAX_FINISHED` finished sessions, the oldest go.
+    /// Keeps the session table bounded: beyond `MAX_FINISHED` ended (finished or cancelled)
+    /// sessions, the oldest go.
     fn prune(&self) {
         let mut t = self.sessions.lock().unwrap();
         let mut finished: Vec<(u64, String)> = t
             .iter()
-            .filter(|(_, r)| r.state == "finished")
+            .filter(|(_, r)| r.state != "running")
             .map(|(id, r)| (r.seq, id.clone()))
             .collect();
         if finished.len() > MAX_FINISHED {
@@ -198,7 +204,7 @@ impl Coordinator for CoordinatorNode {
                     gamma: r.gamma,
                     gamma_policy: r.gamma_policy.clone(),
                     gamma_max: r.gamma_max,
-                    max_tokens: r.max_tokens,
+                    max_tokens: opened.max_tokens,
                     sampling: r.sampling,
                     draft_sampling: r.draft_sampling.clone(),
                     pipeline: !r.no_pipeline,
@@ -237,6 +243,9 @@ impl Coordinator for CoordinatorNode {
                 ..Default::default()
             };
             let mut done = false;
+            // The client went away: end the session everywhere (dropping the draft stream stops
+            // the draft-node; the target session is closed below).
+            let mut cancelled = false;
             if let Some(mut stream) = draft_stream {
                 // Ends when the draft-node goes away: the target then finishes alone.
                 while let Ok(Some(mut ev)) = stream.message().await {
@@ -256,7 +265,8 @@ impl Coordinator for CoordinatorNode {
                     });
                     ev.session_id = sid.clone();
                     if tx.send(Ok(ev)).await.is_err() {
-                        return;
+                        cancelled = true;
+                        break;
                     }
                     if last {
                         done = true;
@@ -264,7 +274,7 @@ impl Coordinator for CoordinatorNode {
                     }
                 }
             }
-            if !done {
+            if !done && !cancelled {
                 let fallback = draft_url.is_some();
                 node.update(&sid, |rec| rec.fallback = fallback);
                 match target
@@ -304,7 +314,8 @@ impl Coordinator for CoordinatorNode {
                                         rec.budget_spent = ev.budget_spent;
                                     });
                                     if tx.send(Ok(ev)).await.is_err() {
-                                        return;
+                                        cancelled = true;
+                                        break;
                                     }
                                     if last {
                                         break;
@@ -328,7 +339,9 @@ impl Coordinator for CoordinatorNode {
                     session_id: sid.clone(),
                 })
                 .await;
-            node.update(&sid, |rec| rec.state = "finished".into());
+            node.update(&sid, |rec| {
+                rec.state = if cancelled { "cancelled" } else { "finished" }.into()
+            });
             node.prune();
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -376,12 +389,13 @@ impl Coordinator for CoordinatorNode {
 /// listener and serves until `shutdown`.
 pub async fn serve(
     cfg: CoordinatorConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     if cfg.targets.is_empty() {
         bail!("--target: give at least one target-node URL");
     }
     let mut fingerprints = Vec::new();
+    let mut model_id = String::new();
     for url in &cfg.targets {
         let ch = connect(url)
             .await
@@ -396,6 +410,9 @@ pub async fn serve(
                 )
             })?
             .into_inner();
+        if model_id.is_empty() {
+            model_id = info.model_id.clone();
+        }
         fingerprints.push((url.clone(), info.vocab_fingerprint));
     }
     for url in &cfg.drafts {
@@ -423,6 +440,10 @@ pub async fn serve(
         }
     }
     let listener = specd_proto::bind(cfg.listen).await?;
+    let http_listener = match &cfg.http {
+        Some((addr, _)) => Some(specd_openai::bind(*addr).await?),
+        None => None,
+    };
     let node = CoordinatorNode {
         targets: Arc::new(cfg.targets),
         drafts: Arc::new(cfg.drafts),
@@ -435,13 +456,46 @@ pub async fn serve(
         .set_serving::<CoordinatorServer<CoordinatorNode>>()
         .await;
     eprintln!("specd coordinator: serving on {}", listener.local_addr()?);
+    // One shutdown signal for both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let http = match (cfg.http, http_listener) {
+        (Some((_, http_cfg)), Some(listener)) => {
+            eprintln!(
+                "specd coordinator: HTTP API on http://{}",
+                listener.local_addr()?
+            );
+            let backend = http::Coordinated {
+                node: node.clone(),
+                model_id: cfg.model_name.unwrap_or(model_id),
+                runtime: tokio::runtime::Handle::current(),
+            };
+            Some(tokio::spawn(specd_openai::serve(
+                listener,
+                http_cfg,
+                move || Ok(Arc::new(backend) as Arc<dyn specd_openai::Backend>),
+                stopped(stop_rx.clone()),
+            )))
+        }
+        _ => None,
+    };
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(CoordinatorServer::new(node))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
+            stopped(stop_rx),
         )
         .await
-        .context("coordinator server failed")
+        .context("coordinator server failed")?;
+    if let Some(h) = http {
+        h.await.context("HTTP server panicked")??;
+    }
+    Ok(())
 }

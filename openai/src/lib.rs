@@ -1,11 +1,13 @@
 //! specd's OpenAI-compatible HTTP API: `POST /v1/chat/completions` and `POST /v1/completions`
-//! (whole or streamed as server-sent events), `GET /v1/models`, `GET /health`. Requests are
+//! (whole or streamed as server-sent events), `GET /v1/models`, `GET /health`, `GET /metrics`
+//! (Prometheus). Requests are
 //! turned into the engine's one request type ([`request`]) and run on a [`Backend`]; each runs on
 //! a blocking thread, at most `max_running` at once, with at most `max_waiting` more waiting in
 //! order (beyond that: 429 with `Retry-After`). A client that goes away ends its request.
 
 pub mod backend;
 pub mod error;
+pub mod metrics;
 pub mod request;
 pub mod response;
 
@@ -13,6 +15,7 @@ use std::net::SocketAddr;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use axum::body::Bytes;
@@ -22,6 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use specd_engine::pipeline::{Delta, Output};
+use specd_engine::spec_decode::FinishReason;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -71,10 +76,11 @@ fn router(state: Shared) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
+        .route("/metrics", get(render_metrics))
         .fallback(|| async {
             ApiError {
                 status: axum::http::StatusCode::NOT_FOUND,
-                message: "no such endpoint: this server has POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health".into(),
+                message: "no such endpoint: this server has POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics".into(),
                 param: None,
                 code: None,
                 retry_after: None,
@@ -83,27 +89,29 @@ fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Binds `listen`, then loads the backend with `load` (on a blocking thread: `/health` answers
-/// 503 "loading" meanwhile) and serves until `shutdown`. `ready` is called with the bound address.
+/// Binds the HTTP API's address (a clear error when it is taken or invalid).
+pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen} (HTTP API)"))
+}
+
+/// Loads the backend with `load` (on a blocking thread: `/health` answers 503 "loading"
+/// meanwhile) and serves on `listener` until `shutdown`, letting running requests finish.
 pub async fn serve(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     cfg: HttpConfig,
     load: impl FnOnce() -> Result<Arc<dyn Backend>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     anyhow::ensure!(cfg.max_running >= 1, "--max-running must be at least 1");
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    let addr = listener.local_addr()?;
+    metrics::handle();
     let state = Arc::new(AppState {
         backend: OnceLock::new(),
         running: Arc::new(Semaphore::new(cfg.max_running)),
         waiting: AtomicUsize::new(0),
         cfg,
     });
-    ready(addr);
     let app = router(state.clone());
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -122,6 +130,17 @@ pub async fn serve(
         .await
         .context("HTTP server panicked")?
         .context("HTTP server failed")
+}
+
+async fn render_metrics() -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics::handle().render(),
+    )
+        .into_response()
 }
 
 async fn health(State(s): State<Shared>) -> Response {
@@ -167,11 +186,67 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// A request's turn to generate; the load gauges follow turns taken and given back.
+struct Turn {
+    permit: Option<OwnedSemaphorePermit>,
+    state: Shared,
+    /// When the turn was given.
+    start: Instant,
+}
+
+impl Turn {
+    fn new(permit: OwnedSemaphorePermit, state: &Shared) -> Self {
+        let t = Turn {
+            permit: Some(permit),
+            state: state.clone(),
+            start: Instant::now(),
+        };
+        t.state.report_load();
+        t
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.state.report_load();
+    }
+}
+
+impl AppState {
+    fn report_load(&self) {
+        metrics::set_load(
+            self.cfg.max_running - self.running.available_permits(),
+            self.waiting.load(Ordering::Acquire),
+        );
+    }
+}
+
+/// Times a request's rounds for the latency histograms.
+struct Clock {
+    start: Instant,
+    last: Option<Instant>,
+}
+
+impl Clock {
+    fn round(&mut self, tokens: usize) {
+        if tokens == 0 {
+            return;
+        }
+        let now = Instant::now();
+        match self.last {
+            None => metrics::first_token((now - self.start).as_secs_f64()),
+            Some(l) => metrics::inter_token((now - l).as_secs_f64() / tokens as f64),
+        }
+        self.last = Some(now);
+    }
+}
+
 /// Waits for a turn to generate: at once if fewer than `max_running` run, in order behind at most
 /// `max_waiting` others, or 429.
-async fn admit(s: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
+async fn admit(s: &Shared) -> Result<Turn, ApiError> {
     if let Ok(p) = s.running.clone().try_acquire_owned() {
-        return Ok(p);
+        return Ok(Turn::new(p, s));
     }
     let max = s.cfg.max_waiting;
     if s.waiting
@@ -195,45 +270,67 @@ async fn admit(s: &AppState) -> Result<OwnedSemaphorePermit, ApiError> {
         }
     }
     let _w = Waiting(&s.waiting);
-    s.running
+    s.report_load();
+    let permit = s
+        .running
         .clone()
         .acquire_owned()
         .await
-        .map_err(|_| ApiError::unavailable("the server is shutting down"))
+        .map_err(|_| ApiError::unavailable("the server is shutting down"))?;
+    drop(_w);
+    Ok(Turn::new(permit, s))
 }
 
 async fn complete(s: Shared, endpoint: Endpoint, body: Bytes) -> Response {
     match prepare(&s, endpoint, &body).await {
         Err(e) => e.into_response(),
-        Ok((backend, parsed, permit)) if parsed.stream => stream(backend, parsed, permit),
-        Ok((backend, parsed, permit)) => whole(backend, parsed, permit).await,
+        Ok((backend, parsed, turn)) if parsed.stream => stream(backend, parsed, turn),
+        Ok((backend, parsed, turn)) => whole(backend, parsed, turn).await,
     }
 }
 
 async fn prepare(
-    s: &AppState,
+    s: &Shared,
     endpoint: Endpoint,
     body: &[u8],
-) -> Result<(Arc<dyn Backend>, Parsed, OwnedSemaphorePermit), ApiError> {
+) -> Result<(Arc<dyn Backend>, Parsed, Turn), ApiError> {
     let backend = backend(s)?;
     let parsed = request::parse(endpoint, body, &s.cfg.defaults)?;
     if parsed.model != backend.model_id() {
         return Err(ApiError::unknown_model(&parsed.model, backend.model_id()));
     }
-    let permit = admit(s).await?;
-    Ok((backend, parsed, permit))
+    let turn = admit(s).await?;
+    Ok((backend, parsed, turn))
 }
 
-async fn whole(
-    backend: Arc<dyn Backend>,
-    parsed: Parsed,
-    permit: OwnedSemaphorePermit,
-) -> Response {
+/// Runs a request on the calling (blocking) thread during its turn, timing its rounds;
+/// `on_delta` sees each round. The turn ends when the generation does.
+fn run_turn(
+    backend: &dyn Backend,
+    parsed: &Parsed,
+    turn: Turn,
+    on_delta: &mut dyn FnMut(&Delta) -> ControlFlow<()>,
+) -> Result<Output, ApiError> {
+    let mut clock = Clock {
+        start: turn.start,
+        last: None,
+    };
+    let out = backend.generate(parsed, &mut |d| {
+        clock.round(d.token_ids.len());
+        on_delta(d)
+    });
+    if let Ok(o) = &out {
+        let rule = parsed.request.policy.rule.to_string();
+        metrics::finished(o, &rule, turn.start.elapsed().as_secs_f64());
+    }
+    out
+}
+
+async fn whole(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Response {
     let cancelled = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancelled.clone());
     let run = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let out = backend.generate(&parsed, &mut |_| {
+        let out = run_turn(&*backend, &parsed, turn, &mut |_| {
             if cancelled.load(Ordering::Relaxed) {
                 ControlFlow::Break(())
             } else {
@@ -252,10 +349,9 @@ async fn whole(
 /// A streamed response: server-sent events, one chunk per verify round that adds text, a last
 /// chunk with the finish reason, the usage chunk when asked for, then `[DONE]`. An error after
 /// the stream began is sent as an event holding the error object.
-fn stream(backend: Arc<dyn Backend>, parsed: Parsed, permit: OwnedSemaphorePermit) -> Response {
+fn stream(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Event, std::convert::Infallible>>(64);
     tokio::task::spawn_blocking(move || {
-        let _permit = permit;
         let meta = Meta::new(parsed.endpoint, &parsed.model);
         let send = |v: serde_json::Value| {
             tx.blocking_send(Ok(Event::default().data(v.to_string())))
@@ -265,7 +361,7 @@ fn stream(backend: Arc<dyn Backend>, parsed: Parsed, permit: OwnedSemaphorePermi
             return;
         }
         let mut offset = 0;
-        let out = backend.generate(&parsed, &mut |d| {
+        let out = run_turn(&*backend, &parsed, turn, &mut |d| {
             if d.text.is_empty() && (parsed.request.logprobs.is_none() || d.logprobs.is_empty()) {
                 // Nothing to show (text held back); still notice a client that left.
                 return if tx.is_closed() {
@@ -288,15 +384,10 @@ fn stream(backend: Arc<dyn Backend>, parsed: Parsed, permit: OwnedSemaphorePermi
         match out {
             Ok(o) => {
                 let f = o.stats.finish_reason;
-                if f == Some(specd_engine::spec_decode::FinishReason::Cancelled) {
+                if f == Some(FinishReason::Cancelled) {
                     return;
                 }
-                send(meta.chunk(
-                    &parsed,
-                    None,
-                    None,
-                    f.or(Some(specd_engine::spec_decode::FinishReason::Stop)),
-                ));
+                send(meta.chunk(&parsed, None, None, f.or(Some(FinishReason::Stop))));
                 if parsed.include_usage {
                     send(meta.usage_chunk(&parsed, &o));
                 }

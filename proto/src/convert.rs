@@ -265,6 +265,8 @@ pub fn stats_to_wire(s: &RunStats) -> v1::Stats {
         est_rtt_ms: s.estimates.rtt * 1e3,
         est_t_draft_fixed_ms: s.estimates.t_draft_fixed * 1e3,
         draft_prefill_ms: s.draft_prefill_s * 1e3,
+        drafts: s.drafts as u64,
+        accepted_per_pos: s.accepted_per_pos.iter().map(|&n| n as u64).collect(),
         ..Default::default()
     }
 }

@@ -166,9 +166,6 @@ impl TargetVerifier for TargetNode {
         req: Request<v1::OpenSessionRequest>,
     ) -> Result<Response<v1::SessionOpened>, Status> {
         let r = req.into_inner();
-        if r.max_tokens == 0 {
-            return Err(Status::invalid_argument("max_tokens must be at least 1"));
-        }
         let sampling = convert::sampling_from_wire(r.sampling.as_ref())?;
         let policy = convert::policy_from_wire(r.policy.as_ref(), |p| self.protect_set(p))?;
         if self.sessions.lock().unwrap().len() >= self.max_sessions {
@@ -186,10 +183,15 @@ impl TargetVerifier for TargetNode {
         };
         let stop = StopStrings::new(&r.stop, self.model.tokenizer.clone())
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let context = self.model.model.config.context_length;
+        let max_tokens = match r.max_tokens as usize {
+            0 => context.saturating_sub(prompt.len()).max(1),
+            n => n,
+        };
         let model = self.model.clone();
         let params = SessionParams {
             sampling,
-            max_tokens: r.max_tokens as usize,
+            max_tokens,
             policy,
             stop: stop.clone(),
             logprobs: None,
@@ -223,6 +225,7 @@ impl TargetVerifier for TargetNode {
             session_id: id,
             prompt_ids: prompt,
             model: Some(TargetService::info(self)),
+            max_tokens: max_tokens as u32,
         }))
     }
 

@@ -20,6 +20,10 @@ pub struct RunStats {
     pub drafted_tokens: usize,
     /// Drafted tokens the target accepted.
     pub accepted_tokens: usize,
+    /// Judged blocks that carried drafted tokens.
+    pub drafts: usize,
+    /// How many judged blocks had their i-th drafted token accepted (index i).
+    pub accepted_per_pos: Vec<usize>,
     /// Blocks in which a drafted token was rejected.
     pub rejections: usize,
     /// Verify forwards of the target (prefill excluded).
@@ -209,6 +213,14 @@ pub fn run(
             stats.target_calls += 1;
             stats.drafted_tokens += block.tokens.len();
             stats.accepted_tokens += verdict.accepted;
+            if !block.tokens.is_empty() {
+                stats.drafts += 1;
+                let n = stats.accepted_per_pos.len().max(verdict.accepted);
+                stats.accepted_per_pos.resize(n, 0);
+                for a in &mut stats.accepted_per_pos[..verdict.accepted] {
+                    *a += 1;
+                }
+            }
             stats.rejections += verdict.rejected as usize;
             stats.verify_s += verdict.verify_s;
             let e = stats.verify_by_k.entry(block.tokens.len() + 1).or_default();

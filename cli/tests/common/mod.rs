@@ -1,0 +1,116 @@
+//! Helpers shared by the CLI's process tests.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_specd")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 exchange: status and body.
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").map_or("", |x| x.1).to_owned();
+    (status, body)
+}
+
+/// Waits until `GET /health` on `port` answers 200 (503 "loading" before), or panics.
+pub fn wait_http_ready(port: u16, child: &mut std::process::Child) {
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("the server exited early: {status}: {err}");
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (code, body) = http(port, "GET", "/health", "");
+            if code == 200 {
+                return;
+            }
+            assert_eq!(code, 503, "{body}");
+            assert!(body.contains("loading"), "{body}");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "HTTP API not ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The prompt of the OpenAI client checks.
+pub const PROMPT: &str = "Explain in detail how a bicycle works.";
+
+/// Runs cli/tests/openai_client.py (the official `openai` Python client) against the HTTP API on
+/// `port`; its greedy output must equal `specd generate`'s. `coordinator`: the API of a
+/// coordinator (no logprobs there).
+pub fn openai_client_checks(port: u16, model: &str, coordinator: bool) {
+    let out = Command::new(bin())
+        .args([
+            "generate",
+            "--prompt",
+            PROMPT,
+            "--chat",
+            "--max-tokens",
+            "40",
+            "--json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let line = String::from_utf8(out.stdout).unwrap();
+    let j: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let expected = dir.path().join("expected.json");
+    std::fs::write(
+        &expected,
+        serde_json::json!({
+            "prompt": PROMPT,
+            "text": j["text"],
+            "completion_tokens": j["token_ids"].as_array().unwrap().len(),
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let python = std::env::var("SPECD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
+    let base = format!("http://127.0.0.1:{port}/v1");
+    let mut args = vec![script, &base, model, expected.to_str().unwrap()];
+    if coordinator {
+        args.push("coordinator");
+    }
+    let out = Command::new(python).args(&args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "openai client checks failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("passed, 0 failed"), "{stdout}");
+}

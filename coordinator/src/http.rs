@@ -1,0 +1,97 @@
+//! The coordinator's OpenAI-compatible HTTP API (`--http-listen`): the HTTP edge of
+//! [`specd_openai`] over this coordinator's own `Generate` (called in-process, no network hop), so
+//! an HTTP request takes the same path as a gRPC one: a target session, a draft-node, the ledger.
+
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use specd_engine::pipeline::{Delta, Output};
+use specd_openai::request::Parsed;
+use specd_openai::{ApiError, Backend};
+use specd_proto::v1::coordinator_server::Coordinator;
+use specd_proto::v1::TokenEvent;
+use tonic::{Code, Status};
+
+use crate::client;
+use crate::CoordinatorNode;
+
+/// Requests run through a coordinator's `Generate`.
+pub struct Coordinated {
+    pub(crate) node: CoordinatorNode,
+    pub(crate) model_id: String,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+/// A gRPC status as the HTTP error a client of the OpenAI API expects.
+pub fn status_to_api(s: &Status) -> ApiError {
+    let msg = s.message().to_owned();
+    match s.code() {
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            if msg.contains("context length") {
+                ApiError::context_length(msg)
+            } else {
+                ApiError::invalid("body", msg)
+            }
+        }
+        Code::ResourceExhausted => ApiError::overloaded(msg, 1),
+        Code::Unavailable => ApiError::unavailable(msg),
+        _ => ApiError::internal(format!("{}: {msg}", s.code())),
+    }
+}
+
+impl Backend for Coordinated {
+    fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    fn token_text(&self, _id: u32) -> String {
+        String::new()
+    }
+
+    fn generate(
+        &self,
+        parsed: &Parsed,
+        on_delta: &mut dyn FnMut(&Delta) -> ControlFlow<()>,
+    ) -> Result<Output, ApiError> {
+        if parsed.request.logprobs.is_some() {
+            return Err(ApiError::invalid(
+                "logprobs",
+                "logprobs are not available through the coordinator yet (specd serve has them)",
+            ));
+        }
+        let wire = client::request_to_wire(&parsed.request, &parsed.protect, true);
+        // The events are read on the runtime and handed to this (blocking) thread, which calls
+        // `on_delta`; when it breaks, the channel closes and the reader drops the stream, which
+        // cancels the request at the coordinator.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<TokenEvent>();
+        let node = self.node.clone();
+        let reader = self.runtime.spawn(async move {
+            let t0 = Instant::now();
+            let mut stream = Coordinator::generate(&node, tonic::Request::new(wire))
+                .await?
+                .into_inner();
+            client::collect(&mut stream, t0, |ev| match tx.send(ev.clone()) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            })
+            .await
+        });
+        while let Some(ev) = rx.blocking_recv() {
+            let delta = Delta {
+                text: &ev.text,
+                token_ids: &ev.token_ids,
+                logprobs: &[],
+            };
+            if on_delta(&delta).is_break() {
+                break;
+            }
+        }
+        drop(rx);
+        let remote = self
+            .runtime
+            .block_on(reader)
+            .map_err(|e| ApiError::internal(format!("the request's reader failed: {e}")))?
+            .map_err(|s| status_to_api(&s))?;
+        Ok(remote.output)
+    }
+}
