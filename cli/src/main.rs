@@ -3,6 +3,7 @@
 mod bench;
 mod eval;
 mod generate;
+mod health;
 mod nodes;
 mod score;
 mod serve;
@@ -36,6 +37,8 @@ enum Command {
     DraftNode(nodes::DraftNodeArgs),
     /// Serve the public API: sessions, routing, budget ledger (specd.v1.Coordinator).
     Coordinator(nodes::CoordinatorArgs),
+    /// Is a node serving? gRPC health of a node, or GET /health of an HTTP API (exit 0 if so).
+    Health(health::HealthArgs),
     /// Emulate a WAN link: a TCP proxy adding delay, jitter and a bandwidth limit per direction.
     Link(nodes::LinkArgs),
     /// Teacher-force a continuation through a model: per-token NLL and argmax agreement.
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
         Command::DraftNode(a) => nodes::draft_node(a),
         Command::Coordinator(a) => nodes::coordinator(a),
         Command::Link(a) => nodes::link(a),
+        Command::Health(a) => health::run(a),
         Command::Models(cmd) => models(cmd),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Eval(cmd) => eval::run(cmd),

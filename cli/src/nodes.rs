@@ -40,6 +40,21 @@ pub async fn shutdown_signal() {
     eprintln!("specd: shutting down");
 }
 
+/// Graceful shutdown (Ctrl-C or SIGTERM).
+#[derive(Args, Clone, Copy)]
+pub struct DrainArgs {
+    /// On Ctrl-C or SIGTERM: health turns NOT_SERVING (HTTP 503), new work is refused, and what
+    /// runs may finish for at most this many seconds before the process exits.
+    #[arg(long, default_value_t = 30.0)]
+    pub drain_timeout: f64,
+}
+
+impl DrainArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.drain_timeout.clamp(0.0, 86_400.0))
+    }
+}
+
 pub fn parse_listen(s: &str) -> Result<SocketAddr> {
     s.parse()
         .with_context(|| format!("--listen {s:?}: expected HOST:PORT, e.g. 127.0.0.1:50051"))
@@ -65,6 +80,8 @@ pub struct TargetNodeArgs {
     /// Largest block (drafted tokens) a Verify frame may carry.
     #[arg(long, default_value_t = 32)]
     pub max_block: usize,
+    #[command(flatten)]
+    pub drain: DrainArgs,
 }
 
 pub fn target_node(a: TargetNodeArgs) -> Result<()> {
@@ -78,6 +95,7 @@ pub fn target_node(a: TargetNodeArgs) -> Result<()> {
         max_sessions: a.max_sessions,
         idle_timeout: Duration::from_secs(a.session_idle_timeout),
         max_block: a.max_block,
+        drain_timeout: a.drain.timeout(),
     };
     runtime()?.block_on(specd_target_node::serve(cfg, model, shutdown_signal()))
 }
@@ -99,6 +117,8 @@ pub struct DraftNodeArgs {
     /// Largest block this node drafts.
     #[arg(long, default_value_t = 32)]
     pub max_gamma: usize,
+    #[command(flatten)]
+    pub drain: DrainArgs,
 }
 
 pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
@@ -113,6 +133,7 @@ pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
         listen,
         max_gamma: a.max_gamma,
         drafter,
+        drain_timeout: a.drain.timeout(),
     };
     runtime()?.block_on(specd_draft_node::serve(cfg, model, shutdown_signal()))
 }
@@ -152,6 +173,7 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
         drafts: a.draft,
         http,
         model_name: a.api.served_model_name.clone(),
+        drain_timeout: a.api.drain.timeout(),
     };
     runtime()?.block_on(specd_coordinator::serve(cfg, shutdown_signal()))
 }

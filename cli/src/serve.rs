@@ -70,6 +70,8 @@ pub struct ApiArgs {
     /// Default budget pacing: `linear[:BURST]` or `none`.
     #[arg(long = "default-pacing", default_value = "linear")]
     pub pacing: String,
+    #[command(flatten)]
+    pub drain: crate::nodes::DrainArgs,
 }
 
 impl ApiArgs {
@@ -101,6 +103,7 @@ impl ApiArgs {
             max_running: self.max_running,
             max_waiting: self.max_waiting,
             defaults,
+            drain_timeout: self.drain.timeout(),
         })
     }
 }

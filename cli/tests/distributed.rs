@@ -924,3 +924,115 @@ fn openai_python_client_against_the_coordinator() {
     assert!(!states.contains(&"running"), "{states:?}");
     assert!(states.contains(&"cancelled"), "{states:?}");
 }
+
+/// SIGTERM drains a node (what every Kubernetes rollout sends): `specd health` turns from SERVING
+/// to NOT_SERVING, the running request finishes whole, a new session is refused with UNAVAILABLE,
+/// and the process exits 0 once its sessions are closed.
+#[test]
+fn sigterm_drains_the_target_node() {
+    let mut t = target_node(&["--drain-timeout", "120"]);
+    let c = coordinator(&t, None);
+    let health = |addr: &str| Command::new(bin()).args(["health", addr]).output().unwrap();
+    let h = health(&t.url);
+    assert!(h.status.success(), "{}", String::from_utf8_lossy(&h.stderr));
+    assert!(String::from_utf8_lossy(&h.stdout).contains("SERVING"));
+    let gen = Command::new(bin())
+        .args([
+            "generate",
+            "--coordinator",
+            &c.url,
+            "--prompt",
+            "Count from 1 to 1000, separated by commas.",
+            "--chat",
+            "--max-tokens",
+            "120",
+            "--mode",
+            "target-only",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the request runs at the target.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let running = || {
+        rt.block_on(async {
+            specd_proto::v1::coordinator_client::CoordinatorClient::connect(c.url.clone())
+                .await
+                .unwrap()
+                .list_sessions(v1::ListSessionsRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .sessions
+                .iter()
+                .any(|s| s.state == "running" && s.completion_tokens > 0)
+        })
+    };
+    let start = Instant::now();
+    while !running() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the request never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &t.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Draining: NOT_SERVING, and no new session.
+    let start = Instant::now();
+    loop {
+        let h = health(&t.url);
+        if !h.status.success() {
+            assert!(
+                String::from_utf8_lossy(&h.stderr).contains("NOT_SERVING"),
+                "{}",
+                String::from_utf8_lossy(&h.stderr)
+            );
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "still SERVING");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = rt.block_on(async {
+        TargetVerifierClient::connect(t.url.clone())
+            .await
+            .unwrap()
+            .open_session(v1::OpenSessionRequest {
+                prompt: "hi".into(),
+                max_tokens: 4,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err()
+    });
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("shutting down"), "{refused:?}");
+    // The running request finishes whole.
+    let out = gen.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout);
+    let j: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+    assert_eq!(j["completion_tokens"], 120, "{j}");
+    // Then the node exits 0.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = t.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+}

@@ -140,3 +140,64 @@ fn serve_start_up_errors_are_clear() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/model.gguf"), "{err}");
 }
+
+/// SIGTERM: the running stream finishes to `[DONE]`, no new connection is taken, and the
+/// process exits 0.
+#[test]
+fn sigterm_lets_the_running_stream_finish() {
+    let mut server = serve(&["--draft", "none", "--drain-timeout", "120"]);
+    let body = serde_json::json!({
+        "model": "smollm2-135m-q8_0", "prompt": "Count to fifty: 1, 2, 3,", "max_tokens": 80,
+        "temperature": 0, "stream": true, "speculative": {"mode": "target-only"}
+    })
+    .to_string();
+    let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    // The first event: the request runs.
+    loop {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended early");
+        if line.starts_with("data: ") {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut text = String::new();
+    let mut done = false;
+    loop {
+        line.clear();
+        if r.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        if let Some(data) = line.trim().strip_prefix("data: ") {
+            if data == "[DONE]" {
+                done = true;
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(data).unwrap();
+            text.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+        }
+    }
+    assert!(done, "the stream was cut: {text:?}");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed().as_secs() < 30, "did not exit");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err());
+}

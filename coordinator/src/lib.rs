@@ -40,6 +40,8 @@ pub struct CoordinatorConfig {
     pub http: Option<(SocketAddr, specd_openai::HttpConfig)>,
     /// The model id HTTP clients name (default: the first target's model id).
     pub model_name: Option<String>,
+    /// On shutdown, how long running requests may take to end (specd_proto::drain).
+    pub drain_timeout: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -50,6 +52,7 @@ pub struct CoordinatorNode {
     /// Sessions created so far (orders the admin table).
     created: Arc<AtomicU64>,
     sessions: Arc<Mutex<HashMap<String, v1::SessionRecord>>>,
+    drain: specd_proto::drain::Drain,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>>;
@@ -137,6 +140,7 @@ impl Coordinator for CoordinatorNode {
         &self,
         req: Request<v1::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
+        self.drain.admit("the coordinator")?;
         let r = req.into_inner();
         let speculative = match r.mode.as_str() {
             "" | "speculative" => true,
@@ -450,6 +454,7 @@ pub async fn serve(
         next: Arc::new(AtomicUsize::new(0)),
         created: Arc::new(AtomicU64::new(0)),
         sessions: Arc::new(Mutex::new(HashMap::new())),
+        drain: Default::default(),
     };
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
@@ -464,6 +469,14 @@ pub async fn serve(
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
+    };
+    let running = |n: &CoordinatorNode| {
+        n.sessions
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| r.state == "running")
+            .count()
     };
     let http = match (cfg.http, http_listener) {
         (Some((_, http_cfg)), Some(listener)) => {
@@ -485,15 +498,34 @@ pub async fn serve(
         }
         _ => None,
     };
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(CoordinatorServer::new(node))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+    let drain = node.drain.clone();
+    let busy = node.clone();
+    let on_drain = async move {
+        reporter
+            .set_not_serving::<CoordinatorServer<CoordinatorNode>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    drain
+        .serve(
+            "specd coordinator",
             stopped(stop_rx),
+            on_drain,
+            move || running(&busy),
+            cfg.drain_timeout,
+            |stop| {
+                tonic::transport::Server::builder()
+                    .add_service(health)
+                    .add_service(CoordinatorServer::new(node))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop,
+                    )
+            },
         )
-        .await
-        .context("coordinator server failed")?;
+        .await?;
     if let Some(h) = http {
         h.await.context("HTTP server panicked")??;
     }

@@ -8,10 +8,11 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use specd_engine::pipeline::LoadedModel;
 use specd_engine::spec_decode::draft::{Drafter, DrafterSpec};
 use specd_engine::spec_decode::generate::run as run_loop;
@@ -31,6 +32,8 @@ pub struct DraftConfig {
     pub max_gamma: usize,
     /// The drafter of requests that name none.
     pub drafter: DrafterSpec,
+    /// On shutdown, how long running loops may take to end (specd_proto::drain).
+    pub drain_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -39,6 +42,25 @@ pub struct DraftNode {
     model: Option<Arc<LoadedModel>>,
     drafter: DrafterSpec,
     max_gamma: usize,
+    drain: specd_proto::drain::Drain,
+    /// Speculative loops running now.
+    running: Arc<AtomicUsize>,
+}
+
+/// Counts a running loop while alive.
+struct Running(Arc<AtomicUsize>);
+
+impl Running {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Running(n.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Connects to a node URL with a bounded timeout; an unreachable peer is `UNAVAILABLE`.
@@ -179,6 +201,8 @@ impl DrafterRpc for DraftNode {
     type RunStream = EventStream;
 
     async fn run(&self, req: Request<v1::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
+        self.drain.admit("the draft-node")?;
+        let running = Running::new(&self.running);
         let r = req.into_inner();
         if r.session_id.is_empty() {
             return Err(Status::invalid_argument("session_id is required"));
@@ -231,6 +255,7 @@ impl DrafterRpc for DraftNode {
         let (tx, rx) = mpsc::channel(16);
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
+            let _running = running;
             let mut verifier = GrpcVerifier {
                 session_id: r.session_id.clone(),
                 frames: frame_tx,
@@ -292,7 +317,7 @@ impl DrafterRpc for DraftNode {
 pub async fn serve(
     cfg: DraftConfig,
     model: Option<LoadedModel>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     if cfg.drafter.needs_model() && model.is_none() {
         anyhow::bail!("the model drafter needs a draft model");
@@ -302,6 +327,8 @@ pub async fn serve(
         model: model.map(Arc::new),
         drafter: cfg.drafter,
         max_gamma: cfg.max_gamma,
+        drain: Default::default(),
+        running: Default::default(),
     };
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<DrafterServer<DraftNode>>().await;
@@ -313,13 +340,30 @@ pub async fn serve(
         ),
         listener.local_addr()?
     );
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(DrafterServer::new(node))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+    let drain = node.drain.clone();
+    let running = node.running.clone();
+    let on_drain = async move {
+        reporter.set_not_serving::<DrafterServer<DraftNode>>().await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    drain
+        .serve(
+            "specd draft-node",
             shutdown,
+            on_drain,
+            move || running.load(Ordering::Acquire),
+            cfg.drain_timeout,
+            |stop| {
+                tonic::transport::Server::builder()
+                    .add_service(health)
+                    .add_service(DrafterServer::new(node))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop,
+                    )
+            },
         )
         .await
-        .context("draft-node server failed")
 }

@@ -44,6 +44,8 @@ pub struct HttpConfig {
     pub max_waiting: usize,
     /// The server's speculative settings; a request's `speculative` object overrides them.
     pub defaults: Speculative,
+    /// On shutdown, how long running requests may take to finish.
+    pub drain_timeout: std::time::Duration,
 }
 
 struct AppState {
@@ -51,6 +53,8 @@ struct AppState {
     cfg: HttpConfig,
     running: Arc<Semaphore>,
     waiting: AtomicUsize,
+    /// Shutting down: new requests get 503, running ones finish.
+    draining: AtomicBool,
 }
 
 type Shared = Arc<AppState>;
@@ -106,17 +110,31 @@ pub async fn serve(
 ) -> Result<()> {
     anyhow::ensure!(cfg.max_running >= 1, "--max-running must be at least 1");
     metrics::handle();
+    let drain_timeout = cfg.drain_timeout;
     let state = Arc::new(AppState {
         backend: OnceLock::new(),
         running: Arc::new(Semaphore::new(cfg.max_running)),
         waiting: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
         cfg,
     });
     let app = router(state.clone());
+    // On the signal: refuse new requests, stop accepting connections, let the running requests
+    // finish for at most the drain timeout.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
             .await
+    });
+    let draining = state.clone();
+    let mut deadline = Box::pin(async move {
+        shutdown.await;
+        draining.draining.store(true, Ordering::Release);
+        let _ = stop_tx.send(true);
+        tokio::time::sleep(drain_timeout).await;
     });
     let loading = tokio::task::spawn_blocking(load);
     tokio::select! {
@@ -125,11 +143,15 @@ pub async fn serve(
             let backend = loaded.context("model loading panicked")??;
             let _ = state.backend.set(backend);
         }
+        _ = &mut deadline => return Ok(()),
     }
-    server
-        .await
-        .context("HTTP server panicked")?
-        .context("HTTP server failed")
+    tokio::select! {
+        r = &mut server => r.context("HTTP server panicked")?.context("HTTP server failed"),
+        _ = &mut deadline => {
+            eprintln!("specd: HTTP drain timeout: stopping with requests still running");
+            Ok(())
+        }
+    }
 }
 
 async fn render_metrics() -> Response {
@@ -144,6 +166,13 @@ async fn render_metrics() -> Response {
 }
 
 async fn health(State(s): State<Shared>) -> Response {
+    if s.draining.load(Ordering::Acquire) {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response();
+    }
     match s.backend.get() {
         Some(b) => Json(json!({"status": "ok", "model": b.model_id()})).into_response(),
         None => (
@@ -155,6 +184,11 @@ async fn health(State(s): State<Shared>) -> Response {
 }
 
 fn backend(s: &AppState) -> Result<Arc<dyn Backend>, ApiError> {
+    if s.draining.load(Ordering::Acquire) {
+        return Err(ApiError::unavailable(
+            "the server is shutting down (draining); retry on another replica",
+        ));
+    }
     s.backend
         .get()
         .cloned()

@@ -1,6 +1,7 @@
 //! Generated code of specd's gRPC protocol, package `specd.v1` (see `specd/v1/specd.proto`).
 
 pub mod convert;
+pub mod drain;
 
 pub mod v1 {
     tonic::include_proto!("specd.v1");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use specd_engine::pipeline::{LoadedModel, TextStream};
 use specd_engine::spec_decode::budget::ProtectSet;
 use specd_engine::spec_decode::stop::StopStrings;
@@ -31,6 +31,8 @@ pub struct TargetConfig {
     pub max_sessions: usize,
     pub idle_timeout: Duration,
     pub max_block: usize,
+    /// On shutdown, how long open sessions may take to end (specd_proto::drain).
+    pub drain_timeout: Duration,
 }
 
 struct Slot {
@@ -53,6 +55,7 @@ pub struct TargetService {
     next_id: AtomicU64,
     max_sessions: usize,
     max_block: usize,
+    drain: specd_proto::drain::Drain,
 }
 
 /// The gRPC service: a cheap handle on the shared state.
@@ -82,7 +85,13 @@ impl TargetService {
             next_id: AtomicU64::new(1),
             max_sessions,
             max_block,
+            drain: Default::default(),
         }
+    }
+
+    /// Sessions held now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().unwrap().len()
     }
 
     fn info(&self) -> v1::ModelInfo {
@@ -165,6 +174,7 @@ impl TargetVerifier for TargetNode {
         &self,
         req: Request<v1::OpenSessionRequest>,
     ) -> Result<Response<v1::SessionOpened>, Status> {
+        self.drain.admit("the target-node")?;
         let r = req.into_inner();
         let sampling = convert::sampling_from_wire(r.sampling.as_ref())?;
         let policy = convert::policy_from_wire(r.policy.as_ref(), |p| self.protect_set(p))?;
@@ -454,7 +464,7 @@ fn summary(id: &str, s: &TargetSession) -> v1::SessionSummary {
 pub async fn serve(
     cfg: TargetConfig,
     model: LoadedModel,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let listener = specd_proto::bind(cfg.listen).await?;
     let svc = TargetNode(Arc::new(TargetService::new(
@@ -479,13 +489,32 @@ pub async fn serve(
         svc.model.name,
         listener.local_addr()?
     );
-    tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(TargetVerifierServer::new(svc).max_decoding_message_size(64 << 20))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+    let drain = svc.drain.clone();
+    let busy = svc.clone();
+    let on_drain = async move {
+        reporter
+            .set_not_serving::<TargetVerifierServer<TargetNode>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    };
+    drain
+        .serve(
+            "specd target-node",
             shutdown,
+            on_drain,
+            move || busy.session_count(),
+            cfg.drain_timeout,
+            |stop| {
+                tonic::transport::Server::builder()
+                    .add_service(health)
+                    .add_service(TargetVerifierServer::new(svc).max_decoding_message_size(64 << 20))
+                    .serve_with_incoming_shutdown(
+                        tokio_stream::wrappers::TcpListenerStream::new(listener),
+                        stop,
+                    )
+            },
         )
         .await
-        .context("target-node server failed")
 }
