@@ -874,43 +874,42 @@ fn generation_through_the_link_emulator_is_unchanged_and_slower() {
 /// checks `specd serve` passes (greedy output equal to `specd generate`, streaming, stop, seeds,
 /// the extension object, errors, 429), through target-node and draft-node processes. The 429 check
 /// cuts a stream mid-way: its ledger row says "cancelled" and no row stays "running".
-#[test]
-fn openai_python_client_against_the_coordinator() {
-    let t = target_node(&[]);
-    let d = draft_node("smollm2-135m-q4_1");
+/// A coordinator with its HTTP API too: the node and the HTTP port.
+fn coordinator_with_http(target: &Node, draft: &Node, extra: &[&str]) -> (Node, u16) {
     let (port, http_port) = (free_port(), free_port());
+    let (listen, http_listen) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{http_port}"),
+    );
+    let mut args = vec![
+        "coordinator",
+        "--listen",
+        &listen,
+        "--target",
+        &target.url,
+        "--draft",
+        &draft.url,
+        "--http-listen",
+        &http_listen,
+    ];
+    args.extend_from_slice(extra);
     let mut child = Command::new(bin())
-        .args([
-            "coordinator",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--target",
-            &t.url,
-            "--draft",
-            &d.url,
-            "--http-listen",
-            &format!("127.0.0.1:{http_port}"),
-            "--max-running",
-            "1",
-            "--max-waiting",
-            "1",
-        ])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn coordinator");
     common::wait_http_ready(http_port, &mut child);
-    let c = Node {
+    let node = Node {
         child,
         url: format!("http://127.0.0.1:{port}"),
     };
-    common::openai_client_checks(http_port, "smollm2-135m-q8_0", true);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sessions = rt.block_on(async {
-        specd_proto::v1::coordinator_client::CoordinatorClient::connect(c.url.clone())
+    (node, http_port)
+}
+
+fn ledger(rt: &tokio::runtime::Runtime, url: &str) -> Vec<v1::SessionRecord> {
+    rt.block_on(async {
+        specd_proto::v1::coordinator_client::CoordinatorClient::connect(url.to_owned())
             .await
             .unwrap()
             .list_sessions(v1::ListSessionsRequest {})
@@ -918,7 +917,21 @@ fn openai_python_client_against_the_coordinator() {
             .unwrap()
             .into_inner()
             .sessions
-    });
+    })
+}
+
+#[test]
+fn openai_python_client_against_the_coordinator() {
+    let t = target_node(&[]);
+    let d = draft_node("smollm2-135m-q4_1");
+    let (c, http_port) =
+        coordinator_with_http(&t, &d, &["--max-running", "1", "--max-waiting", "1"]);
+    common::openai_client_checks(http_port, "smollm2-135m-q8_0", true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sessions = ledger(&rt, &c.url);
     let states: Vec<&str> = sessions.iter().map(|s| s.state.as_str()).collect();
     assert!(states.len() > 10, "{states:?}");
     assert!(!states.contains(&"running"), "{states:?}");
@@ -1035,4 +1048,121 @@ fn sigterm_drains_the_target_node() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+}
+
+/// Streams cut by their clients mid-way, 10 over gRPC and 10 over HTTP, while two others run:
+/// every cut session is `cancelled` in the ledger and gone from the target at once (its `Info`
+/// counts the sessions it holds), and the two others end with the very text they have alone.
+#[test]
+fn cut_streams_end_their_sessions_everywhere() {
+    let t = target_node(&[]);
+    let d = draft_node("smollm2-135m-q4_1");
+    let (c, http_port) = coordinator_with_http(&t, &d, &["--max-running", "16"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let whole = |prompt: &str| {
+        Command::new(bin())
+            .args([
+                "generate",
+                "--coordinator",
+                &c.url,
+                "--prompt",
+                prompt,
+                "--chat",
+                "--max-tokens",
+                "48",
+                "--json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let text_of = |child: Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        let j: serde_json::Value = serde_json::from_str(line.lines().last().unwrap()).unwrap();
+        j["text"].as_str().unwrap().to_owned()
+    };
+    let prompts = ["Name three rivers of Europe.", "What is a prime number?"];
+    let alone: Vec<String> = prompts.iter().map(|p| text_of(whole(p))).collect();
+    let others: Vec<Child> = prompts.iter().map(|p| whole(p)).collect();
+    let long = "Count from 1 to 1000, separated by commas.";
+    for _ in 0..10 {
+        // gRPC: two events, then the stream is dropped.
+        rt.block_on(async {
+            let mut client =
+                specd_proto::v1::coordinator_client::CoordinatorClient::connect(c.url.clone())
+                    .await
+                    .unwrap();
+            let mut stream = client
+                .generate(v1::GenerateRequest {
+                    prompt: long.into(),
+                    chat: true,
+                    max_tokens: 400,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            for _ in 0..2 {
+                stream.message().await.unwrap().unwrap();
+            }
+        });
+        // HTTP: two events, then the connection is closed.
+        let body = serde_json::json!({
+            "model": "smollm2-135m-q8_0", "max_tokens": 400, "temperature": 0, "stream": true,
+            "messages": [{"role": "user", "content": long}]
+        })
+        .to_string();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+        use std::io::{BufRead, Write};
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut r = std::io::BufReader::new(s);
+        let (mut events, mut line) = (0, String::new());
+        while events < 3 {
+            line.clear();
+            assert!(r.read_line(&mut line).unwrap() > 0);
+            events += line.starts_with("data: ") as usize;
+        }
+    }
+    let texts: Vec<String> = others.into_iter().map(text_of).collect();
+    assert_eq!(texts, alone, "the cut streams changed the others' output");
+    // Within a few seconds: 20 cancelled rows, none running, no session left at the target.
+    let start = Instant::now();
+    loop {
+        let rows = ledger(&rt, &c.url);
+        let cancelled = rows.iter().filter(|r| r.state == "cancelled").count();
+        let running = rows.iter().filter(|r| r.state == "running").count();
+        let open = rt.block_on(async {
+            TargetVerifierClient::connect(t.url.clone())
+                .await
+                .unwrap()
+                .info(v1::InfoRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .open_sessions
+        });
+        if cancelled == 20 && running == 0 && open == 0 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{cancelled} cancelled, {running} running, {open} open at the target"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

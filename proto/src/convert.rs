@@ -30,6 +30,7 @@ pub fn model_info(
         context_length: c.context_length as u32,
         max_block: max_block as u32,
         device: model.model.device().to_string(),
+        open_sessions: 0,
     }
 }
 

@@ -95,7 +95,10 @@ impl TargetService {
     }
 
     fn info(&self) -> v1::ModelInfo {
-        convert::model_info(&self.model, "target", self.max_block)
+        v1::ModelInfo {
+            open_sessions: self.session_count() as u32,
+            ..convert::model_info(&self.model, "target", self.max_block)
+        }
     }
 
     fn slot(&self, id: &str) -> Result<Arc<Slot>, Status> {
