@@ -9,14 +9,12 @@ use specd_engine::device::Device;
 use specd_engine::pipeline::{self, LoadedModel, Mode, Prompt, Request};
 use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec_decode::budget::{protect_pattern, Pacing, Policy, ProtectSet};
+use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectCache};
 use specd_engine::spec_decode::draft::ngram::NgramConfig;
 use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec_decode::rules::Rule;
 use specd_engine::spec_decode::DraftSampling;
-use specd_engine::tokenizer::Tokenizer;
-use std::sync::Arc;
 
 /// The largest block a verify accepts.
 pub const MAX_GAMMA: usize = 32;
@@ -225,18 +223,6 @@ impl GenerateArgs {
     }
 }
 
-/// Builds the protected-token set for a relaxed rule (exact judging needs none).
-pub fn attach_protection(req: &mut Request, tok: &Tokenizer, protect: &str) -> Result<()> {
-    if let Some(pattern) = protect_pattern(protect) {
-        // Validate the pattern even when the rule is exact, so a typo is caught early.
-        let set = ProtectSet::build(tok, pattern)?;
-        if !req.policy.rule.is_exact() {
-            req.policy.protect = Some(Arc::new(set));
-        }
-    }
-    Ok(())
-}
-
 /// The `--json` line.
 pub fn output_json(
     out: &pipeline::Output,
@@ -333,7 +319,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         return finish(&remote.output, &req, &args, Some(remote.fallback));
     }
     let target = LoadedModel::load_on(&args.target, args.target_device, &crate::log)?;
-    attach_protection(&mut req, &target.tokenizer, &args.protect)?;
+    ProtectCache::new(target.tokenizer.clone(), 1).attach(&mut req.policy, &args.protect)?;
     let draft = if req.gamma.speculative() && req.drafter.needs_model() {
         Some(LoadedModel::load_on(
             &args.draft,

@@ -18,6 +18,15 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// Runs a server to its end, then gives blocking work still running (a model load, a prefill past
+/// the drain timeout) a second before the process goes on to exit.
+pub fn run_server(server: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    let rt = runtime()?;
+    let r = rt.block_on(server);
+    rt.shutdown_timeout(Duration::from_secs(1));
+    r
+}
+
 /// Resolves on Ctrl-C or SIGTERM (what container runtimes and Kubernetes send).
 pub async fn shutdown_signal() {
     #[cfg(unix)]
@@ -97,7 +106,7 @@ pub fn target_node(a: TargetNodeArgs) -> Result<()> {
         max_block: a.max_block,
         drain_timeout: a.drain.timeout(),
     };
-    runtime()?.block_on(specd_target_node::serve(cfg, model, shutdown_signal()))
+    run_server(specd_target_node::serve(cfg, model, shutdown_signal()))
 }
 
 #[derive(Args)]
@@ -135,7 +144,7 @@ pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
         drafter,
         drain_timeout: a.drain.timeout(),
     };
-    runtime()?.block_on(specd_draft_node::serve(cfg, model, shutdown_signal()))
+    run_server(specd_draft_node::serve(cfg, model, shutdown_signal()))
 }
 
 #[derive(Args)]
@@ -175,7 +184,7 @@ pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
         model_name: a.api.served_model_name.clone(),
         drain_timeout: a.api.drain.timeout(),
     };
-    runtime()?.block_on(specd_coordinator::serve(cfg, shutdown_signal()))
+    run_server(specd_coordinator::serve(cfg, shutdown_signal()))
 }
 
 #[derive(Args)]
@@ -217,5 +226,5 @@ pub fn link(a: LinkArgs) -> Result<()> {
     if a.upstream.parse::<SocketAddr>().is_err() && !a.upstream.contains(':') {
         anyhow::bail!("--upstream {:?}: expected HOST:PORT", a.upstream);
     }
-    runtime()?.block_on(specd_link::serve(cfg, shutdown_signal()))
+    run_server(specd_link::serve(cfg, shutdown_signal()))
 }

@@ -10,7 +10,7 @@ use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_openai::request::Speculative;
 use specd_openai::{Backend, Embedded, HttpConfig};
 
-use crate::nodes::{parse_listen, runtime, shutdown_signal};
+use crate::nodes::{parse_listen, run_server, shutdown_signal};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -123,7 +123,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         crate::log(&format!("serving model {:?}", backend.model_id()));
         Ok(Arc::new(backend))
     };
-    runtime()?.block_on(async move {
+    run_server(async move {
         let listener = specd_openai::bind(listen).await?;
         crate::log(&format!(
             "HTTP API on http://{} (loading the models)",

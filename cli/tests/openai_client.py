@@ -181,6 +181,13 @@ def _():
     code, body = status_of(lambda: client.chat.completions.create(
         model=model, messages=MESSAGES, max_tokens=10_000_000))
     assert code == 400 and body["code"] == "context_length_exceeded", body
+    # Streamed, the error comes as the status too, before any event.
+    code, body = status_of(lambda: list(client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=10_000_000, stream=True)))
+    assert code == 400 and body["code"] == "context_length_exceeded", body
+    code, body = status_of(lambda: client.completions.create(
+        model=model, prompt="x", max_tokens=2**64 - 1))
+    assert code == 400 and body["code"] == "context_length_exceeded", body
     code, body = status_of(lambda: client.chat.completions.create(
         model=model, messages=MESSAGES, extra_body={"speculative": {"rule": "bogus"}}))
     assert code == 400 and body["param"] == "speculative.rule", body
@@ -245,8 +252,8 @@ def _():
             - get(before, "specd_spec_decode_num_draft_tokens_total")) == s["drafted_tokens"]
     assert (get(after, "specd_spec_decode_num_accepted_tokens_total")
             - get(before, "specd_spec_decode_num_accepted_tokens_total")) == s["accepted_tokens"]
-    assert (get(after, "specd_lossy_accepted_tokens_total", rule="topk:5")
-            - get(before, "specd_lossy_accepted_tokens_total", rule="topk:5")) == s["lossy_accepted_tokens"]
+    assert (get(after, "specd_lossy_accepted_tokens_total", rule="topk")
+            - get(before, "specd_lossy_accepted_tokens_total", rule="topk")) == s["lossy_accepted_tokens"]
     assert abs(get(after, "specd_error_budget_spent_total")
                - get(before, "specd_error_budget_spent_total") - s["budget_spent"]) < 1e-9
     assert (get(after, "specd_e2e_request_latency_seconds_count")

@@ -101,8 +101,12 @@ fn raw_sse_disconnect_and_no_draft() {
     assert_eq!(code, 400);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["error"]["type"], "invalid_request_error");
-    let (code, _) = http(server.port, "GET", "/v2/nothing", "");
+    let (code, body) = http(server.port, "GET", "/v2/nothing", "");
     assert_eq!(code, 404);
+    assert!(body.contains("invalid_request_error"), "{body}");
+    let (code, body) = http(server.port, "GET", "/v1/chat/completions", "");
+    assert_eq!(code, 405);
+    assert!(body.contains("method not allowed"), "{body}");
 }
 
 #[test]

@@ -39,7 +39,7 @@ pub fn request_to_wire(req: &Request, protect: &str, pipeline: bool) -> Generate
         messages,
         prompt_ids,
         stop: req.stop.clone(),
-        max_tokens: req.max_tokens as u32,
+        max_tokens: u32::try_from(req.max_tokens).unwrap_or(u32::MAX),
         sampling: Some(convert::sampling_to_wire(&req.sampling)),
         gamma,
         gamma_policy,

@@ -28,7 +28,7 @@ pub fn status_to_api(s: &Status) -> ApiError {
     match s.code() {
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
             if msg.contains("context length") {
-                ApiError::context_length(msg)
+                ApiError::context_length("messages", msg)
             } else {
                 ApiError::invalid("body", msg)
             }
@@ -83,10 +83,14 @@ impl Backend for Coordinated {
                 logprobs: &[],
             };
             if on_delta(&delta).is_break() {
-                break;
+                // Dropping the reader drops the event stream: the coordinator ends the session.
+                reader.abort();
+                return Err(ApiError::status(
+                    specd_openai::StatusCode::REQUEST_TIMEOUT,
+                    "the client went away",
+                ));
             }
         }
-        drop(rx);
         let remote = self
             .runtime
             .block_on(reader)

@@ -1,13 +1,12 @@
 //! What the HTTP API runs requests on: the target and draft models in this process
 //! ([`Embedded`], `specd serve`), behind one trait so that other runners plug in the same way.
 
-use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
 
 use specd_engine::pipeline::{self, Delta, LoadedModel, Mode, Output, Prompt};
-use specd_engine::spec_decode::budget::ProtectSet;
+use specd_engine::spec_decode::budget::ProtectCache;
 use specd_engine::spec_decode::draft::DrafterSpec;
+use specd_engine::spec_decode::target::check_context;
 
 use crate::error::ApiError;
 use crate::request::{Endpoint, Parsed};
@@ -26,7 +25,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> Result<Output, ApiError>;
 }
 
-/// Protected-token sets kept per pattern (building one reads the whole vocabulary).
+/// Protected-token sets kept (building one reads the whole vocabulary).
 const PROTECT_CACHE: usize = 16;
 
 /// The target (and the draft) in this process.
@@ -34,7 +33,7 @@ pub struct Embedded {
     id: String,
     target: LoadedModel,
     draft: Option<LoadedModel>,
-    protect: Mutex<HashMap<String, Arc<ProtectSet>>>,
+    protect: ProtectCache,
 }
 
 impl Embedded {
@@ -50,27 +49,10 @@ impl Embedded {
         }
         Ok(Embedded {
             id: id.unwrap_or_else(|| target.name.clone()),
+            protect: ProtectCache::new(target.tokenizer.clone(), PROTECT_CACHE),
             target,
             draft,
-            protect: Mutex::new(HashMap::new()),
         })
-    }
-
-    fn protect_set(&self, pattern: &str) -> Result<Arc<ProtectSet>, ApiError> {
-        if let Some(s) = self.protect.lock().unwrap().get(pattern) {
-            return Ok(s.clone());
-        }
-        let set = Arc::new(
-            ProtectSet::build(&self.target.tokenizer, pattern).map_err(|e| {
-                ApiError::invalid("speculative.protect", format!("speculative.protect: {e:#}"))
-            })?,
-        );
-        let mut cache = self.protect.lock().unwrap();
-        if cache.len() >= PROTECT_CACHE {
-            cache.clear();
-        }
-        cache.insert(pattern.to_owned(), set.clone());
-        Ok(set)
     }
 }
 
@@ -109,28 +91,18 @@ impl Backend for Embedded {
             ));
         }
         let context = self.target.model.config.context_length;
-        if ids.len() >= context {
-            return Err(ApiError::context_length(format!(
-                "This model's maximum context length is {context} tokens; the prompt has {} tokens",
-                ids.len()
-            )));
-        }
         if req.max_tokens == 0 {
-            req.max_tokens = context - ids.len();
-        } else if ids.len() + req.max_tokens > context {
-            return Err(ApiError::context_length(format!(
-                "This model's maximum context length is {context} tokens; the prompt has {} tokens and max_tokens asks for {} more",
-                ids.len(),
-                req.max_tokens
-            )));
+            // What the context leaves (at least one token, so that a full prompt is refused).
+            req.max_tokens = context.saturating_sub(ids.len()).max(1);
         }
+        check_context(ids.len(), req.max_tokens, context)
+            .map_err(|e| ApiError::context_length(prompt_param, format!("{e:#}")))?;
         req.prompt = Prompt::Ids(ids);
-        if let Some(pattern) = specd_engine::spec_decode::budget::protect_pattern(&parsed.protect) {
-            let set = self.protect_set(pattern)?;
-            if !req.policy.rule.is_exact() {
-                req.policy.protect = Some(set);
-            }
-        }
+        self.protect
+            .attach(&mut req.policy, &parsed.protect)
+            .map_err(|e| {
+                ApiError::invalid("speculative.protect", format!("speculative.protect: {e:#}"))
+            })?;
         if req.mode == Mode::Speculative
             && req.gamma.speculative()
             && req.drafter == DrafterSpec::Model

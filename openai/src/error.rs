@@ -37,11 +37,12 @@ impl ApiError {
         }
     }
 
-    /// 400 `context_length_exceeded`: the prompt and the completion do not fit the context.
-    pub fn context_length(message: impl Into<String>) -> Self {
+    /// 400 `context_length_exceeded`: the prompt (`param`: `messages` or `prompt`) and the
+    /// completion do not fit the context.
+    pub fn context_length(param: &str, message: impl Into<String>) -> Self {
         ApiError {
             code: Some("context_length_exceeded"),
-            param: Some("messages".into()),
+            param: Some(param.to_owned()),
             ..Self::new(StatusCode::BAD_REQUEST, message)
         }
     }
@@ -75,6 +76,11 @@ impl ApiError {
         }
     }
 
+    /// Another status with its message (404 paths, 405, 413).
+    pub fn status(status: StatusCode, message: impl Into<String>) -> Self {
+        Self::new(status, message)
+    }
+
     /// 500: the generation failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
@@ -83,8 +89,11 @@ impl ApiError {
     /// OpenAI's `type` for the status.
     pub fn kind(&self) -> &'static str {
         match self.status {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE => "invalid_request_error",
-            StatusCode::NOT_FOUND => "not_found_error",
+            // As OpenAI's API: an unknown model is a 404 invalid_request_error too.
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED => "invalid_request_error",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             StatusCode::SERVICE_UNAVAILABLE => "service_unavailable",
             _ => "server_error",

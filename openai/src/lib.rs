@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -29,7 +29,9 @@ use specd_engine::pipeline::{Delta, Output};
 use specd_engine::spec_decode::FinishReason;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 
+pub use axum::http::StatusCode;
 pub use backend::{Backend, Embedded};
 pub use error::ApiError;
 use request::{Endpoint, Parsed, Speculative};
@@ -61,15 +63,17 @@ type Shared = Arc<AppState>;
 
 /// A fresh request id (hex).
 pub(crate) fn request_id() -> String {
+    format!("{:016x}", fresh_u64())
+}
+
+/// A number no other call in this process returns, hard to guess (request ids, default seeds).
+pub(crate) fn fresh_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "{:016x}",
-        specd_engine::sampling::splitmix64(nanos ^ n.rotate_left(40))
-    )
+    specd_engine::sampling::splitmix64(nanos ^ n.rotate_left(40))
 }
 
 /// The router; `backend` is set once the models are loaded (until then every request but
@@ -82,16 +86,24 @@ fn router(state: Shared) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(render_metrics))
         .fallback(|| async {
-            ApiError {
-                status: axum::http::StatusCode::NOT_FOUND,
-                message: "no such endpoint: this server has POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics".into(),
-                param: None,
-                code: None,
-                retry_after: None,
-            }
+            ApiError::status(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {ENDPOINTS}"),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method not allowed: {ENDPOINTS}"),
+            )
         })
         .with_state(state)
 }
+
+const ENDPOINTS: &str = "this server has POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics";
+
+/// The largest request body read.
+const MAX_BODY: usize = 16 << 20;
 
 /// Binds the HTTP API's address (a clear error when it is taken or invalid).
 pub async fn bind(listen: SocketAddr) -> Result<tokio::net::TcpListener> {
@@ -119,8 +131,8 @@ pub async fn serve(
         cfg,
     });
     let app = router(state.clone());
-    // On the signal: refuse new requests, stop accepting connections, let the running requests
-    // finish for at most the drain timeout.
+    // On the signal: new requests get 503 (`/health`: draining) while the running ones finish,
+    // for at most the drain timeout; then the server stops taking connections and ends.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -133,8 +145,13 @@ pub async fn serve(
     let mut deadline = Box::pin(async move {
         shutdown.await;
         draining.draining.store(true, Ordering::Release);
+        let start = Instant::now();
+        while draining.busy() > 0 && start.elapsed() < drain_timeout {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         let _ = stop_tx.send(true);
-        tokio::time::sleep(drain_timeout).await;
+        // Connections still busy after the drain are given up a moment later.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     });
     let loading = tokio::task::spawn_blocking(load);
     tokio::select! {
@@ -168,7 +185,7 @@ async fn render_metrics() -> Response {
 async fn health(State(s): State<Shared>) -> Response {
     if s.draining.load(Ordering::Acquire) {
         return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining"})),
         )
             .into_response();
@@ -203,11 +220,11 @@ async fn models(State(s): State<Shared>) -> Result<Json<serde_json::Value>, ApiE
     })))
 }
 
-async fn chat(State(s): State<Shared>, body: Bytes) -> Response {
+async fn chat(State(s): State<Shared>, body: Body) -> Response {
     complete(s, Endpoint::Chat, body).await
 }
 
-async fn completions(State(s): State<Shared>, body: Bytes) -> Response {
+async fn completions(State(s): State<Shared>, body: Body) -> Response {
     complete(s, Endpoint::Completion, body).await
 }
 
@@ -248,6 +265,12 @@ impl Drop for Turn {
 }
 
 impl AppState {
+    /// Requests running or waiting.
+    fn busy(&self) -> usize {
+        self.cfg.max_running - self.running.available_permits()
+            + self.waiting.load(Ordering::Acquire)
+    }
+
     fn report_load(&self) {
         metrics::set_load(
             self.cfg.max_running - self.running.available_permits(),
@@ -297,13 +320,14 @@ async fn admit(s: &Shared) -> Result<Turn, ApiError> {
             1,
         ));
     }
-    struct Waiting<'a>(&'a AtomicUsize);
+    struct Waiting<'a>(&'a AppState);
     impl Drop for Waiting<'_> {
         fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::AcqRel);
+            self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.0.report_load();
         }
     }
-    let _w = Waiting(&s.waiting);
+    let _w = Waiting(s);
     s.report_load();
     let permit = s
         .running
@@ -315,10 +339,20 @@ async fn admit(s: &Shared) -> Result<Turn, ApiError> {
     Ok(Turn::new(permit, s))
 }
 
-async fn complete(s: Shared, endpoint: Endpoint, body: Bytes) -> Response {
+async fn complete(s: Shared, endpoint: Endpoint, body: Body) -> Response {
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::status(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body could not be read, or is over {MAX_BODY} bytes: {e}"),
+            )
+            .into_response()
+        }
+    };
     match prepare(&s, endpoint, &body).await {
         Err(e) => e.into_response(),
-        Ok((backend, parsed, turn)) if parsed.stream => stream(backend, parsed, turn),
+        Ok((backend, parsed, turn)) if parsed.stream => stream(backend, parsed, turn).await,
         Ok((backend, parsed, turn)) => whole(backend, parsed, turn).await,
     }
 }
@@ -380,20 +414,33 @@ async fn whole(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Respons
     }
 }
 
-/// A streamed response: server-sent events, one chunk per verify round that adds text, a last
-/// chunk with the finish reason, the usage chunk when asked for, then `[DONE]`. An error after
-/// the stream began is sent as an event holding the error object.
-fn stream(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Response {
-    let (tx, rx) = mpsc::channel::<Result<Event, std::convert::Infallible>>(64);
+/// What the generation thread of a stream sends: an event, or an error before any event (answered
+/// with its status instead of a stream).
+enum Item {
+    Event(Event),
+    Fail(ApiError),
+}
+
+/// A streamed response: server-sent events, one chunk per verify round that adds text (a chat
+/// stream starts with the role), a last chunk with the finish reason, the usage chunk when asked
+/// for, then `[DONE]`. The status is sent with the first event, so a request that fails before
+/// it (a prompt too long, a draft the server lacks...) gets its error status as a whole response
+/// would; an error after it arrives as an event holding the error object.
+async fn stream(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Response {
+    let (tx, mut rx) = mpsc::channel::<Item>(64);
     tokio::task::spawn_blocking(move || {
         let meta = Meta::new(parsed.endpoint, &parsed.model);
         let send = |v: serde_json::Value| {
-            tx.blocking_send(Ok(Event::default().data(v.to_string())))
+            tx.blocking_send(Item::Event(Event::default().data(v.to_string())))
                 .is_ok()
         };
-        if parsed.endpoint == Endpoint::Chat && !send(meta.chunk(&parsed, None, None, None)) {
-            return;
-        }
+        // The role chunk goes first, with the first text or the end.
+        let started = std::cell::Cell::new(false);
+        let start = || {
+            !started.replace(true)
+                && parsed.endpoint == Endpoint::Chat
+                && !send(meta.chunk(&parsed, None, None, None))
+        };
         let mut offset = 0;
         let out = run_turn(&*backend, &parsed, turn, &mut |d| {
             if d.text.is_empty() && (parsed.request.logprobs.is_none() || d.logprobs.is_empty()) {
@@ -404,12 +451,13 @@ fn stream(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Response {
                     ControlFlow::Continue(())
                 };
             }
-            let lp = parsed
-                .request
-                .logprobs
-                .map(|_| response::logprobs(parsed.endpoint, d.logprobs, &*backend, offset));
-            offset += d.text.len();
-            if send(meta.chunk(&parsed, Some(d.text), lp, None)) {
+            let lp = parsed.request.logprobs.map(|_| {
+                let (v, end) = response::logprobs(parsed.endpoint, d.logprobs, &*backend, offset);
+                offset = end;
+                v
+            });
+            // `start()`: true when the role chunk could not be sent (the client left).
+            if !start() && send(meta.chunk(&parsed, Some(d.text), lp, None)) {
                 ControlFlow::Continue(())
             } else {
                 ControlFlow::Break(())
@@ -418,7 +466,7 @@ fn stream(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Response {
         match out {
             Ok(o) => {
                 let f = o.stats.finish_reason;
-                if f == Some(FinishReason::Cancelled) {
+                if f == Some(FinishReason::Cancelled) || start() {
                     return;
                 }
                 send(meta.chunk(&parsed, None, None, f.or(Some(FinishReason::Stop))));
@@ -426,13 +474,31 @@ fn stream(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Response {
                     send(meta.usage_chunk(&parsed, &o));
                 }
             }
+            Err(e) if !started.get() => {
+                let _ = tx.blocking_send(Item::Fail(e));
+                return;
+            }
             Err(e) => {
                 send(e.body());
             }
         }
-        let _ = tx.blocking_send(Ok(Event::default().data("[DONE]")));
+        let _ = tx.blocking_send(Item::Event(Event::default().data("[DONE]")));
     });
-    Sse::new(ReceiverStream::new(rx))
+    let first = match rx.recv().await {
+        Some(Item::Event(e)) => e,
+        Some(Item::Fail(e)) => return e.into_response(),
+        None => {
+            return ApiError::internal("the generation ended without a response").into_response()
+        }
+    };
+    let rest = ReceiverStream::new(rx).map(|item| {
+        Ok::<_, std::convert::Infallible>(match item {
+            Item::Event(e) => e,
+            Item::Fail(e) => Event::default().data(e.body().to_string()),
+        })
+    });
+    let events = tokio_stream::once(Ok(first)).chain(rest);
+    Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
 }

@@ -23,7 +23,8 @@ pub fn handle() -> &'static PrometheusHandle {
             .expect("valid buckets")
             .build_recorder();
         let handle = recorder.handle();
-        // Another recorder may already be installed (a test process): ours still renders.
+        // One recorder per process: if another was installed first, the metrics go to it and
+        // this handle renders nothing.
         let _ = metrics::set_global_recorder(recorder);
         describe();
         handle
@@ -64,7 +65,7 @@ fn describe() {
     );
     describe_counter!(
         "specd_lossy_accepted_tokens_total",
-        "Tokens a relaxed rule accepted where the exact rule would have rejected, by rule."
+        "Tokens a relaxed rule accepted where the exact rule would have rejected, by rule kind."
     );
     describe_gauge!(
         "specd_error_budget_spent_total",
@@ -118,7 +119,9 @@ pub fn finished(out: &Output, rule: &str, seconds: f64) {
         counter!("specd_spec_decode_num_accepted_tokens_per_pos_total", "position" => pos.to_string())
             .increment(n as u64);
     }
-    counter!("specd_lossy_accepted_tokens_total", "rule" => rule.to_owned())
+    // The rule's kind (`topk`, not `topk:3`): a label's values must stay few.
+    let kind = rule.split(':').next().unwrap_or(rule).to_owned();
+    counter!("specd_lossy_accepted_tokens_total", "rule" => kind)
         .increment(s.lossy_accepted_tokens as u64);
     // The facade's counters are whole numbers: the budget's running sum is a gauge.
     gauge!("specd_error_budget_spent_total").increment(s.budget_spent);

@@ -123,8 +123,7 @@ struct Body {
     seed: Option<i64>,
     stop: Option<OneOrMany>,
     n: Option<u64>,
-    #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     /// Chat: a bool (with `top_logprobs`); completions: the number of alternatives.
     logprobs: Option<Value>,
@@ -186,7 +185,8 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], defaults: &Speculative) -> Result
                     "`max_tokens` must be at least 1",
                 ));
             }
-            usize::try_from(n).unwrap_or(usize::MAX)
+            // No context is longer: larger values fail the context check as they are.
+            n.min(u64::from(u32::MAX)) as usize
         }
         (None, None) => 0,
     };
@@ -248,7 +248,8 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], defaults: &Speculative) -> Result
     let logprobs = logprobs(endpoint, body.logprobs.as_ref(), body.top_logprobs)?;
     let spec = body.speculative.unwrap_or_default().or(defaults);
     let (mode, gamma, drafter, draft_sampling, policy, protect) = speculative(&spec)?;
-    let include_usage = match (&body.stream_options, body.stream) {
+    let stream = body.stream.unwrap_or(false);
+    let include_usage = match (&body.stream_options, stream) {
         (Some(_), false) => {
             return Err(ApiError::invalid(
                 "stream_options",
@@ -274,7 +275,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], defaults: &Speculative) -> Result
             logprobs,
         },
         protect,
-        stream: body.stream,
+        stream,
         include_usage,
     })
 }
@@ -550,14 +551,7 @@ fn speculative(s: &Speculative) -> Result<SpecParts, ApiError> {
 
 /// A seed for a request that gave none.
 fn random_seed() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    specd_engine::sampling::splitmix64(
-        nanos ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(32),
-    )
+    crate::fresh_u64()
 }
 
 #[cfg(test)]
@@ -660,6 +654,15 @@ mod tests {
         assert_eq!(p.request.logprobs, Some(3));
         let p = completion(serde_json::json!({"model": "m", "prompt": [1, 2, 3]})).unwrap();
         assert_eq!(p.request.prompt, Prompt::Ids(vec![1, 2, 3]));
+        // Some clients send nulls; a huge max_tokens is kept within u32 (the context check
+        // refuses it later, without overflow).
+        let p = completion(
+            serde_json::json!({"model": "m", "prompt": "x", "stream": null,
+            "max_tokens": u64::MAX}),
+        )
+        .unwrap();
+        assert!(!p.stream);
+        assert_eq!(p.request.max_tokens, u32::MAX as usize);
     }
 
     /// Each bad field is a 400 naming it.

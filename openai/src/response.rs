@@ -60,7 +60,7 @@ impl Meta {
         let logprobs = req
             .request
             .logprobs
-            .map(|_| logprobs(self.endpoint, &out.stats.logprobs, backend, 0));
+            .map(|_| logprobs(self.endpoint, &out.stats.logprobs, backend, 0).0);
         let choice = match self.endpoint {
             Endpoint::Chat => json!({
                 "index": 0,
@@ -151,15 +151,15 @@ pub fn usage(req: &Parsed, out: &Output) -> Value {
     })
 }
 
-/// Log-probabilities in the endpoint's shape; `offset` is the text offset of the first token
-/// (completions' `text_offset`).
+/// Log-probabilities in the endpoint's shape, and the text offset after them; `offset` is the
+/// text offset of the first token (completions' `text_offset`).
 pub fn logprobs(
     endpoint: Endpoint,
     lps: &[TokenLogprob],
     backend: &dyn Backend,
     mut offset: usize,
-) -> Value {
-    match endpoint {
+) -> (Value, usize) {
+    let v = match endpoint {
         Endpoint::Chat => {
             let entry = |id: u32, lp: f32| {
                 let t = backend.token_text(id);
@@ -197,5 +197,6 @@ pub fn logprobs(
             json!({"tokens": tokens, "token_logprobs": token_logprobs,
                    "top_logprobs": top, "text_offset": text_offset})
         }
-    }
+    };
+    (v, offset)
 }

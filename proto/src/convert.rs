@@ -1,15 +1,12 @@
 //! Conversions between wire messages and engine types, with validation: every malformed field is
 //! an `INVALID_ARGUMENT` naming the field.
 
-use std::sync::Arc;
-
 use specd_engine::pipeline::{ChatMessage, Prompt};
 use specd_engine::sampling::SamplingParams;
-use specd_engine::spec_decode::budget::{protect_pattern, Pacing, Policy, ProtectSet};
+use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectCache};
 use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec_decode::generate::RunStats;
 use specd_engine::spec_decode::{DraftBlock, DraftDist, DraftSampling, TokenInfo};
-use specd_engine::tokenizer::Tokenizer;
 use tonic::Status;
 
 use crate::v1;
@@ -96,10 +93,7 @@ pub fn sampling_to_wire(p: &SamplingParams) -> v1::Sampling {
 }
 
 /// Builds an engine policy; `protect_set` turns a pattern into a token set (cached by callers).
-pub fn policy_from_wire(
-    p: Option<&v1::Policy>,
-    protect_set: impl FnOnce(&str) -> anyhow::Result<Arc<ProtectSet>>,
-) -> Result<Policy, Status> {
+pub fn policy_from_wire(p: Option<&v1::Policy>, protect: &ProtectCache) -> Result<Policy, Status> {
     let Some(p) = p else {
         return Ok(Policy::default());
     };
@@ -128,12 +122,9 @@ pub fn policy_from_wire(
         .validate()
         .map_err(|e| Status::invalid_argument(format!("policy.budget: {e:#}")))?;
     if !policy.rule.is_exact() {
-        if let Some(pat) = protect_pattern(&p.protect) {
-            policy.protect = Some(
-                protect_set(pat)
-                    .map_err(|e| Status::invalid_argument(format!("policy.protect: {e:#}")))?,
-            );
-        }
+        policy.protect = protect
+            .get(&p.protect)
+            .map_err(|e| Status::invalid_argument(format!("policy.protect: {e:#}")))?;
     }
     Ok(policy)
 }
@@ -148,10 +139,6 @@ pub fn policy_to_wire(p: &Policy) -> v1::Policy {
             .map_or("none".into(), |s| s.pattern.clone()),
         pacing: p.pacing.to_string(),
     }
-}
-
-pub fn build_protect_set(tok: &Tokenizer, pattern: &str) -> anyhow::Result<Arc<ProtectSet>> {
-    Ok(Arc::new(ProtectSet::build(tok, pattern)?))
 }
 
 pub fn draft_sampling_from_wire(s: &str) -> Result<DraftSampling, Status> {

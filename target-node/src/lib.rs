@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use specd_engine::pipeline::{LoadedModel, TextStream};
-use specd_engine::spec_decode::budget::ProtectSet;
+use specd_engine::spec_decode::budget::ProtectCache;
 use specd_engine::spec_decode::stop::StopStrings;
 use specd_engine::spec_decode::target::{SessionParams, TargetSession};
 use specd_engine::spec_decode::DraftBlock;
@@ -51,7 +51,7 @@ impl Slot {
 pub struct TargetService {
     model: Arc<LoadedModel>,
     sessions: Mutex<HashMap<String, Arc<Slot>>>,
-    protect_cache: Mutex<HashMap<String, Arc<ProtectSet>>>,
+    protect: ProtectCache,
     next_id: AtomicU64,
     max_sessions: usize,
     max_block: usize,
@@ -79,9 +79,9 @@ fn internal(e: anyhow::Error) -> Status {
 impl TargetService {
     pub fn new(model: Arc<LoadedModel>, max_sessions: usize, max_block: usize) -> Self {
         TargetService {
+            protect: ProtectCache::new(model.tokenizer.clone(), MAX_CACHED_PATTERNS),
             model,
             sessions: Mutex::new(HashMap::new()),
-            protect_cache: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_sessions,
             max_block,
@@ -112,20 +112,6 @@ impl TargetService {
                     "unknown session {id:?} (closed, expired, or never opened)"
                 ))
             })
-    }
-
-    fn protect_set(&self, pattern: &str) -> anyhow::Result<Arc<ProtectSet>> {
-        if let Some(s) = self.protect_cache.lock().unwrap().get(pattern) {
-            return Ok(s.clone());
-        }
-        let s = convert::build_protect_set(&self.model.tokenizer, pattern)?;
-        let mut cache = self.protect_cache.lock().unwrap();
-        // Patterns come from requests: bound the cache (the default pattern is rebuilt if evicted).
-        if cache.len() >= MAX_CACHED_PATTERNS {
-            cache.clear();
-        }
-        cache.insert(pattern.to_owned(), s.clone());
-        Ok(s)
     }
 
     /// Removes sessions idle for longer than `timeout`.
@@ -180,7 +166,7 @@ impl TargetVerifier for TargetNode {
         self.drain.admit("the target-node")?;
         let r = req.into_inner();
         let sampling = convert::sampling_from_wire(r.sampling.as_ref())?;
-        let policy = convert::policy_from_wire(r.policy.as_ref(), |p| self.protect_set(p))?;
+        let policy = convert::policy_from_wire(r.policy.as_ref(), &self.protect)?;
         if self.sessions.lock().unwrap().len() >= self.max_sessions {
             return Err(Status::resource_exhausted(format!(
                 "the target-node holds its maximum of {} sessions",
@@ -412,7 +398,7 @@ impl TargetVerifier for TargetNode {
     ) -> Result<Response<v1::SessionSummary>, Status> {
         let r = req.into_inner();
         let slot = self.slot(&r.session_id)?;
-        let policy = convert::policy_from_wire(r.policy.as_ref(), |p| self.protect_set(p))?;
+        let policy = convert::policy_from_wire(r.policy.as_ref(), &self.protect)?;
         let mut s = slot.session.lock().unwrap();
         s.set_policy(policy);
         Ok(Response::new(summary(&r.session_id, &s)))

@@ -115,28 +115,39 @@ pub enum KernelPath {
 }
 
 impl KernelPath {
+    /// Whether this CPU can run the path.
+    pub fn supported(self) -> bool {
+        match self {
+            KernelPath::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            KernelPath::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
     /// The paths this CPU can run, fastest first (the portable one last).
     pub fn available() -> Vec<KernelPath> {
-        let mut paths = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx512f")
-                && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vl")
-                && is_x86_feature_detected!("avx512vnni")
-                && is_x86_feature_detected!("fma")
-            {
-                paths.push(KernelPath::Avx512Vnni);
-            }
-            if is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-                && is_x86_feature_detected!("f16c")
-            {
-                paths.push(KernelPath::Avx2);
-            }
-        }
-        paths.push(KernelPath::Portable);
-        paths
+        [
+            KernelPath::Avx512Vnni,
+            KernelPath::Avx2,
+            KernelPath::Portable,
+        ]
+        .into_iter()
+        .filter(|p| p.supported())
+        .collect()
     }
 }
 
@@ -550,6 +561,10 @@ pub fn matmul(x: &[f32], w: &Matrix, out: &mut [f32]) {
 
 /// [`matmul`] on a given kernel path (tests compare paths).
 pub fn matmul_with(path: KernelPath, x: &[f32], w: &Matrix, out: &mut [f32]) {
+    assert!(
+        path.supported(),
+        "kernel path {path:?} is not supported by this CPU"
+    );
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len() % k, 0, "activation length is not a multiple of k");
     let m = x.len() / k;
@@ -643,6 +658,10 @@ fn group_tile(
 /// Dot product of two float vectors with the process's kernel path (fixed order per path).
 #[inline]
 pub fn dot_f32(path: KernelPath, a: &[f32], b: &[f32]) -> f32 {
+    assert!(
+        path.supported(),
+        "kernel path {path:?} is not supported by this CPU"
+    );
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path is only chosen when the CPU has AVX-512.

@@ -37,6 +37,53 @@ pub struct ProtectSet {
     critical: Vec<bool>,
 }
 
+/// Protected-token sets by pattern, built once each with a tokenizer (building one reads the
+/// whole vocabulary). Patterns come from requests, so the cache is bounded: past `capacity` it
+/// starts over.
+pub struct ProtectCache {
+    tokenizer: Arc<Tokenizer>,
+    sets: std::sync::Mutex<std::collections::HashMap<String, Arc<ProtectSet>>>,
+    capacity: usize,
+}
+
+impl ProtectCache {
+    pub fn new(tokenizer: Arc<Tokenizer>, capacity: usize) -> Self {
+        ProtectCache {
+            tokenizer,
+            sets: Default::default(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// The set of a protection setting (`default`, `none`, a regular expression): `None` for
+    /// `none`.
+    pub fn get(&self, protect: &str) -> Result<Option<Arc<ProtectSet>>> {
+        let Some(pattern) = protect_pattern(protect) else {
+            return Ok(None);
+        };
+        if let Some(s) = self.sets.lock().unwrap().get(pattern) {
+            return Ok(Some(s.clone()));
+        }
+        let set = Arc::new(ProtectSet::build(&self.tokenizer, pattern)?);
+        let mut sets = self.sets.lock().unwrap();
+        if sets.len() >= self.capacity {
+            sets.clear();
+        }
+        sets.insert(pattern.to_owned(), set.clone());
+        Ok(Some(set))
+    }
+
+    /// Sets `policy.protect` for `protect` (validated even for the exact rule, which needs none,
+    /// so that a bad pattern is caught early).
+    pub fn attach(&self, policy: &mut Policy, protect: &str) -> Result<()> {
+        let set = self.get(protect)?;
+        if !policy.rule.is_exact() {
+            policy.protect = set;
+        }
+        Ok(())
+    }
+}
+
 impl ProtectSet {
     pub fn build(tok: &Tokenizer, pattern: &str) -> Result<Self> {
         let re = regex::Regex::new(pattern)

@@ -21,27 +21,6 @@ pub mod target;
 
 use serde::{Deserialize, Serialize};
 
-#[cfg(test)]
-mod tests {
-    use super::TokenLogprob;
-
-    #[test]
-    fn logprobs_are_a_log_softmax_with_the_best_alternatives() {
-        let logits = [1.0f32, 3.0, 2.0, 3.0, -1.0];
-        let l = TokenLogprob::of(&logits, 2, 3);
-        let z: f32 = logits.iter().map(|x| x.exp()).sum();
-        assert!((l.logprob - (2f32.exp() / z).ln()).abs() < 1e-6);
-        let ids: Vec<u32> = l.top.iter().map(|t| t.0).collect();
-        assert_eq!(ids, [1, 3, 2], "most likely first, ties by the lowest id");
-        assert!((l.top[0].1 - (3f32.exp() / z).ln()).abs() < 1e-6);
-        assert!(TokenLogprob::of(&logits, 0, 0).top.is_empty());
-        let p: f32 = (0..5)
-            .map(|t| TokenLogprob::of(&logits, t, 0).logprob.exp())
-            .sum();
-        assert!((p - 1.0).abs() < 1e-5);
-    }
-}
-
 /// How the draft chooses its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -190,5 +169,26 @@ pub trait Verifier {
     fn verify(&mut self, block: &DraftBlock) -> anyhow::Result<Verdict> {
         self.submit(block.clone())?;
         self.receive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TokenLogprob;
+
+    #[test]
+    fn logprobs_are_a_log_softmax_with_the_best_alternatives() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0, -1.0];
+        let l = TokenLogprob::of(&logits, 2, 3);
+        let z: f32 = logits.iter().map(|x| x.exp()).sum();
+        assert!((l.logprob - (2f32.exp() / z).ln()).abs() < 1e-6);
+        let ids: Vec<u32> = l.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 2], "most likely first, ties by the lowest id");
+        assert!((l.top[0].1 - (3f32.exp() / z).ln()).abs() < 1e-6);
+        assert!(TokenLogprob::of(&logits, 0, 0).top.is_empty());
+        let p: f32 = (0..5)
+            .map(|t| TokenLogprob::of(&logits, t, 0).logprob.exp())
+            .sum();
+        assert!((p - 1.0).abs() < 1e-5);
     }
 }

@@ -31,7 +31,7 @@ pub fn check_context(prompt_len: usize, max_tokens: usize, context_length: usize
     if prompt_len == 0 {
         bail!("the prompt is empty: give at least one token of prompt");
     }
-    if prompt_len + max_tokens > context_length {
+    if prompt_len.saturating_add(max_tokens) > context_length {
         bail!(
             "the prompt ({prompt_len} tokens) plus --max-tokens ({max_tokens}) exceeds the model's context length of {context_length} tokens; shorten the prompt or lower --max-tokens"
         );
@@ -244,7 +244,8 @@ impl TargetSession {
             // A rejection is counted only where its residual token was committed.
             rejected &= committed.len() > accepted;
             accepted = accepted.min(committed.len());
-            self.spent = spent_before + info.iter().map(|i| i.charge).sum::<f64>();
+            // In judging order, as judge_block added them: the same bits.
+            self.spent = info.iter().fold(spent_before, |s, i| s + i.charge);
         }
         let lossy_accepted = info.iter().filter(|i| i.lossy).count();
         // Committed token i was chosen at the position of row(i) (drafted, residual or bonus).
