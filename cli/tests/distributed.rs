@@ -673,6 +673,7 @@ fn eval_runs_through_a_coordinator_and_admin_rpcs_work() {
             .set_session_policy(v1::SetSessionPolicyRequest {
                 session_id: "nope".into(),
                 policy: None,
+                allow_loosen: false,
             })
             .await
             .unwrap_err();
@@ -693,6 +694,21 @@ fn eval_runs_through_a_coordinator_and_admin_rpcs_work() {
             .await
             .unwrap()
             .into_inner();
+        // Loosening (a larger budget) is refused unless asked for, and then stated.
+        let loosen = |allow_loosen| v1::UpdatePolicyRequest {
+            session_id: s.session_id.clone(),
+            policy: Some(v1::Policy {
+                rule: "topk:3".into(),
+                budget: 8.0,
+                ..Default::default()
+            }),
+            allow_loosen,
+        };
+        let e = tc.update_policy(loosen(false)).await.unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("loosens"), "{e:?}");
+        let sum = tc.update_policy(loosen(true)).await.unwrap().into_inner();
+        assert_eq!((sum.rule.as_str(), sum.budget), ("topk:3", 8.0));
         let sum = tc
             .update_policy(v1::UpdatePolicyRequest {
                 session_id: s.session_id,
@@ -700,6 +716,7 @@ fn eval_runs_through_a_coordinator_and_admin_rpcs_work() {
                     rule: "exact".into(),
                     ..Default::default()
                 }),
+                allow_loosen: false,
             })
             .await
             .unwrap()

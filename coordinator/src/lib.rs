@@ -378,6 +378,7 @@ impl Coordinator for CoordinatorNode {
             .update_policy(v1::UpdatePolicyRequest {
                 session_id: r.session_id.clone(),
                 policy: r.policy,
+                allow_loosen: r.allow_loosen,
             })
             .await?
             .into_inner();

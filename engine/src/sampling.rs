@@ -154,7 +154,13 @@ pub fn truncate(p: &mut [f32], top_k: usize, top_p: f32) {
         idx.len()
     };
     if p_active {
-        let total: f64 = idx[..keep].iter().map(|&i| p[i as usize] as f64).sum();
+        // The nucleus is a share of the whole mass after top-k: of the k kept with top-k, of every
+        // token without (the tokens under the floor count though they are never in it).
+        let total: f64 = if k_active {
+            idx[..keep].iter().map(|&i| p[i as usize] as f64).sum()
+        } else {
+            p.iter().map(|&x| x as f64).sum()
+        };
         let mut cum = 0f64;
         for (n, &i) in idx[..keep].iter().enumerate() {
             cum += p[i as usize] as f64;
@@ -246,5 +252,21 @@ mod tests {
             (counts[0] as f64 / 40000.0 - 0.5).abs() < 0.01,
             "{counts:?}"
         );
+    }
+
+    /// The nucleus of top-p is a share of the whole distribution: for p = [0.6, 0.29, 0.09, 0.02]
+    /// and top_p = 0.9 it is the first three tokens (0.6 + 0.29 < 0.9). The floor that spares
+    /// sorting drops 0.02 first; the cut must still be taken at 0.9 of the whole mass, not of what
+    /// the floor kept (which kept two).
+    #[test]
+    fn top_p_nucleus_is_a_share_of_the_whole_mass() {
+        let mut p = vec![0.6f32, 0.29, 0.09, 0.02];
+        truncate(&mut p, 0, 0.9);
+        assert!(p[2] > 0.0 && p[3] == 0.0, "{p:?}");
+        assert!((p[0] - 0.6 / 0.98).abs() < 1e-6, "{p:?}");
+        // With top-k, top-p is a share of the k kept: [0.6, 0.29] of mass 0.89, 0.6 < 0.9·0.89.
+        let mut p = vec![0.6f32, 0.29, 0.09, 0.02];
+        truncate(&mut p, 2, 0.9);
+        assert!(p[1] > 0.0 && p[2] == 0.0, "{p:?}");
     }
 }

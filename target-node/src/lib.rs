@@ -400,6 +400,17 @@ impl TargetVerifier for TargetNode {
         let slot = self.slot(&r.session_id)?;
         let policy = convert::policy_from_wire(r.policy.as_ref(), &self.protect)?;
         let mut s = slot.session.lock().unwrap();
+        let live = s.params().policy.clone();
+        if !live.tightened_by(&policy) && !r.allow_loosen {
+            return Err(Status::failed_precondition(format!(
+                "the change from {} with budget {} to {} with budget {} loosens the session's bound (spent so far {:.4}); set allow_loosen to make it, and the bound becomes the new budget",
+                live.rule,
+                live.budget,
+                policy.rule,
+                policy.budget,
+                s.budget_spent()
+            )));
+        }
         s.set_policy(policy);
         Ok(Response::new(summary(&r.session_id, &s)))
     }

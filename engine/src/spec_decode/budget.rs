@@ -170,6 +170,12 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Whether changing a live session from `self` to `new` keeps its bound: the budget does not
+    /// grow, and the rule stays (its knobs included) or becomes exact. Anything else loosens.
+    pub fn tightened_by(&self, new: &Policy) -> bool {
+        new.budget <= self.budget && (new.rule == self.rule || new.rule.is_exact())
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !self.budget.is_finite() || self.budget < 0.0 {
             bail!(
@@ -353,5 +359,21 @@ mod tests {
         assert_eq!(policy.allowance(63, 128), 5.0);
         assert_eq!(policy.allowance(127, 128), 8.0);
         assert!("linear:2".parse::<Pacing>().is_ok() && "fast".parse::<Pacing>().is_err());
+    }
+
+    #[test]
+    fn tightening_keeps_the_bound_and_loosening_is_told_apart() {
+        let p = |rule: &str, budget: f64| Policy {
+            rule: rule.parse().unwrap(),
+            budget,
+            ..Default::default()
+        };
+        let live = p("topk:3", 4.0);
+        assert!(live.tightened_by(&p("topk:3", 4.0)));
+        assert!(live.tightened_by(&p("topk:3", 1.0)));
+        assert!(live.tightened_by(&p("exact", 0.0)));
+        assert!(!live.tightened_by(&p("topk:3", 4.5)), "a larger budget");
+        assert!(!live.tightened_by(&p("topk:5", 4.0)), "another rule");
+        assert!(!live.tightened_by(&p("lenient:0.5", 2.0)), "another rule");
     }
 }
