@@ -24,25 +24,11 @@ pub(super) unsafe fn group_tile(
     rows: usize,
     out: &mut [[f32; GROUP]; MAX_TILE],
 ) {
-    macro_rules! dispatch {
-        ($f:ident, $($args:expr),*) => {
-            match rows {
-                1 => $f::<1>($($args),*),
-                2 => $f::<2>($($args),*),
-                3 => $f::<3>($($args),*),
-                4 => $f::<4>($($args),*),
-                5 => $f::<5>($($args),*),
-                6 => $f::<6>($($args),*),
-                7 => $f::<7>($($args),*),
-                8 => $f::<8>($($args),*),
-                _ => unreachable!("tile of {rows} rows"),
-            }
-        };
-    }
     let nb = w.k / QK;
     let o = g * nb * GROUP;
     match &w.packed {
-        Packed::W8 { qs, d, .. } => dispatch!(
+        Packed::W8 { qs, d, .. } => dispatch_rows!(
+            rows,
             w8_group,
             qs[g * nb * 512..].as_ptr(),
             Scales::F16(d[o..].as_ptr() as *const u16, std::ptr::null()),
@@ -51,7 +37,8 @@ pub(super) unsafe fn group_tile(
             r0,
             out
         ),
-        Packed::W4 { qs, d, m } => dispatch!(
+        Packed::W4 { qs, d, m } => dispatch_rows!(
+            rows,
             w4_group,
             qs[g * nb * 256..].as_ptr(),
             Scales::F16(d[o..].as_ptr() as *const u16, m[o..].as_ptr() as *const u16),
@@ -60,7 +47,8 @@ pub(super) unsafe fn group_tile(
             r0,
             out
         ),
-        Packed::W4F { qs, d, m } => dispatch!(
+        Packed::W4F { qs, d, m } => dispatch_rows!(
+            rows,
             w4_group,
             qs[g * nb * 256..].as_ptr(),
             Scales::F32(d[o..].as_ptr(), m[o..].as_ptr()),
@@ -75,7 +63,8 @@ pub(super) unsafe fn group_tile(
             } else {
                 m[2 * o..].as_ptr()
             };
-            dispatch!(
+            dispatch_rows!(
+                rows,
                 w8f_group,
                 qs[g * nb * 512..].as_ptr(),
                 d[2 * o..].as_ptr(),

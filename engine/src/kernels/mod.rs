@@ -35,6 +35,25 @@ use half::f16;
 
 use crate::quant::{unpack_block, GgmlType, Unpacked, QK};
 
+/// Calls `$f::<R>(args)` with the tile's row count `R = $rows` (1..=MAX_TILE) as a constant, so
+/// that each row count gets its own unrolled kernel (the SIMD paths).
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatch_rows {
+    ($rows:expr, $f:ident, $($args:expr),*) => {
+        match $rows {
+            1 => $f::<1>($($args),*),
+            2 => $f::<2>($($args),*),
+            3 => $f::<3>($($args),*),
+            4 => $f::<4>($($args),*),
+            5 => $f::<5>($($args),*),
+            6 => $f::<6>($($args),*),
+            7 => $f::<7>($($args),*),
+            8 => $f::<8>($($args),*),
+            r => unreachable!("tile of {r} rows"),
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
