@@ -14,7 +14,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 #[derive(Args)]
 pub struct HealthArgs {
-    /// The node: a gRPC URL (http://HOST:PORT) of a target-node, draft-node or coordinator, or an
+    /// The node: a gRPC URL (http://HOST:PORT, or just HOST:PORT) of a target-node, draft-node or coordinator, or an
     /// HTTP API's health URL (http://HOST:PORT/health) of `serve` or `coordinator --http-listen`.
     pub addr: String,
     /// gRPC: the service to ask about (e.g. specd.v1.TargetVerifier); default: the whole server.
@@ -25,7 +25,11 @@ pub struct HealthArgs {
     pub timeout: f64,
 }
 
-pub fn run(a: HealthArgs) -> Result<()> {
+pub fn run(mut a: HealthArgs) -> Result<()> {
+    // A bare HOST:PORT is a plain-text gRPC address.
+    if !a.addr.contains("://") {
+        a.addr = format!("http://{}", a.addr);
+    }
     let timeout = Duration::from_secs_f64(a.timeout.clamp(0.1, 3600.0));
     if a.addr.trim_end_matches('/').ends_with("/health") {
         return http_health(&a.addr, timeout);

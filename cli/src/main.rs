@@ -20,6 +20,11 @@ use clap::{Parser, Subcommand};
     long_about = None
 )]
 struct Cli {
+    /// Log lines on stderr: text, or json (one object per line, with each request's trace_id and
+    /// session_id). RUST_LOG filters them (default info; e.g. RUST_LOG=specd_target_node=debug
+    /// logs every verify round).
+    #[arg(long, global = true, default_value = "text", env = "SPECD_LOG_FORMAT")]
+    log_format: specd_telemetry::logs::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -99,8 +104,9 @@ enum ModelsCommand {
     },
 }
 
+/// A progress line (model loading, downloads) in the log.
 pub fn log(msg: &str) {
-    eprintln!("specd: {msg}");
+    tracing::info!("{msg}");
 }
 
 fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
@@ -175,6 +181,7 @@ fn models(cmd: ModelsCommand) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    specd_telemetry::logs::init(cli.log_format);
     let res = match cli.command {
         Command::Generate(args) => generate::run(args),
         Command::Score(args) => score::run(args),

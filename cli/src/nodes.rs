@@ -1,6 +1,8 @@
 //! `specd target-node`, `specd draft-node`, `specd coordinator`: the engine split across machines.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -46,7 +48,60 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-    eprintln!("specd: shutting down");
+    tracing::info!("shutting down");
+}
+
+/// Where a node serves its Prometheus metrics.
+#[derive(Args, Clone)]
+pub struct MetricsArgs {
+    /// Also serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9100 (docs/serving.md
+    /// lists them).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+impl MetricsArgs {
+    fn addr(&self) -> Result<Option<SocketAddr>> {
+        self.metrics_listen
+            .as_deref()
+            .map(|s| {
+                s.parse().with_context(|| {
+                    format!("--metrics-listen {s:?}: expected HOST:PORT, e.g. 0.0.0.0:9100")
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Runs a node until Ctrl-C or SIGTERM, with its `/metrics` listener beside it when asked for;
+/// `node` is given the future that resolves on the signal.
+fn run_node<F, Fut>(metrics: &MetricsArgs, node: F) -> Result<()>
+where
+    F: FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let addr = metrics.addr()?;
+    run_server(async move {
+        let Some(addr) = addr else {
+            return node(Box::pin(shutdown_signal())).await;
+        };
+        let listener = specd_telemetry::metrics::bind(addr).await?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let metrics = tokio::spawn(specd_telemetry::metrics::serve(
+            listener,
+            stopped(rx.clone()),
+        ));
+        let r = node(Box::pin(stopped(rx))).await;
+        metrics.abort();
+        r
+    })
 }
 
 /// Graceful shutdown (Ctrl-C or SIGTERM).
@@ -91,6 +146,8 @@ pub struct TargetNodeArgs {
     pub max_block: usize,
     #[command(flatten)]
     pub drain: DrainArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 pub fn target_node(a: TargetNodeArgs) -> Result<()> {
@@ -98,7 +155,8 @@ pub fn target_node(a: TargetNodeArgs) -> Result<()> {
     if a.max_sessions == 0 || a.session_idle_timeout == 0 {
         anyhow::bail!("--max-sessions and --session-idle-timeout must be at least 1");
     }
-    let model = LoadedModel::load_on(&a.model, a.device, &crate::log)?;
+    let (name, device) = (a.model.clone(), a.device);
+    let load = move || LoadedModel::load_on(&name, device, &crate::log);
     let cfg = specd_target_node::TargetConfig {
         listen,
         max_sessions: a.max_sessions,
@@ -106,7 +164,7 @@ pub fn target_node(a: TargetNodeArgs) -> Result<()> {
         max_block: a.max_block,
         drain_timeout: a.drain.timeout(),
     };
-    run_server(specd_target_node::serve(cfg, model, shutdown_signal()))
+    run_node(&a.metrics, |stop| specd_target_node::serve(cfg, load, stop))
 }
 
 #[derive(Args)]
@@ -128,15 +186,19 @@ pub struct DraftNodeArgs {
     pub max_gamma: usize,
     #[command(flatten)]
     pub drain: DrainArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
     let listen = parse_listen(&a.listen)?;
     let drafter = a.drafter.spec()?;
-    let model = if drafter.needs_model() {
-        Some(LoadedModel::load_on(&a.model, a.device, &crate::log)?)
-    } else {
-        None
+    let (name, device) = (a.model.clone(), a.device);
+    let load = move || {
+        drafter
+            .needs_model()
+            .then(|| LoadedModel::load_on(&name, device, &crate::log))
+            .transpose()
     };
     let cfg = specd_draft_node::DraftConfig {
         listen,
@@ -144,7 +206,7 @@ pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
         drafter,
         drain_timeout: a.drain.timeout(),
     };
-    run_server(specd_draft_node::serve(cfg, model, shutdown_signal()))
+    run_node(&a.metrics, |stop| specd_draft_node::serve(cfg, load, stop))
 }
 
 #[derive(Args)]

@@ -11,73 +11,64 @@ use std::time::{Duration, Instant};
 use specd_proto::v1::target_verifier_client::TargetVerifierClient;
 use specd_proto::v1::{self, DraftBlock, DraftFrame};
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 mod common;
 
-use common::{bin, free_port};
+use common::{bin, free_port, Proc};
 
 /// A node process, killed on drop.
 struct Node {
-    child: Child,
+    proc: Proc,
     url: String,
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_ready(url: &str, child: &mut Child) {
+/// Waits until the node's gRPC health answers SERVING (NOT_SERVING while its model loads).
+fn wait_ready(url: &str, proc: &mut Proc) {
     let start = Instant::now();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     while start.elapsed() < Duration::from_secs(120) {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use std::io::Read;
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("node for {url} exited early: {status}: {err}");
-        }
-        let ok = rt.block_on(async {
-            match tonic::transport::Endpoint::from_shared(url.to_owned())
-                .unwrap()
-                .connect()
-                .await
-            {
-                Ok(ch) => tonic_health_check(ch).await,
-                Err(_) => false,
-            }
-        });
-        if ok {
+        proc.check_running();
+        if grpc_health(&rt, url, "") == Some(ServingStatus::Serving) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{url} did not become ready");
+    panic!("{url} did not become ready: {}", proc.log());
 }
 
-async fn tonic_health_check(ch: tonic::transport::Channel) -> bool {
-    // Any node answers Info on its own service; the health service is served too.
-    let mut c = tonic::client::Grpc::new(ch);
-    c.ready().await.is_ok()
+/// A node's gRPC health for `service` ("" for the whole server); None when it cannot be asked.
+fn grpc_health(rt: &tokio::runtime::Runtime, url: &str, service: &str) -> Option<ServingStatus> {
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .ok()?;
+        let r = HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()?;
+        Some(r.into_inner().status())
+    })
+}
+
+fn spawn_with(args: &[&str], env: &[(&str, &str)], port: u16) -> Node {
+    let mut proc = Proc::spawn(args, env);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url, &mut proc);
+    Node { proc, url }
 }
 
 fn spawn(args: &[&str], port: u16) -> Node {
-    let mut child = Command::new(bin())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn node");
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&url, &mut child);
-    Node { child, url }
+    spawn_with(args, &[], port)
 }
 
 fn target_node(extra: &[&str]) -> Node {
@@ -416,7 +407,7 @@ fn killing_the_draft_node_falls_back_to_the_target() {
     // Early enough that the 200-token request is still running (a kill before the draft even
     // starts also ends in the fallback).
     std::thread::sleep(Duration::from_millis(1000));
-    d.child.kill().unwrap();
+    d.proc.child.kill().unwrap();
     let out = client.join().unwrap();
     assert_eq!(
         out["fallback"], true,
@@ -741,8 +732,9 @@ fn generation_through_the_link_emulator_is_unchanged_and_slower() {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let upstream = t.url.trim_start_matches("http://").to_owned();
-    let mut child = Command::new(bin())
-        .args([
+    // Ready when the target's health answers through it.
+    let link = spawn(
+        &[
             "link",
             "--listen",
             &listen,
@@ -752,15 +744,9 @@ fn generation_through_the_link_emulator_is_unchanged_and_slower() {
             "10ms",
             "--jitter",
             "1ms",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_ready(&format!("http://{listen}"), &mut child);
-    let link = Node {
-        child,
-        url: format!("http://{listen}"),
-    };
+        ],
+        port,
+    );
     let direct = coordinator(&t, Some(&d));
     let slow = coordinator(&link, Some(&d));
     let args = |url: &str| {
@@ -918,15 +904,10 @@ fn coordinator_with_http(target: &Node, draft: &Node, extra: &[&str]) -> (Node, 
         &http_listen,
     ];
     args.extend_from_slice(extra);
-    let mut child = Command::new(bin())
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn coordinator");
-    common::wait_http_ready(http_port, &mut child);
+    let mut proc = Proc::spawn(&args, &[]);
+    common::wait_http_ready(http_port, &mut proc);
     let node = Node {
-        child,
+        proc,
         url: format!("http://127.0.0.1:{port}"),
     };
     (node, http_port)
@@ -1020,7 +1001,7 @@ fn sigterm_drains_the_target_node() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let kill = Command::new("kill")
-        .args(["-TERM", &t.child.id().to_string()])
+        .args(["-TERM", &t.proc.child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
@@ -1066,7 +1047,7 @@ fn sigterm_drains_the_target_node() {
     // Then the node exits 0.
     let start = Instant::now();
     let status = loop {
-        if let Some(s) = t.child.try_wait().unwrap() {
+        if let Some(s) = t.proc.child.try_wait().unwrap() {
             break s;
         }
         assert!(start.elapsed() < Duration::from_secs(30), "did not exit");
@@ -1190,4 +1171,255 @@ fn cut_streams_end_their_sessions_everywhere() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Health that tells the truth: a target-node is NOT_SERVING while its model loads, then SERVING
+/// (never back); a coordinator's health follows its nodes, checked every second: the
+/// `specd.v1.Drafter` service turns NOT_SERVING when its only draft-node dies (the coordinator
+/// still serves: the target decodes alone), the whole coordinator and its HTTP `/health` when its
+/// only target dies; a target restarted on the same address is found again and serves a request.
+#[test]
+fn health_follows_loading_and_the_nodes() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://127.0.0.1:{port}");
+    let start_target = || Proc::spawn(&["target-node", "--listen", &listen], &[]);
+    let mut target = start_target();
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while seen.last() != Some(&ServingStatus::Serving) {
+        target.check_running();
+        assert!(start.elapsed() < Duration::from_secs(120), "{seen:?}");
+        if let Some(s) = grpc_health(&rt, &url, "") {
+            if seen.last() != Some(&s) {
+                seen.push(s);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(
+        seen,
+        [ServingStatus::NotServing, ServingStatus::Serving],
+        "loading, then serving"
+    );
+    assert!(
+        target.log().contains("loading the model"),
+        "{}",
+        target.log()
+    );
+
+    let dport = free_port();
+    let dlisten = format!("127.0.0.1:{dport}");
+    let draft = spawn(
+        &["draft-node", "--listen", &dlisten, "--drafter", "ngram"],
+        dport,
+    );
+    let t = Node { proc: target, url };
+    let (c, http_port) = coordinator_with_http(&t, &draft, &[]);
+    let until = |service: &str, want: ServingStatus| {
+        let start = Instant::now();
+        loop {
+            let got = grpc_health(&rt, &c.url, service);
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "coordinator health {service:?}: {got:?}, waiting for {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until("", ServingStatus::Serving);
+    until("specd.v1.Drafter", ServingStatus::Serving);
+    until("specd.v1.TargetVerifier", ServingStatus::Serving);
+
+    drop(draft);
+    until("specd.v1.Drafter", ServingStatus::NotServing);
+    until("", ServingStatus::Serving);
+
+    let Node { proc, .. } = t;
+    drop(proc);
+    until("", ServingStatus::NotServing);
+    until("specd.v1.Coordinator", ServingStatus::NotServing);
+    let (code, body) = common::http(http_port, "GET", "/health", "");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no target-node answers"), "{body}");
+
+    let mut target = start_target();
+    until("", ServingStatus::Serving);
+    target.check_running();
+    let (code, body) = common::http(
+        http_port,
+        "POST",
+        "/v1/completions",
+        r#"{"model": "smollm2-135m-q8_0", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        c.proc.log().contains("node answers SERVING"),
+        "{}",
+        c.proc.log()
+    );
+}
+
+/// GET url/metrics through the Prometheus project's own text parser (prometheus-client):
+/// {"name{labels}": value}.
+fn prometheus(port: u16) -> std::collections::HashMap<String, f64> {
+    let code = r#"
+import json, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen(sys.argv[1]).read().decode()
+print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value
+                  for f in text_string_to_metric_families(text) for s in f.samples}))
+"#;
+    let python = std::env::var("SPECD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(python)
+        .args(["-c", code, &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A request traced end to end: an HTTP request with a W3C `traceparent` leaves its trace id in
+/// the JSON log lines of all three processes (coordinator, draft-node, target-node), and the
+/// nodes' `--metrics-listen` endpoints, read with a real Prometheus parser, count its rounds.
+#[test]
+fn one_trace_id_in_every_process_log_and_node_metrics_move() {
+    let json = [("SPECD_LOG_FORMAT", "json")];
+    let (tport, tmetrics, dport, dmetrics) = (free_port(), free_port(), free_port(), free_port());
+    let (tl, tm, dl, dm) = (
+        format!("127.0.0.1:{tport}"),
+        format!("127.0.0.1:{tmetrics}"),
+        format!("127.0.0.1:{dport}"),
+        format!("127.0.0.1:{dmetrics}"),
+    );
+    let t = spawn_with(
+        &["target-node", "--listen", &tl, "--metrics-listen", &tm],
+        &json,
+        tport,
+    );
+    let d = spawn_with(
+        &[
+            "draft-node",
+            "--listen",
+            &dl,
+            "--model",
+            "smollm2-135m-q4_1",
+            "--metrics-listen",
+            &dm,
+        ],
+        &json,
+        dport,
+    );
+    let (hport, cport) = (free_port(), free_port());
+    let (hl, cl) = (format!("127.0.0.1:{hport}"), format!("127.0.0.1:{cport}"));
+    let mut coord = Proc::spawn(
+        &[
+            "coordinator",
+            "--listen",
+            &cl,
+            "--target",
+            &t.url,
+            "--draft",
+            &d.url,
+            "--http-listen",
+            &hl,
+        ],
+        &json,
+    );
+    common::wait_http_ready(hport, &mut coord);
+
+    let before_t = prometheus(tmetrics);
+    let before_d = prometheus(dmetrics);
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let body = serde_json::json!({
+        "model": "smollm2-135m-q8_0",
+        "messages": [{"role": "user", "content": "Name three colours."}],
+        "max_tokens": 24,
+    })
+    .to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", hport)).unwrap();
+    use std::io::{Read, Write};
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ntraceparent: 00-{trace_id}-b7ad6b7169203331-01\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.contains(trace_id),
+        "the response carries the trace: {resp}"
+    );
+
+    // Every process logged the request under its trace id, as JSON lines.
+    std::thread::sleep(Duration::from_millis(300));
+    for (who, log) in [
+        ("coordinator", coord.log()),
+        ("draft-node", d.proc.log()),
+        ("target-node", t.proc.log()),
+    ] {
+        let traced: Vec<serde_json::Value> = log
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .unwrap_or_else(|e| panic!("{who}: a log line is not JSON ({e}): {l}"))
+            })
+            .filter(|j| j.to_string().contains(trace_id))
+            .collect();
+        assert!(
+            !traced.is_empty(),
+            "{who} logged nothing of trace {trace_id}:\n{log}"
+        );
+        let on_span = |j: &serde_json::Value| {
+            j["span"]["trace_id"] == trace_id || j["fields"]["trace_id"] == trace_id
+        };
+        assert!(traced.iter().all(on_span), "{who}: {traced:?}");
+    }
+    let other_traces = coord
+        .log()
+        .lines()
+        .filter(|l| l.contains("\"trace_id\"") && !l.contains(trace_id))
+        .count();
+    assert_eq!(other_traces, 0, "one request, one trace");
+
+    let after_t = prometheus(tmetrics);
+    let after_d = prometheus(dmetrics);
+    let grew = |before: &std::collections::HashMap<String, f64>,
+                after: &std::collections::HashMap<String, f64>,
+                name: &str| {
+        let key = format!("{name}{{}}");
+        let (b, a) = (before.get(&key).copied().unwrap_or(0.0), after[&key]);
+        assert!(a > b, "{name}: {b} -> {a}");
+    };
+    grew(&before_t, &after_t, "specd_verify_duration_seconds_count");
+    grew(
+        &before_t,
+        &after_t,
+        "specd_spec_decode_num_draft_tokens_total",
+    );
+    grew(&before_t, &after_t, "specd_spec_decode_num_drafts_total");
+    grew(&before_d, &after_d, "specd_draft_duration_seconds_count");
+    grew(
+        &before_d,
+        &after_d,
+        "specd_draft_target_round_trip_seconds_count",
+    );
+    assert_eq!(
+        after_t["specd_target_sessions{}"], 0.0,
+        "the session was closed"
+    );
+    assert_eq!(after_d["specd_draft_loops_running{}"], 0.0);
 }

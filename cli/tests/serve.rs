@@ -6,21 +6,14 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use common::{bin, free_port, http, openai_client_checks, wait_http_ready};
+use common::{bin, free_port, http, openai_client_checks, wait_http_ready, Proc};
 
 /// A `specd serve` process, killed on drop.
 struct Server {
-    child: Child,
+    proc: Proc,
     port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn serve(extra: &[&str]) -> Server {
@@ -28,14 +21,9 @@ fn serve(extra: &[&str]) -> Server {
     let listen = format!("127.0.0.1:{port}");
     let mut args = vec!["serve", "--listen", &listen];
     args.extend_from_slice(extra);
-    let mut child = Command::new(bin())
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn specd serve");
-    wait_http_ready(port, &mut child);
-    Server { child, port }
+    let mut proc = Proc::spawn(&args, &[]);
+    wait_http_ready(port, &mut proc);
+    Server { proc, port }
 }
 
 #[test]
@@ -173,7 +161,7 @@ fn sigterm_lets_the_running_stream_finish() {
         }
     }
     let kill = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
+        .args(["-TERM", &server.proc.child.id().to_string()])
         .status()
         .unwrap();
     assert!(kill.success());
@@ -196,7 +184,7 @@ fn sigterm_lets_the_running_stream_finish() {
     assert!(done, "the stream was cut: {text:?}");
     let start = std::time::Instant::now();
     let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
+        if let Some(s) = server.proc.child.try_wait().unwrap() {
             break s;
         }
         assert!(start.elapsed().as_secs() < 30, "did not exit");

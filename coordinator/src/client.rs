@@ -8,9 +8,9 @@ use anyhow::{anyhow, Context, Result};
 use specd_engine::pipeline::{Mode, Output, Request};
 use specd_engine::spec_decode::generate::RunStats;
 use specd_engine::spec_decode::{DraftSampling, FinishReason, TokenInfo};
-use specd_proto::convert;
 use specd_proto::v1::coordinator_client::CoordinatorClient;
 use specd_proto::v1::{self, GenerateRequest, TokenEvent};
+use specd_rpc::convert;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
@@ -77,7 +77,7 @@ pub fn generate(
         .build()?;
     rt.block_on(async {
         let t0 = Instant::now();
-        let channel = crate::connect(url)
+        let channel = specd_rpc::peers::connect(url)
             .await
             .map_err(|s| anyhow!("coordinator {url}: {}", s.message()))?;
         let mut stream = CoordinatorClient::new(channel)

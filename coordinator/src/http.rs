@@ -10,6 +10,7 @@ use specd_openai::request::Parsed;
 use specd_openai::{ApiError, Backend};
 use specd_proto::v1::coordinator_server::Coordinator;
 use specd_proto::v1::TokenEvent;
+use specd_telemetry::trace::TraceContext;
 use tonic::{Code, Status};
 
 use crate::client;
@@ -60,6 +61,7 @@ impl Backend for Coordinated {
             ));
         }
         let wire = client::request_to_wire(&parsed.request, &parsed.protect, true);
+        let trace = parsed.trace.unwrap_or_else(TraceContext::root);
         // The events are read on the runtime and handed to this (blocking) thread, which calls
         // `on_delta`; when it breaks, the channel closes and the reader drops the stream, which
         // cancels the request at the coordinator.
@@ -67,7 +69,7 @@ impl Backend for Coordinated {
         let node = self.node.clone();
         let reader = self.runtime.spawn(async move {
             let t0 = Instant::now();
-            let mut stream = Coordinator::generate(&node, tonic::Request::new(wire))
+            let mut stream = Coordinator::generate(&node, specd_rpc::trace::outgoing(wire, &trace))
                 .await?
                 .into_inner();
             client::collect(&mut stream, t0, |ev| match tx.send(ev.clone()) {
@@ -97,5 +99,16 @@ impl Backend for Coordinated {
             .map_err(|e| ApiError::internal(format!("the request's reader failed: {e}")))?
             .map_err(|s| status_to_api(&s))?;
         Ok(remote.output)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        if self.node.health.any_up(&self.node.targets) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no target-node answers ({})",
+                self.node.targets.join(", ")
+            ))
+        }
     }
 }

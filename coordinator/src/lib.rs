@@ -11,20 +11,21 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
-pub use specd_draft_node::connect;
-
 pub mod client;
+pub mod health;
 pub mod http;
-use specd_proto::convert;
 use specd_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
-use specd_proto::v1::drafter_client::DrafterClient;
 use specd_proto::v1::target_verifier_client::TargetVerifierClient;
 use specd_proto::v1::{self, TokenEvent};
+use specd_rpc::convert;
+use specd_rpc::peers::Peers;
+use specd_rpc::trace;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
+use tracing::Instrument;
 
 /// The largest block a request may ask for.
 pub const MAX_GAMMA: u32 = 32;
@@ -40,7 +41,7 @@ pub struct CoordinatorConfig {
     pub http: Option<(SocketAddr, specd_openai::HttpConfig)>,
     /// The model id HTTP clients name (default: the first target's model id).
     pub model_name: Option<String>,
-    /// On shutdown, how long running requests may take to end (specd_proto::drain).
+    /// On shutdown, how long running requests may take to end (specd_rpc::drain).
     pub drain_timeout: std::time::Duration,
 }
 
@@ -52,7 +53,11 @@ pub struct CoordinatorNode {
     /// Sessions created so far (orders the admin table).
     created: Arc<AtomicU64>,
     sessions: Arc<Mutex<HashMap<String, v1::SessionRecord>>>,
-    drain: specd_proto::drain::Drain,
+    drain: specd_rpc::drain::Drain,
+    /// Channels to the nodes, reused across requests.
+    peers: Peers,
+    /// Which nodes answer their health checks.
+    health: health::PeerHealth,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>>;
@@ -63,6 +68,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>
 /// UTF-8 sequence until the end).
 struct TextRelay {
     client: TargetVerifierClient<Channel>,
+    ctx: specd_telemetry::trace::TraceContext,
     ids: Vec<u32>,
     printed: usize,
 }
@@ -81,9 +87,12 @@ impl TextRelay {
         }
         let text = self
             .client
-            .detokenize(v1::DetokenizeRequest {
-                token_ids: self.ids.clone(),
-            })
+            .detokenize(trace::outgoing(
+                v1::DetokenizeRequest {
+                    token_ids: self.ids.clone(),
+                },
+                &self.ctx,
+            ))
             .await?
             .into_inner()
             .text;
@@ -100,12 +109,18 @@ impl TextRelay {
 }
 
 impl CoordinatorNode {
+    /// The next node of `pool` in turn, skipping those whose health check fails (all of them
+    /// are tried when none passes: the check may lag a node that came back).
     fn pick(&self, pool: &[String]) -> Option<String> {
         if pool.is_empty() {
-            None
-        } else {
-            Some(pool[self.next.fetch_add(1, Ordering::Relaxed) % pool.len()].clone())
+            return None;
         }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..pool.len())
+            .map(|i| &pool[(start + i) % pool.len()])
+            .find(|url| self.health.is_up(url))
+            .or_else(|| pool.get(start % pool.len()))
+            .cloned()
     }
 
     /// Keeps the session table bounded: beyond `MAX_FINISHED` ended (finished or cancelled)
@@ -141,7 +156,67 @@ impl Coordinator for CoordinatorNode {
         req: Request<v1::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
         self.drain.admit("the coordinator")?;
+        let ctx = trace::incoming(&req);
+        let span = tracing::info_span!(
+            "generate",
+            trace_id = %ctx.trace_id_hex(),
+            session_id = tracing::field::Empty
+        );
+        self.start(req.into_inner(), ctx).instrument(span).await
+    }
+
+    async fn list_sessions(
+        &self,
+        _: Request<v1::ListSessionsRequest>,
+    ) -> Result<Response<v1::ListSessionsResponse>, Status> {
+        let mut sessions: Vec<v1::SessionRecord> =
+            self.sessions.lock().unwrap().values().cloned().collect();
+        sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        Ok(Response::new(v1::ListSessionsResponse { sessions }))
+    }
+
+    async fn set_session_policy(
+        &self,
+        req: Request<v1::SetSessionPolicyRequest>,
+    ) -> Result<Response<v1::SessionSummary>, Status> {
+        let ctx = trace::incoming(&req);
         let r = req.into_inner();
+        let url = self
+            .sessions
+            .lock()
+            .unwrap()
+            .get(&r.session_id)
+            .map(|s| s.target_url.clone())
+            .ok_or_else(|| Status::not_found(format!("unknown session {:?}", r.session_id)))?;
+        let mut t = self.peers.target(&url).await?;
+        let summary = t
+            .update_policy(trace::outgoing(
+                v1::UpdatePolicyRequest {
+                    session_id: r.session_id.clone(),
+                    policy: r.policy,
+                    allow_loosen: r.allow_loosen,
+                },
+                &ctx,
+            ))
+            .await?
+            .into_inner();
+        tracing::info!(trace_id = %ctx.trace_id_hex(), session_id = %r.session_id, rule = %summary.rule, budget = summary.budget, "session policy changed");
+        self.update(&r.session_id, |rec| {
+            rec.rule = summary.rule.clone();
+            rec.budget = summary.budget;
+        });
+        Ok(Response::new(summary))
+    }
+}
+
+impl CoordinatorNode {
+    /// Opens a session on a target, starts a draft on it, and relays its events (in the
+    /// request's span).
+    async fn start(
+        &self,
+        r: v1::GenerateRequest,
+        ctx: specd_telemetry::trace::TraceContext,
+    ) -> Result<Response<EventStream>, Status> {
         let speculative = match r.mode.as_str() {
             "" | "speculative" => true,
             "target-only" => false,
@@ -156,22 +231,30 @@ impl Coordinator for CoordinatorNode {
         let target_url = self
             .pick(&self.targets)
             .ok_or_else(|| Status::unavailable("no target-node configured"))?;
-        let mut target = TargetVerifierClient::new(connect(&target_url).await?)
-            .max_decoding_message_size(64 << 20);
+        let mut target = self.peers.target(&target_url).await?;
         let opened = target
-            .open_session(v1::OpenSessionRequest {
-                prompt: r.prompt.clone(),
-                chat: r.chat,
-                messages: r.messages.clone(),
-                stop: r.stop.clone(),
-                prompt_ids: r.prompt_ids.clone(),
-                max_tokens: r.max_tokens,
-                sampling: r.sampling,
-                policy: r.policy.clone(),
-            })
-            .await?
+            .open_session(trace::outgoing(
+                v1::OpenSessionRequest {
+                    prompt: r.prompt.clone(),
+                    chat: r.chat,
+                    messages: r.messages.clone(),
+                    stop: r.stop.clone(),
+                    prompt_ids: r.prompt_ids.clone(),
+                    max_tokens: r.max_tokens,
+                    sampling: r.sampling,
+                    policy: r.policy.clone(),
+                },
+                &ctx,
+            ))
+            .await
+            .inspect_err(|e| {
+                if e.code() == Code::Unavailable {
+                    self.peers.forget(&target_url);
+                }
+            })?
             .into_inner();
         let sid = opened.session_id.clone();
+        tracing::Span::current().record("session_id", sid.as_str());
         let draft_url = if speculative && gamma.speculative() {
             self.pick(&self.drafts)
         } else {
@@ -200,20 +283,23 @@ impl Coordinator for CoordinatorNode {
         let mut draft_stream = None;
         if let Some(url) = &draft_url {
             let started = async {
-                let mut d = DrafterClient::new(connect(url).await?);
-                d.run(v1::RunRequest {
-                    target_url: target_url.clone(),
-                    session_id: sid.clone(),
-                    prompt_ids: opened.prompt_ids.clone(),
-                    gamma: r.gamma,
-                    gamma_policy: r.gamma_policy.clone(),
-                    gamma_max: r.gamma_max,
-                    max_tokens: opened.max_tokens,
-                    sampling: r.sampling,
-                    draft_sampling: r.draft_sampling.clone(),
-                    pipeline: !r.no_pipeline,
-                    drafter: r.drafter.clone(),
-                })
+                let mut d = self.peers.drafter(url).await?;
+                d.run(trace::outgoing(
+                    v1::RunRequest {
+                        target_url: target_url.clone(),
+                        session_id: sid.clone(),
+                        prompt_ids: opened.prompt_ids.clone(),
+                        gamma: r.gamma,
+                        gamma_policy: r.gamma_policy.clone(),
+                        gamma_max: r.gamma_max,
+                        max_tokens: opened.max_tokens,
+                        sampling: r.sampling,
+                        draft_sampling: r.draft_sampling.clone(),
+                        pipeline: !r.no_pipeline,
+                        drafter: r.drafter.clone(),
+                    },
+                    &ctx,
+                ))
                 .await
             }
             .await;
@@ -221,172 +307,172 @@ impl Coordinator for CoordinatorNode {
                 Ok(s) => draft_stream = Some(s.into_inner()),
                 Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
                     let _ = target
-                        .close_session(v1::CloseSessionRequest {
-                            session_id: sid.clone(),
-                        })
+                        .close_session(trace::outgoing(
+                            v1::CloseSessionRequest {
+                                session_id: sid.clone(),
+                            },
+                            &ctx,
+                        ))
                         .await;
                     self.sessions.lock().unwrap().remove(&sid);
+                    tracing::info!(code = ?s.code(), "refused by the draft-node: {}", s.message());
                     return Err(s);
                 }
                 // Unreachable draft: the target decodes alone.
-                Err(_) => {}
+                Err(e) => {
+                    self.peers.forget(url);
+                    tracing::warn!(draft_url = %url, "draft-node unavailable, the target decodes alone: {}", e.message());
+                }
             }
         }
+        tracing::info!(
+            target_url = %target_url,
+            draft_url = draft_url.as_deref().unwrap_or("none"),
+            prompt_tokens = opened.prompt_ids.len(),
+            "session started"
+        );
         let (tx, rx) = mpsc::channel(32);
         let node = self.clone();
         let prompt_len = opened.prompt_ids.len() as u64;
-        tokio::spawn(async move {
-            let mut relay = TextRelay {
-                client: target.clone(),
-                ids: Vec::new(),
-                printed: 0,
-            };
-            let mut committed_len = prompt_len;
-            let mut stats = v1::Stats {
-                prompt_tokens: prompt_len,
-                ..Default::default()
-            };
-            let mut done = false;
-            // The client went away: end the session everywhere (dropping the draft stream stops
-            // the draft-node; the target session is closed below).
-            let mut cancelled = false;
-            if let Some(mut stream) = draft_stream {
-                // Ends when the draft-node goes away: the target then finishes alone.
-                while let Ok(Some(mut ev)) = stream.message().await {
-                    committed_len = committed_len.max(ev.committed_len);
-                    let last = ev.finished;
-                    relay.sent(&ev.token_ids, &ev.text);
-                    if let Some(s) = &ev.stats {
-                        stats = v1::Stats {
-                            prompt_tokens: prompt_len,
-                            ..s.clone()
-                        };
-                        ev.stats = Some(stats.clone());
-                    }
-                    node.update(&ev.session_id, |rec| {
-                        rec.completion_tokens = committed_len - prompt_len;
-                        rec.budget_spent = ev.budget_spent;
-                    });
-                    ev.session_id = sid.clone();
-                    if tx.send(Ok(ev)).await.is_err() {
-                        cancelled = true;
-                        break;
-                    }
-                    if last {
-                        done = true;
-                        break;
+        tokio::spawn(
+            async move {
+                let mut relay = TextRelay {
+                    ctx,
+                    client: target.clone(),
+                    ids: Vec::new(),
+                    printed: 0,
+                };
+                let mut committed_len = prompt_len;
+                let mut stats = v1::Stats {
+                    prompt_tokens: prompt_len,
+                    ..Default::default()
+                };
+                let mut done = false;
+                // The client went away: end the session everywhere (dropping the draft stream stops
+                // the draft-node; the target session is closed below).
+                let mut cancelled = false;
+                if let Some(mut stream) = draft_stream {
+                    // Ends when the draft-node goes away: the target then finishes alone.
+                    while let Ok(Some(mut ev)) = stream.message().await {
+                        committed_len = committed_len.max(ev.committed_len);
+                        let last = ev.finished;
+                        relay.sent(&ev.token_ids, &ev.text);
+                        if let Some(s) = &ev.stats {
+                            stats = v1::Stats {
+                                prompt_tokens: prompt_len,
+                                ..s.clone()
+                            };
+                            ev.stats = Some(stats.clone());
+                        }
+                        node.update(&ev.session_id, |rec| {
+                            rec.completion_tokens = committed_len - prompt_len;
+                            rec.budget_spent = ev.budget_spent;
+                        });
+                        ev.session_id = sid.clone();
+                        if tx.send(Ok(ev)).await.is_err() {
+                            cancelled = true;
+                            break;
+                        }
+                        if last {
+                            done = true;
+                            break;
+                        }
                     }
                 }
-            }
-            if !done && !cancelled {
-                let fallback = draft_url.is_some();
-                node.update(&sid, |rec| rec.fallback = fallback);
-                match target
-                    .decode(v1::DecodeRequest {
-                        session_id: sid.clone(),
-                        from_len: committed_len,
-                    })
-                    .await
-                {
-                    Ok(resp) => {
-                        let mut s = resp.into_inner();
-                        loop {
-                            match s.message().await {
-                                Ok(Some(mut ev)) => {
-                                    let last = ev.finished;
-                                    if fallback {
-                                        ev.text = relay
-                                            .push(&ev.token_ids, last)
-                                            .await
-                                            .unwrap_or_default();
-                                    } else {
-                                        relay.sent(&ev.token_ids, &ev.text);
+                if !done && !cancelled {
+                    let fallback = draft_url.is_some();
+                    node.update(&sid, |rec| rec.fallback = fallback);
+                    if fallback {
+                        tracing::warn!(
+                            committed_len,
+                            "the draft-node went away: the target finishes alone"
+                        );
+                    }
+                    match target
+                        .decode(trace::outgoing(
+                            v1::DecodeRequest {
+                                session_id: sid.clone(),
+                                from_len: committed_len,
+                            },
+                            &ctx,
+                        ))
+                        .await
+                    {
+                        Ok(resp) => {
+                            let mut s = resp.into_inner();
+                            loop {
+                                match s.message().await {
+                                    Ok(Some(mut ev)) => {
+                                        let last = ev.finished;
+                                        if fallback {
+                                            ev.text = relay
+                                                .push(&ev.token_ids, last)
+                                                .await
+                                                .unwrap_or_default();
+                                        } else {
+                                            relay.sent(&ev.token_ids, &ev.text);
+                                        }
+                                        ev.fallback = fallback;
+                                        if let Some(d) = &ev.stats {
+                                            // Target-only steps add to what the draft phase did.
+                                            let mut merged = stats.clone();
+                                            merged.completion_tokens = d.completion_tokens;
+                                            merged.target_calls =
+                                                stats.target_calls + d.target_calls;
+                                            merged.verify_ms = stats.verify_ms + d.verify_ms;
+                                            merged.decode_ms = stats.decode_ms + d.decode_ms;
+                                            ev.stats = Some(merged);
+                                        }
+                                        node.update(&sid, |rec| {
+                                            rec.completion_tokens =
+                                                ev.committed_len.saturating_sub(prompt_len);
+                                            rec.budget_spent = ev.budget_spent;
+                                        });
+                                        if tx.send(Ok(ev)).await.is_err() {
+                                            cancelled = true;
+                                            break;
+                                        }
+                                        if last {
+                                            break;
+                                        }
                                     }
-                                    ev.fallback = fallback;
-                                    if let Some(d) = &ev.stats {
-                                        // Target-only steps add to what the draft phase did.
-                                        let mut merged = stats.clone();
-                                        merged.completion_tokens = d.completion_tokens;
-                                        merged.target_calls = stats.target_calls + d.target_calls;
-                                        merged.verify_ms = stats.verify_ms + d.verify_ms;
-                                        merged.decode_ms = stats.decode_ms + d.decode_ms;
-                                        ev.stats = Some(merged);
-                                    }
-                                    node.update(&sid, |rec| {
-                                        rec.completion_tokens =
-                                            ev.committed_len.saturating_sub(prompt_len);
-                                        rec.budget_spent = ev.budget_spent;
-                                    });
-                                    if tx.send(Ok(ev)).await.is_err() {
-                                        cancelled = true;
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        let _ = tx.send(Err(e)).await;
                                         break;
                                     }
-                                    if last {
-                                        break;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    let _ = tx.send(Err(e)).await;
-                                    break;
                                 }
                             }
                         }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        Err(e) => {
+                            let _ = tx.send(Err(e)).await;
+                        }
                     }
                 }
+                let _ = target
+                    .close_session(trace::outgoing(
+                        v1::CloseSessionRequest {
+                            session_id: sid.clone(),
+                        },
+                        &ctx,
+                    ))
+                    .await;
+                let state = if cancelled { "cancelled" } else { "finished" };
+                node.update(&sid, |rec| {
+                    rec.state = state.into();
+                    tracing::info!(
+                        state,
+                        completion_tokens = rec.completion_tokens,
+                        budget_spent = rec.budget_spent,
+                        fallback = rec.fallback,
+                        "session ended"
+                    );
+                });
+                node.prune();
             }
-            let _ = target
-                .close_session(v1::CloseSessionRequest {
-                    session_id: sid.clone(),
-                })
-                .await;
-            node.update(&sid, |rec| {
-                rec.state = if cancelled { "cancelled" } else { "finished" }.into()
-            });
-            node.prune();
-        });
+            .instrument(tracing::Span::current()),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn list_sessions(
-        &self,
-        _: Request<v1::ListSessionsRequest>,
-    ) -> Result<Response<v1::ListSessionsResponse>, Status> {
-        let mut sessions: Vec<v1::SessionRecord> =
-            self.sessions.lock().unwrap().values().cloned().collect();
-        sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        Ok(Response::new(v1::ListSessionsResponse { sessions }))
-    }
-
-    async fn set_session_policy(
-        &self,
-        req: Request<v1::SetSessionPolicyRequest>,
-    ) -> Result<Response<v1::SessionSummary>, Status> {
-        let r = req.into_inner();
-        let url = self
-            .sessions
-            .lock()
-            .unwrap()
-            .get(&r.session_id)
-            .map(|s| s.target_url.clone())
-            .ok_or_else(|| Status::not_found(format!("unknown session {:?}", r.session_id)))?;
-        let mut t = TargetVerifierClient::new(connect(&url).await?);
-        let summary = t
-            .update_policy(v1::UpdatePolicyRequest {
-                session_id: r.session_id.clone(),
-                policy: r.policy,
-                allow_loosen: r.allow_loosen,
-            })
-            .await?
-            .into_inner();
-        self.update(&r.session_id, |rec| {
-            rec.rule = summary.rule.clone();
-            rec.budget = summary.budget;
-        });
-        Ok(Response::new(summary))
     }
 }
 
@@ -399,52 +485,29 @@ pub async fn serve(
     if cfg.targets.is_empty() {
         bail!("--target: give at least one target-node URL");
     }
+    let peers = Peers::default();
     let mut fingerprints = Vec::new();
     let mut model_id = String::new();
     for url in &cfg.targets {
-        let ch = connect(url)
-            .await
-            .map_err(|s| anyhow::anyhow!("target {url}: {}", s.message()))?;
-        let info = TargetVerifierClient::new(ch)
-            .info(v1::InfoRequest {})
-            .await
-            .map_err(|s| {
-                anyhow::anyhow!(
-                    "target {url} does not answer as a specd target-node: {}",
-                    s.message()
-                )
-            })?
-            .into_inner();
+        let info = startup_info(&peers, "target", url).await?;
         if model_id.is_empty() {
             model_id = info.model_id.clone();
         }
         fingerprints.push((url.clone(), info.vocab_fingerprint));
     }
     for url in &cfg.drafts {
-        let ch = connect(url)
-            .await
-            .map_err(|s| anyhow::anyhow!("draft {url}: {}", s.message()))?;
-        let info = DrafterClient::new(ch)
-            .info(v1::InfoRequest {})
-            .await
-            .map_err(|s| {
-                anyhow::anyhow!(
-                    "draft {url} does not answer as a specd draft-node: {}",
-                    s.message()
-                )
-            })?
-            .into_inner();
+        let info = startup_info(&peers, "draft", url).await?;
         // A model-free draft-node (empty fingerprint) drafts in any vocabulary.
         for (t, fp) in &fingerprints {
             if !info.vocab_fingerprint.is_empty() && *fp != info.vocab_fingerprint {
-                eprintln!(
-                    "specd coordinator: warning: draft {url} (vocabulary {}) and target {t} (vocabulary {fp}) differ; its requests will be refused",
+                tracing::warn!(
+                    "draft {url} (vocabulary {}) and target {t} (vocabulary {fp}) differ; its requests will be refused",
                     info.vocab_fingerprint
                 );
             }
         }
     }
-    let listener = specd_proto::bind(cfg.listen).await?;
+    let listener = specd_rpc::bind(cfg.listen).await?;
     let http_listener = match &cfg.http {
         Some((addr, _)) => Some(specd_openai::bind(*addr).await?),
         None => None,
@@ -456,12 +519,22 @@ pub async fn serve(
         created: Arc::new(AtomicU64::new(0)),
         sessions: Arc::new(Mutex::new(HashMap::new())),
         drain: Default::default(),
+        peers,
+        health: Default::default(),
     };
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<CoordinatorServer<CoordinatorNode>>()
         .await;
-    eprintln!("specd coordinator: serving on {}", listener.local_addr()?);
+    tokio::spawn(health::watch(
+        node.health.clone(),
+        node.peers.clone(),
+        node.targets.clone(),
+        node.drafts.clone(),
+        reporter.clone(),
+        node.drain.clone(),
+    ));
+    tracing::info!(addr = %listener.local_addr()?, "coordinator: serving");
     // One shutdown signal for both servers.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -481,10 +554,7 @@ pub async fn serve(
     };
     let http = match (cfg.http, http_listener) {
         (Some((_, http_cfg)), Some(listener)) => {
-            eprintln!(
-                "specd coordinator: HTTP API on http://{}",
-                listener.local_addr()?
-            );
+            tracing::info!("coordinator: HTTP API on http://{}", listener.local_addr()?);
             let backend = http::Coordinated {
                 node: node.clone(),
                 model_id: cfg.model_name.unwrap_or(model_id),
@@ -531,4 +601,45 @@ pub async fn serve(
         h.await.context("HTTP server panicked")??;
     }
     Ok(())
+}
+
+/// A node's `Info` at start-up: an unreachable node or one that is not a specd node of this role
+/// is an error naming it; one still loading its model is waited for.
+async fn startup_info(peers: &Peers, role: &str, url: &str) -> Result<v1::ModelInfo> {
+    let mut said = false;
+    loop {
+        let answer = match role {
+            "target" => {
+                let mut c = peers.target(url).await;
+                match &mut c {
+                    Ok(c) => c.info(v1::InfoRequest {}).await.map(|r| r.into_inner()),
+                    Err(s) => Err(s.clone()),
+                }
+            }
+            _ => {
+                let mut c = peers.drafter(url).await;
+                match &mut c {
+                    Ok(c) => c.info(v1::InfoRequest {}).await.map(|r| r.into_inner()),
+                    Err(s) => Err(s.clone()),
+                }
+            }
+        };
+        match answer {
+            Ok(info) => return Ok(info),
+            Err(s) if s.code() == Code::Unavailable && s.message().contains("still loading") => {
+                if !said {
+                    tracing::info!("{role} {url} is loading its model; waiting for it");
+                    said = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(s) if s.code() == Code::Unavailable || s.code() == Code::InvalidArgument => {
+                bail!("{role} {url}: {}", s.message())
+            }
+            Err(s) => bail!(
+                "{role} {url} does not answer as a specd {role}-node: {}",
+                s.message()
+            ),
+        }
+    }
 }

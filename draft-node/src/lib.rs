@@ -17,34 +17,38 @@ use specd_engine::pipeline::LoadedModel;
 use specd_engine::spec_decode::draft::{Drafter, DrafterSpec};
 use specd_engine::spec_decode::generate::run as run_loop;
 use specd_engine::spec_decode::{DraftBlock, FinishReason, Verdict, Verifier};
-use specd_proto::convert;
 use specd_proto::v1::drafter_server::{Drafter as DrafterRpc, DrafterServer};
-use specd_proto::v1::target_verifier_client::TargetVerifierClient;
 use specd_proto::v1::{self, DraftFrame, TokenEvent};
+use specd_rpc::convert;
+use specd_rpc::loading::{Loaded, Loading};
+use specd_rpc::peers::Peers;
+use specd_rpc::trace;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 pub struct DraftConfig {
     pub listen: SocketAddr,
     pub max_gamma: usize,
     /// The drafter of requests that name none.
     pub drafter: DrafterSpec,
-    /// On shutdown, how long running loops may take to end (specd_proto::drain).
+    /// On shutdown, how long running loops may take to end (specd_rpc::drain).
     pub drain_timeout: Duration,
 }
 
 #[derive(Clone)]
 pub struct DraftNode {
-    /// None on a model-free node.
-    model: Option<Arc<LoadedModel>>,
+    /// None on a model-free node; empty while the model loads.
+    model: Loaded<Option<Arc<LoadedModel>>>,
     drafter: DrafterSpec,
     max_gamma: usize,
-    drain: specd_proto::drain::Drain,
+    drain: specd_rpc::drain::Drain,
     /// Speculative loops running now.
     running: Arc<AtomicUsize>,
+    /// Channels to the targets, reused across requests.
+    peers: Peers,
 }
 
 /// Counts a running loop while alive.
@@ -52,30 +56,17 @@ struct Running(Arc<AtomicUsize>);
 
 impl Running {
     fn new(n: &Arc<AtomicUsize>) -> Self {
-        n.fetch_add(1, Ordering::AcqRel);
+        let now = n.fetch_add(1, Ordering::AcqRel) + 1;
+        specd_telemetry::metrics::draft_loops(now);
         Running(n.clone())
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let now = self.0.fetch_sub(1, Ordering::AcqRel) - 1;
+        specd_telemetry::metrics::draft_loops(now);
     }
-}
-
-/// Connects to a node URL with a bounded timeout; an unreachable peer is `UNAVAILABLE`.
-pub async fn connect(url: &str) -> Result<Channel, Status> {
-    let ep = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| {
-            Status::invalid_argument(format!(
-                "invalid URL {url:?}: {e} (expected e.g. http://127.0.0.1:50051)"
-            ))
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
-    ep.connect()
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot reach {url}: {e}")))
 }
 
 /// A `Verifier` over a gRPC `Verify` stream (called from a blocking thread).
@@ -92,6 +83,8 @@ pub struct GrpcVerifier {
     pub overhead_us: Vec<f64>,
     /// Send times of the blocks in flight, and whether each was alone in flight when sent.
     sent: std::collections::VecDeque<(std::time::Instant, bool)>,
+    /// When the loop last left this verifier: the time until its next block is drafting time.
+    returned: std::time::Instant,
 }
 
 /// The q-quantile of `v` (sorted in place).
@@ -115,10 +108,17 @@ impl Verifier for GrpcVerifier {
             block: Some(convert::block_to_wire(&block, self.seq)),
         };
         let alone = self.sent.is_empty();
-        self.sent.push_back((std::time::Instant::now(), alone));
-        self.frames
+        let now = std::time::Instant::now();
+        if !block.tokens.is_empty() {
+            specd_telemetry::metrics::drafted((now - self.returned).as_secs_f64());
+        }
+        self.sent.push_back((now, alone));
+        let sent = self
+            .frames
             .blocking_send(frame)
-            .map_err(|_| anyhow::anyhow!("the target closed the Verify stream"))
+            .map_err(|_| anyhow::anyhow!("the target closed the Verify stream"));
+        self.returned = std::time::Instant::now();
+        sent
     }
 
     fn receive(&mut self) -> anyhow::Result<Verdict> {
@@ -130,10 +130,13 @@ impl Verifier for GrpcVerifier {
         if let Some((sent, alone)) = self.sent.pop_front() {
             // Blocks sent alone only: a pipelined block's wait includes the previous verify.
             if alone && !v.stale {
+                let round_trip = sent.elapsed().as_secs_f64();
+                specd_telemetry::metrics::round_trip(round_trip);
                 self.overhead_us
-                    .push((sent.elapsed().as_secs_f64() * 1e3 - v.verify_ms).max(0.0) * 1e3);
+                    .push((round_trip * 1e3 - v.verify_ms).max(0.0) * 1e3);
             }
         }
+        self.returned = std::time::Instant::now();
         if v.stale {
             return Ok(Verdict {
                 stale: true,
@@ -184,11 +187,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>
 #[tonic::async_trait]
 impl DrafterRpc for DraftNode {
     async fn info(&self, _: Request<v1::InfoRequest>) -> Result<Response<v1::ModelInfo>, Status> {
-        Ok(Response::new(match &self.model {
+        Ok(Response::new(match self.model.get()? {
             Some(m) => convert::model_info(m, "draft", self.max_gamma),
             // No vocabulary of its own: an empty fingerprint drafts for any target.
             None => v1::ModelInfo {
-                protocol_version: specd_proto::PROTOCOL_VERSION.into(),
+                protocol_version: specd_rpc::PROTOCOL_VERSION.into(),
                 role: "draft".into(),
                 model_id: self.drafter.to_string(),
                 max_block: self.max_gamma as u32,
@@ -202,8 +205,28 @@ impl DrafterRpc for DraftNode {
 
     async fn run(&self, req: Request<v1::RunRequest>) -> Result<Response<Self::RunStream>, Status> {
         self.drain.admit("the draft-node")?;
+        let loaded = self.model.get()?.clone();
         let running = Running::new(&self.running);
-        let r = req.into_inner();
+        let ctx = trace::incoming(&req);
+        let span = tracing::info_span!(
+            "run",
+            trace_id = %ctx.trace_id_hex(),
+            session_id = %req.get_ref().session_id
+        );
+        self.start(req.into_inner(), loaded, running, ctx)
+            .instrument(span)
+            .await
+    }
+}
+
+impl DraftNode {
+    async fn start(
+        &self,
+        r: v1::RunRequest,
+        loaded: Option<Arc<LoadedModel>>,
+        running: Running,
+        ctx: specd_telemetry::trace::TraceContext,
+    ) -> Result<Response<EventStream>, Status> {
         if r.session_id.is_empty() {
             return Err(Status::invalid_argument("session_id is required"));
         }
@@ -222,7 +245,7 @@ impl DrafterRpc for DraftNode {
                 .parse::<DrafterSpec>()
                 .map_err(|e| Status::invalid_argument(format!("{e:#}")))?
         };
-        let model = match (spec, &self.model) {
+        let model = match (spec, &loaded) {
             (DrafterSpec::Model, None) => {
                 return Err(Status::failed_precondition(format!(
                     "this draft-node has no draft model (it serves --drafter {}); ask for drafter {0} or start it with --drafter model",
@@ -232,9 +255,15 @@ impl DrafterRpc for DraftNode {
             (DrafterSpec::Model, Some(m)) => Some(m.clone()),
             _ => None,
         };
-        let channel = connect(&r.target_url).await?;
-        let mut client = TargetVerifierClient::new(channel).max_decoding_message_size(64 << 20);
-        let info = client.info(v1::InfoRequest {}).await?.into_inner();
+        let mut client = self.peers.target(&r.target_url).await?;
+        let info = match client.info(trace::outgoing(v1::InfoRequest {}, &ctx)).await {
+            Ok(i) => i.into_inner(),
+            Err(e) => {
+                // A peer that failed may need a new connection next time.
+                self.peers.forget(&r.target_url);
+                return Err(e);
+            }
+        };
         if let Some(m) = &model {
             let mine = m.tokenizer.fingerprint();
             if info.vocab_fingerprint != mine {
@@ -249,12 +278,15 @@ impl DrafterRpc for DraftNode {
         let gamma = gamma.capped(self.max_gamma.min(info.max_block as usize));
         let (frame_tx, frame_rx) = mpsc::channel(2);
         let verdicts = client
-            .verify(ReceiverStream::new(frame_rx))
+            .verify(trace::outgoing(ReceiverStream::new(frame_rx), &ctx))
             .await?
             .into_inner();
+        tracing::info!(target_url = %r.target_url, drafter = %spec, gamma = ?gamma, "speculative loop started");
         let (tx, rx) = mpsc::channel(16);
         let handle = tokio::runtime::Handle::current();
+        let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             let _running = running;
             let mut verifier = GrpcVerifier {
                 session_id: r.session_id.clone(),
@@ -266,6 +298,7 @@ impl DrafterRpc for DraftNode {
                 last_spent: 0.0,
                 overhead_us: Vec::new(),
                 sent: Default::default(),
+                returned: std::time::Instant::now(),
             };
             match run_loop(
                 &mut verifier,
@@ -284,6 +317,13 @@ impl DrafterRpc for DraftNode {
                 },
             ) {
                 Ok(stats) => {
+                    tracing::info!(
+                        completion_tokens = stats.completion_tokens,
+                        drafted = stats.drafted_tokens,
+                        accepted = stats.accepted_tokens,
+                        finish_reason = %stats.finish_reason.map_or("none".into(), |f| format!("{f:?}").to_lowercase()),
+                        "speculative loop finished"
+                    );
                     let mut wire = convert::stats_to_wire(&stats);
                     wire.rounds = verifier.overhead_us.len() as u64;
                     wire.round_overhead_us_p50 = quantile(&mut verifier.overhead_us, 0.5);
@@ -302,6 +342,7 @@ impl DrafterRpc for DraftNode {
                     }));
                 }
                 Err(e) => {
+                    tracing::warn!("speculative loop failed: {e:#}");
                     let _ = tx.blocking_send(Err(Status::aborted(format!(
                         "speculative loop failed: {e:#}"
                     ))));
@@ -312,46 +353,69 @@ impl DrafterRpc for DraftNode {
     }
 }
 
-/// Binds the listener (a clear error when the address is taken) and serves until `shutdown`.
-/// `model` is required for the model drafter and unused by the others.
+/// Binds the listener (a clear error when the address is taken), then loads the draft model
+/// with `load` while health answers NOT_SERVING (a model-free drafter loads nothing), turns
+/// SERVING, and serves until `shutdown`; a failed load stops the node with its error. `load`
+/// returns None for a drafter that needs no model.
 pub async fn serve(
     cfg: DraftConfig,
-    model: Option<LoadedModel>,
+    load: impl FnOnce() -> Result<Option<LoadedModel>> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    if cfg.drafter.needs_model() && model.is_none() {
-        anyhow::bail!("the model drafter needs a draft model");
-    }
-    let listener = specd_proto::bind(cfg.listen).await?;
+    let listener = specd_rpc::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
     let node = DraftNode {
-        model: model.map(Arc::new),
+        model: Loaded::default(),
         drafter: cfg.drafter,
         max_gamma: cfg.max_gamma,
         drain: Default::default(),
         running: Default::default(),
+        peers: Peers::default(),
     };
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<DrafterServer<DraftNode>>().await;
-    eprintln!(
-        "specd draft-node: serving {} on {}",
-        node.model.as_ref().map_or_else(
-            || format!("drafter {} (no model)", node.drafter),
-            |m| m.name.clone()
-        ),
-        listener.local_addr()?
+    not_serving(&reporter).await;
+    let ready = {
+        let reporter = reporter.clone();
+        let node = node.clone();
+        async move {
+            specd_telemetry::metrics::draft_loops(0);
+            reporter.set_serving::<DrafterServer<DraftNode>>().await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            let what = match node.model.get() {
+                Ok(Some(m)) => m.name.clone(),
+                _ => format!("drafter {} (no model)", node.drafter),
+            };
+            tracing::info!(%addr, model = %what, "draft-node: serving");
+        }
+    };
+    let drafter = cfg.drafter;
+    let loading = Loading::start(
+        &node.model,
+        move || {
+            let model = load()?;
+            if drafter.needs_model() && model.is_none() {
+                anyhow::bail!("the model drafter needs a draft model");
+            }
+            Ok(model.map(Arc::new))
+        },
+        ready,
     );
+    let failed = loading.clone();
+    let signal = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = failed.failed() => {}
+        }
+    };
     let drain = node.drain.clone();
     let running = node.running.clone();
-    let on_drain = async move {
-        reporter.set_not_serving::<DrafterServer<DraftNode>>().await;
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-    };
+    let on_drain = async move { not_serving(&reporter).await };
     drain
         .serve(
             "specd draft-node",
-            shutdown,
+            signal,
             on_drain,
             move || running.load(Ordering::Acquire),
             cfg.drain_timeout,
@@ -365,5 +429,17 @@ pub async fn serve(
                     )
             },
         )
-        .await
+        .await?;
+    match loading.error() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Health NOT_SERVING, for the node's service and the server as a whole.
+async fn not_serving(reporter: &tonic_health::server::HealthReporter) {
+    reporter.set_not_serving::<DrafterServer<DraftNode>>().await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
 }

@@ -146,7 +146,10 @@ async fn handle(client: TcpStream, peer: SocketAddr, cfg: Arc<LinkConfig>, id: u
     let upstream = match TcpStream::connect(&cfg.upstream).await {
         Ok(u) => u,
         Err(e) => {
-            eprintln!("specd link: connection {id} from {peer}: cannot reach upstream {}: {e}; closing it", cfg.upstream);
+            tracing::warn!(
+                "connection {id} from {peer}: cannot reach upstream {}: {e}; closing it",
+                cfg.upstream
+            );
             return;
         }
     };
@@ -157,7 +160,7 @@ async fn handle(client: TcpStream, peer: SocketAddr, cfg: Arc<LinkConfig>, id: u
     let up = tokio::spawn(pump(cr, uw, cfg.clone(), id * 2));
     let down = tokio::spawn(pump(ur, cw, cfg.clone(), id * 2 + 1));
     let (a, b) = (up.await.unwrap_or(0), down.await.unwrap_or(0));
-    eprintln!("specd link: connection {id} from {peer} closed ({a} bytes up, {b} bytes down)");
+    tracing::info!("connection {id} from {peer} closed ({a} bytes up, {b} bytes down)");
 }
 
 /// Binds and serves until `shutdown`.
@@ -174,8 +177,8 @@ pub async fn serve_on(
     cfg: LinkConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    eprintln!(
-        "specd link: {} -> {}, delay {:?} ± {:?} per direction (RTT {:?}), rate {}",
+    tracing::info!(
+        "{} -> {}, delay {:?} ± {:?} per direction (RTT {:?}), rate {}",
         listener.local_addr()?,
         cfg.upstream,
         cfg.delay,
@@ -192,7 +195,7 @@ pub async fn serve_on(
     loop {
         tokio::select! {
             _ = &mut shutdown => {
-                eprintln!("specd link: shutting down");
+                tracing::info!("shutting down");
                 return Ok(());
             }
             accepted = listener.accept() => match accepted {
@@ -200,7 +203,7 @@ pub async fn serve_on(
                     let id = ids.fetch_add(1, Ordering::Relaxed);
                     tokio::spawn(handle(sock, peer, cfg.clone(), id));
                 }
-                Err(e) => eprintln!("specd link: accept failed: {e}"),
+                Err(e) => tracing::warn!("accept failed: {e}"),
             },
         }
     }

@@ -23,6 +23,11 @@ pub trait Backend: Send + Sync + 'static {
         req: &Parsed,
         on_delta: &mut dyn FnMut(&Delta) -> ControlFlow<()>,
     ) -> Result<Output, ApiError>;
+    /// Whether requests can run now (`GET /health`): a remote backend whose nodes do not answer
+    /// says why not.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Protected-token sets kept (building one reads the whole vocabulary).

@@ -20,6 +20,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -27,9 +28,11 @@ use axum::{Json, Router};
 use serde_json::json;
 use specd_engine::pipeline::{Delta, Output};
 use specd_engine::spec_decode::FinishReason;
+use specd_telemetry::trace::TraceContext;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tracing::Instrument;
 
 pub use axum::http::StatusCode;
 pub use backend::{Backend, Embedded};
@@ -84,7 +87,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
-        .route("/metrics", get(render_metrics))
+        .route("/metrics", get(metrics::render))
         .fallback(|| async {
             ApiError::status(
                 StatusCode::NOT_FOUND,
@@ -165,21 +168,10 @@ pub async fn serve(
     tokio::select! {
         r = &mut server => r.context("HTTP server panicked")?.context("HTTP server failed"),
         _ = &mut deadline => {
-            eprintln!("specd: HTTP drain timeout: stopping with requests still running");
+            tracing::warn!("HTTP drain timeout: stopping with requests still running");
             Ok(())
         }
     }
-}
-
-async fn render_metrics() -> Response {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics::handle().render(),
-    )
-        .into_response()
 }
 
 async fn health(State(s): State<Shared>) -> Response {
@@ -191,7 +183,14 @@ async fn health(State(s): State<Shared>) -> Response {
             .into_response();
     }
     match s.backend.get() {
-        Some(b) => Json(json!({"status": "ok", "model": b.model_id()})).into_response(),
+        Some(b) => match b.ready() {
+            Ok(()) => Json(json!({"status": "ok", "model": b.model_id()})).into_response(),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable", "reason": why})),
+            )
+                .into_response(),
+        },
         None => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "loading"})),
@@ -220,12 +219,12 @@ async fn models(State(s): State<Shared>) -> Result<Json<serde_json::Value>, ApiE
     })))
 }
 
-async fn chat(State(s): State<Shared>, body: Body) -> Response {
-    complete(s, Endpoint::Chat, body).await
+async fn chat(State(s): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    complete(s, Endpoint::Chat, &headers, body).await
 }
 
-async fn completions(State(s): State<Shared>, body: Body) -> Response {
-    complete(s, Endpoint::Completion, body).await
+async fn completions(State(s): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    complete(s, Endpoint::Completion, &headers, body).await
 }
 
 /// Sets its flag when dropped: the handler's future is dropped when its client goes away.
@@ -339,7 +338,29 @@ async fn admit(s: &Shared) -> Result<Turn, ApiError> {
     Ok(Turn::new(permit, s))
 }
 
-async fn complete(s: Shared, endpoint: Endpoint, body: Body) -> Response {
+/// Runs a completion request in its span, which carries the W3C trace id of its `traceparent`
+/// header (or of a new trace) on to the backend and into every log line of the request.
+async fn complete(s: Shared, endpoint: Endpoint, headers: &HeaderMap, body: Body) -> Response {
+    let trace = TraceContext::from_header_or_root(
+        headers
+            .get(specd_telemetry::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let span = tracing::info_span!(
+        "request",
+        endpoint = endpoint.path(),
+        trace_id = %trace.trace_id_hex()
+    );
+    let mut response = respond(s, endpoint, trace, body).instrument(span).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&trace.to_string()) {
+        response
+            .headers_mut()
+            .insert(specd_telemetry::trace::TRACEPARENT, v);
+    }
+    response
+}
+
+async fn respond(s: Shared, endpoint: Endpoint, trace: TraceContext, body: Body) -> Response {
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -350,8 +371,11 @@ async fn complete(s: Shared, endpoint: Endpoint, body: Body) -> Response {
             .into_response()
         }
     };
-    match prepare(&s, endpoint, &body).await {
-        Err(e) => e.into_response(),
+    match prepare(&s, endpoint, &body, trace).await {
+        Err(e) => {
+            tracing::info!(status = e.status.as_u16(), "refused: {}", e.message);
+            e.into_response()
+        }
         Ok((backend, parsed, turn)) if parsed.stream => stream(backend, parsed, turn).await,
         Ok((backend, parsed, turn)) => whole(backend, parsed, turn).await,
     }
@@ -361,9 +385,11 @@ async fn prepare(
     s: &Shared,
     endpoint: Endpoint,
     body: &[u8],
+    trace: TraceContext,
 ) -> Result<(Arc<dyn Backend>, Parsed, Turn), ApiError> {
     let backend = backend(s)?;
-    let parsed = request::parse(endpoint, body, &s.cfg.defaults)?;
+    let mut parsed = request::parse(endpoint, body, &s.cfg.defaults)?;
+    parsed.trace = Some(trace);
     if parsed.model != backend.model_id() {
         return Err(ApiError::unknown_model(&parsed.model, backend.model_id()));
     }
@@ -383,13 +409,32 @@ fn run_turn(
         start: turn.start,
         last: None,
     };
+    let mut streamed = 0;
     let out = backend.generate(parsed, &mut |d| {
         clock.round(d.token_ids.len());
+        streamed += d.token_ids.len();
         on_delta(d)
     });
-    if let Ok(o) = &out {
-        let rule = parsed.request.policy.rule.to_string();
-        metrics::finished(o, &rule, turn.start.elapsed().as_secs_f64());
+    let seconds = turn.start.elapsed().as_secs_f64();
+    match &out {
+        Ok(o) => {
+            let rule = parsed.request.policy.rule.to_string();
+            metrics::finished(o, &rule, seconds);
+            tracing::info!(
+                prompt_tokens = o.prompt_tokens,
+                completion_tokens = o.token_ids.len(),
+                finish_reason = %o.stats.finish_reason.map_or("none".into(), |f| format!("{f:?}").to_lowercase()),
+                seconds,
+                "finished"
+            );
+        }
+        // A backend that reports the client's leaving as an error (a remote one): still a
+        // finished request, cancelled.
+        Err(e) if e.status == StatusCode::REQUEST_TIMEOUT => {
+            specd_telemetry::metrics::finished("cancelled", 0, streamed as u64, seconds);
+            tracing::info!(completion_tokens = streamed, seconds, "cancelled");
+        }
+        Err(e) => tracing::warn!(status = e.status.as_u16(), "failed: {}", e.message),
     }
     out
 }
@@ -397,7 +442,9 @@ fn run_turn(
 async fn whole(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Response {
     let cancelled = Arc::new(AtomicBool::new(false));
     let _guard = CancelOnDrop(cancelled.clone());
+    let span = tracing::Span::current();
     let run = tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
         let out = run_turn(&*backend, &parsed, turn, &mut |_| {
             if cancelled.load(Ordering::Relaxed) {
                 ControlFlow::Break(())
@@ -428,7 +475,9 @@ enum Item {
 /// would; an error after it arrives as an event holding the error object.
 async fn stream(backend: Arc<dyn Backend>, parsed: Parsed, turn: Turn) -> Response {
     let (tx, mut rx) = mpsc::channel::<Item>(64);
+    let span = tracing::Span::current();
     tokio::task::spawn_blocking(move || {
+        let _span = span.enter();
         let meta = Meta::new(parsed.endpoint, &parsed.model);
         let send = |v: serde_json::Value| {
             tx.blocking_send(Item::Event(Event::default().data(v.to_string())))

@@ -27,6 +27,15 @@ pub enum Endpoint {
     Completion,
 }
 
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completion => "/v1/completions",
+        }
+    }
+}
+
 /// A request ready for a backend.
 #[derive(Debug, Clone)]
 pub struct Parsed {
@@ -39,6 +48,9 @@ pub struct Parsed {
     pub protect: String,
     pub stream: bool,
     pub include_usage: bool,
+    /// The request's W3C trace context (set by the server from `traceparent`), which a remote
+    /// backend sends on.
+    pub trace: Option<specd_telemetry::trace::TraceContext>,
 }
 
 /// The server's speculative settings, which a request's `speculative` object overrides field
@@ -277,6 +289,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], defaults: &Speculative) -> Result
         protect,
         stream,
         include_usage,
+        trace: None,
     })
 }
 

@@ -15,13 +15,16 @@ use specd_engine::spec_decode::budget::ProtectCache;
 use specd_engine::spec_decode::stop::StopStrings;
 use specd_engine::spec_decode::target::{SessionParams, TargetSession};
 use specd_engine::spec_decode::DraftBlock;
-use specd_proto::convert::{self, block_from_wire};
 use specd_proto::v1::target_verifier_server::{TargetVerifier, TargetVerifierServer};
 use specd_proto::v1::{self, DraftFrame, TokenEvent, Verdict};
+use specd_rpc::convert::{self, block_from_wire};
+use specd_rpc::loading::{Loaded, Loading};
+use specd_rpc::trace;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 /// Distinct protected-token patterns kept built at once.
 const MAX_CACHED_PATTERNS: usize = 32;
@@ -31,7 +34,7 @@ pub struct TargetConfig {
     pub max_sessions: usize,
     pub idle_timeout: Duration,
     pub max_block: usize,
-    /// On shutdown, how long open sessions may take to end (specd_proto::drain).
+    /// On shutdown, how long open sessions may take to end (specd_rpc::drain).
     pub drain_timeout: Duration,
 }
 
@@ -55,17 +58,19 @@ pub struct TargetService {
     next_id: AtomicU64,
     max_sessions: usize,
     max_block: usize,
-    drain: specd_proto::drain::Drain,
 }
 
-/// The gRPC service: a cheap handle on the shared state.
+/// The gRPC service: a cheap handle on the shared state, which is there once the model loaded.
 #[derive(Clone)]
-pub struct TargetNode(pub Arc<TargetService>);
+pub struct TargetNode {
+    svc: Loaded<Arc<TargetService>>,
+    drain: specd_rpc::drain::Drain,
+}
 
-impl std::ops::Deref for TargetNode {
-    type Target = TargetService;
-    fn deref(&self) -> &TargetService {
-        &self.0
+impl TargetNode {
+    /// The service, or UNAVAILABLE while the model loads.
+    fn svc(&self) -> Result<Arc<TargetService>, Status> {
+        self.svc.get().cloned()
     }
 }
 
@@ -85,7 +90,6 @@ impl TargetService {
             next_id: AtomicU64::new(1),
             max_sessions,
             max_block,
-            drain: Default::default(),
         }
     }
 
@@ -116,10 +120,18 @@ impl TargetService {
 
     /// Removes sessions idle for longer than `timeout`.
     pub fn expire(&self, timeout: Duration) {
-        self.sessions
-            .lock()
-            .unwrap()
-            .retain(|_, s| s.last_used.lock().unwrap().elapsed() < timeout);
+        let mut sessions = self.sessions.lock().unwrap();
+        let before = sessions.len();
+        sessions.retain(|id, s| {
+            let keep = s.last_used.lock().unwrap().elapsed() < timeout;
+            if !keep {
+                tracing::info!(session_id = %id, "session expired (idle)");
+            }
+            keep
+        });
+        if sessions.len() != before {
+            specd_telemetry::metrics::target_sessions(sessions.len());
+        }
     }
 
     fn verdict_to_wire(
@@ -156,7 +168,7 @@ impl TargetService {
 #[tonic::async_trait]
 impl TargetVerifier for TargetNode {
     async fn info(&self, _: Request<v1::InfoRequest>) -> Result<Response<v1::ModelInfo>, Status> {
-        Ok(Response::new(TargetService::info(self)))
+        Ok(Response::new(self.svc()?.info()))
     }
 
     async fn open_session(
@@ -164,30 +176,32 @@ impl TargetVerifier for TargetNode {
         req: Request<v1::OpenSessionRequest>,
     ) -> Result<Response<v1::SessionOpened>, Status> {
         self.drain.admit("the target-node")?;
+        let svc = self.svc()?;
+        let ctx = trace::incoming(&req);
         let r = req.into_inner();
         let sampling = convert::sampling_from_wire(r.sampling.as_ref())?;
-        let policy = convert::policy_from_wire(r.policy.as_ref(), &self.protect)?;
-        if self.sessions.lock().unwrap().len() >= self.max_sessions {
+        let policy = convert::policy_from_wire(r.policy.as_ref(), &svc.protect)?;
+        if svc.sessions.lock().unwrap().len() >= svc.max_sessions {
             return Err(Status::resource_exhausted(format!(
                 "the target-node holds its maximum of {} sessions",
-                self.max_sessions
+                svc.max_sessions
             )));
         }
         let prompt = if r.prompt_ids.is_empty() {
             convert::prompt_from_wire(&r.prompt, r.chat, &r.messages)
-                .encode(&self.model.tokenizer)
+                .encode(&svc.model.tokenizer)
                 .map_err(|e| Status::invalid_argument(format!("prompt: {e:#}")))?
         } else {
             r.prompt_ids.clone()
         };
-        let stop = StopStrings::new(&r.stop, self.model.tokenizer.clone())
+        let stop = StopStrings::new(&r.stop, svc.model.tokenizer.clone())
             .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        let context = self.model.model.config.context_length;
+        let context = svc.model.model.config.context_length;
         let max_tokens = match r.max_tokens as usize {
             0 => context.saturating_sub(prompt.len()).max(1),
             n => n,
         };
-        let model = self.model.clone();
+        let model = svc.model.clone();
         let params = SessionParams {
             sampling,
             max_tokens,
@@ -209,10 +223,10 @@ impl TargetVerifier for TargetNode {
         .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let id = format!(
             "s{}-{:x}",
-            self.next_id.fetch_add(1, Ordering::Relaxed),
+            svc.next_id.fetch_add(1, Ordering::Relaxed),
             std::process::id()
         );
-        self.sessions.lock().unwrap().insert(
+        svc.sessions.lock().unwrap().insert(
             id.clone(),
             Arc::new(Slot {
                 session: Mutex::new(session),
@@ -220,10 +234,18 @@ impl TargetVerifier for TargetNode {
                 last_used: Mutex::new(Instant::now()),
             }),
         );
+        specd_telemetry::metrics::target_sessions(svc.session_count());
+        tracing::info!(
+            trace_id = %ctx.trace_id_hex(),
+            session_id = %id,
+            prompt_tokens = prompt.len(),
+            max_tokens,
+            "session opened"
+        );
         Ok(Response::new(v1::SessionOpened {
             session_id: id,
             prompt_ids: prompt,
-            model: Some(TargetService::info(self)),
+            model: Some(svc.info()),
             max_tokens: max_tokens as u32,
         }))
     }
@@ -234,81 +256,108 @@ impl TargetVerifier for TargetNode {
         &self,
         req: Request<Streaming<DraftFrame>>,
     ) -> Result<Response<Self::VerifyStream>, Status> {
+        let svc = self.svc()?;
+        let ctx = trace::incoming(&req);
+        let span = tracing::info_span!(
+            "verify",
+            trace_id = %ctx.trace_id_hex(),
+            session_id = tracing::field::Empty
+        );
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
-        let svc = self.clone();
-        tokio::spawn(async move {
-            let mut slot: Option<Arc<Slot>> = None;
-            let mut session_id = String::new();
-            loop {
-                let frame = match inbound.message().await {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(_) => break,
-                };
-                let result = async {
-                    if slot.is_none()
-                        || (!frame.session_id.is_empty() && frame.session_id != session_id)
-                    {
-                        if frame.session_id.is_empty() {
-                            return Err(Status::invalid_argument(
-                                "the first frame of a Verify stream must name its session",
-                            ));
+        tokio::spawn(
+            async move {
+                let mut slot: Option<Arc<Slot>> = None;
+                let mut session_id = String::new();
+                loop {
+                    let frame = match inbound.message().await {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        Err(_) => break,
+                    };
+                    let result = async {
+                        if slot.is_none()
+                            || (!frame.session_id.is_empty() && frame.session_id != session_id)
+                        {
+                            if frame.session_id.is_empty() {
+                                return Err(Status::invalid_argument(
+                                    "the first frame of a Verify stream must name its session",
+                                ));
+                            }
+                            slot = Some(svc.slot(&frame.session_id)?);
+                            session_id = frame.session_id.clone();
+                            tracing::Span::current().record("session_id", session_id.as_str());
                         }
-                        slot = Some(svc.slot(&frame.session_id)?);
-                        session_id = frame.session_id.clone();
+                        let slot = slot.clone().expect("session resolved");
+                        let wire = frame
+                            .block
+                            .ok_or_else(|| Status::invalid_argument("frame without a block"))?;
+                        let block: DraftBlock = block_from_wire(
+                            &wire,
+                            svc.model.model.config.vocab_size,
+                            svc.max_block,
+                        )?;
+                        slot.touch();
+                        let seq = wire.block_seq;
+                        let tokenizer = svc.model.tokenizer.clone();
+                        let verdict = tokio::task::spawn_blocking(move || {
+                            let mut s = slot.session.lock().unwrap();
+                            if s.finished().is_some() {
+                                return Err(Status::failed_precondition(
+                                    "the session has finished",
+                                ));
+                            }
+                            let budget = s.params().policy.budget;
+                            let t0 = Instant::now();
+                            let v = s
+                                .verify_block(&block)
+                                .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+                            if v.stale {
+                                // Does not build on the committed sequence: answered in-band.
+                                return Ok(Verdict {
+                                    block_seq: seq,
+                                    stale: true,
+                                    committed_len: v.committed_len as u64,
+                                    budget_spent: v.budget_spent,
+                                    ..Default::default()
+                                });
+                            }
+                            let verify_ms = t0.elapsed().as_secs_f64() * 1e3;
+                            record(&v, block.tokens.len(), &s.params().policy.rule.to_string());
+                            let text = slot
+                                .text
+                                .lock()
+                                .unwrap()
+                                .push(&tokenizer, &v.committed, v.finished.is_some())
+                                .unwrap_or_default();
+                            Ok(TargetService::verdict_to_wire(
+                                &v, seq, budget, verify_ms, text,
+                            ))
+                        })
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))??;
+                        tracing::debug!(
+                            seq,
+                            stale = verdict.stale,
+                            accepted = verdict.accepted,
+                            committed = verdict.committed.len(),
+                            verify_ms = verdict.verify_ms,
+                            "verdict"
+                        );
+                        Ok(verdict)
                     }
-                    let slot = slot.clone().expect("session resolved");
-                    let wire = frame
-                        .block
-                        .ok_or_else(|| Status::invalid_argument("frame without a block"))?;
-                    let block: DraftBlock =
-                        block_from_wire(&wire, svc.model.model.config.vocab_size, svc.max_block)?;
-                    slot.touch();
-                    let seq = wire.block_seq;
-                    let tokenizer = svc.model.tokenizer.clone();
-                    let verdict = tokio::task::spawn_blocking(move || {
-                        let mut s = slot.session.lock().unwrap();
-                        if s.finished().is_some() {
-                            return Err(Status::failed_precondition("the session has finished"));
-                        }
-                        let budget = s.params().policy.budget;
-                        let t0 = Instant::now();
-                        let v = s
-                            .verify_block(&block)
-                            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-                        if v.stale {
-                            // Does not build on the committed sequence: answered in-band.
-                            return Ok(Verdict {
-                                block_seq: seq,
-                                stale: true,
-                                committed_len: v.committed_len as u64,
-                                budget_spent: v.budget_spent,
-                                ..Default::default()
-                            });
-                        }
-                        let verify_ms = t0.elapsed().as_secs_f64() * 1e3;
-                        let text = slot
-                            .text
-                            .lock()
-                            .unwrap()
-                            .push(&tokenizer, &v.committed, v.finished.is_some())
-                            .unwrap_or_default();
-                        Ok(TargetService::verdict_to_wire(
-                            &v, seq, budget, verify_ms, text,
-                        ))
-                    })
-                    .await
-                    .map_err(|e| Status::internal(e.to_string()))??;
-                    Ok(verdict)
-                }
-                .await;
-                let fatal = result.is_err();
-                if tx.send(result).await.is_err() || fatal {
-                    break;
+                    .await;
+                    if let Err(e) = &result {
+                        tracing::warn!(code = ?e.code(), "verify: {}", e.message());
+                    }
+                    let fatal = result.is_err();
+                    if tx.send(result).await.is_err() || fatal {
+                        break;
+                    }
                 }
             }
-        });
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -318,11 +367,14 @@ impl TargetVerifier for TargetNode {
         &self,
         req: Request<v1::DecodeRequest>,
     ) -> Result<Response<Self::DecodeStream>, Status> {
+        let svc = self.svc()?;
+        let ctx = trace::incoming(&req);
         let r = req.into_inner();
-        let slot = self.slot(&r.session_id)?;
+        let slot = svc.slot(&r.session_id)?;
+        tracing::info!(trace_id = %ctx.trace_id_hex(), session_id = %r.session_id, from_len = r.from_len, "target-only decode");
         let (tx, rx) = mpsc::channel(16);
         let id = r.session_id.clone();
-        let model = self.model.clone();
+        let model = svc.model.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut s = slot.session.lock().unwrap();
@@ -375,6 +427,7 @@ impl TargetVerifier for TargetNode {
                     Ok(v) => {
                         calls += 1;
                         verify_ms += t0.elapsed().as_secs_f64() * 1e3;
+                        specd_telemetry::metrics::verify(t0.elapsed().as_secs_f64());
                         if tx
                             .blocking_send(Ok(event(&s, v.committed, calls, verify_ms)))
                             .is_err()
@@ -396,9 +449,10 @@ impl TargetVerifier for TargetNode {
         &self,
         req: Request<v1::UpdatePolicyRequest>,
     ) -> Result<Response<v1::SessionSummary>, Status> {
+        let svc = self.svc()?;
         let r = req.into_inner();
-        let slot = self.slot(&r.session_id)?;
-        let policy = convert::policy_from_wire(r.policy.as_ref(), &self.protect)?;
+        let slot = svc.slot(&r.session_id)?;
+        let policy = convert::policy_from_wire(r.policy.as_ref(), &svc.protect)?;
         let mut s = slot.session.lock().unwrap();
         let live = s.params().policy.clone();
         if !live.tightened_by(&policy) && !r.allow_loosen {
@@ -419,18 +473,15 @@ impl TargetVerifier for TargetNode {
         &self,
         req: Request<v1::DetokenizeRequest>,
     ) -> Result<Response<v1::DetokenizeResponse>, Status> {
+        let svc = self.svc()?;
         let r = req.into_inner();
-        let vocab = self.model.model.config.vocab_size;
+        let vocab = svc.model.model.config.vocab_size;
         if let Some(&bad) = r.token_ids.iter().find(|&&t| t as usize >= vocab) {
             return Err(Status::invalid_argument(format!(
                 "token id {bad} is outside the vocabulary (size {vocab})"
             )));
         }
-        let text = self
-            .model
-            .tokenizer
-            .decode(&r.token_ids)
-            .map_err(internal)?;
+        let text = svc.model.tokenizer.decode(&r.token_ids).map_err(internal)?;
         Ok(Response::new(v1::DetokenizeResponse { text }))
     }
 
@@ -438,16 +489,44 @@ impl TargetVerifier for TargetNode {
         &self,
         req: Request<v1::CloseSessionRequest>,
     ) -> Result<Response<v1::SessionSummary>, Status> {
+        let svc = self.svc()?;
+        let ctx = trace::incoming(&req);
         let id = req.into_inner().session_id;
-        let slot = self
-            .sessions
-            .lock()
-            .unwrap()
-            .remove(&id)
-            .ok_or_else(|| Status::not_found(format!("unknown session {id:?}")))?;
+        let slot = {
+            let mut sessions = svc.sessions.lock().unwrap();
+            let slot = sessions
+                .remove(&id)
+                .ok_or_else(|| Status::not_found(format!("unknown session {id:?}")))?;
+            specd_telemetry::metrics::target_sessions(sessions.len());
+            slot
+        };
         let s = slot.session.lock().unwrap();
-        Ok(Response::new(summary(&id, &s)))
+        let summary = summary(&id, &s);
+        tracing::info!(
+            trace_id = %ctx.trace_id_hex(),
+            session_id = %id,
+            committed_len = summary.committed_len,
+            budget_spent = summary.budget_spent,
+            "session closed"
+        );
+        Ok(Response::new(summary))
     }
+}
+
+/// A judged block in the node's metrics.
+fn record(v: &specd_engine::spec_decode::Verdict, drafted: usize, rule: &str) {
+    use specd_telemetry::metrics;
+    metrics::verify(v.verify_s);
+    let per_pos = vec![1; v.accepted];
+    metrics::judged(&metrics::Judged {
+        drafts: u64::from(drafted > 0),
+        drafted: drafted as u64,
+        accepted: v.accepted as u64,
+        accepted_per_pos: &per_pos,
+        lossy: v.lossy_accepted as u64,
+        rule,
+        budget: v.token_info.iter().map(|i| i.charge).sum(),
+    });
 }
 
 fn summary(id: &str, s: &TargetSession) -> v1::SessionSummary {
@@ -460,61 +539,101 @@ fn summary(id: &str, s: &TargetSession) -> v1::SessionSummary {
     }
 }
 
-/// Binds the listener (a clear error when the address is taken) and serves until `shutdown`.
+/// Binds the listener (a clear error when the address is taken), then loads the model with
+/// `load` while health answers NOT_SERVING (and RPCs UNAVAILABLE), turns SERVING once it is
+/// loaded, and serves until `shutdown`; a failed load stops the node with its error.
 pub async fn serve(
     cfg: TargetConfig,
-    model: LoadedModel,
+    load: impl FnOnce() -> Result<LoadedModel> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let listener = specd_proto::bind(cfg.listen).await?;
-    let svc = TargetNode(Arc::new(TargetService::new(
-        Arc::new(model),
-        cfg.max_sessions,
-        cfg.max_block,
-    )));
-    let expiry = svc.clone();
-    let timeout = cfg.idle_timeout;
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(1).min(timeout)).await;
-            expiry.expire(timeout);
-        }
-    });
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_serving::<TargetVerifierServer<TargetNode>>()
-        .await;
-    eprintln!(
-        "specd target-node: serving {} on {}",
-        svc.model.name,
-        listener.local_addr()?
-    );
-    let drain = svc.drain.clone();
-    let busy = svc.clone();
-    let on_drain = async move {
-        reporter
-            .set_not_serving::<TargetVerifierServer<TargetNode>>()
-            .await;
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+    let listener = specd_rpc::bind(cfg.listen).await?;
+    let addr = listener.local_addr()?;
+    let node = TargetNode {
+        svc: Loaded::default(),
+        drain: Default::default(),
     };
+    let (reporter, health) = tonic_health::server::health_reporter();
+    not_serving(&reporter).await;
+    tracing::info!(%addr, "target-node: loading the model (health NOT_SERVING until it is ready)");
+    let ready = {
+        let reporter = reporter.clone();
+        let timeout = cfg.idle_timeout;
+        let node = node.clone();
+        async move {
+            let svc = node.svc.get().expect("loaded").clone();
+            specd_telemetry::metrics::target_sessions(0);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1).min(timeout)).await;
+                    svc.expire(timeout);
+                }
+            });
+            reporter
+                .set_serving::<TargetVerifierServer<TargetNode>>()
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+            tracing::info!(%addr, model = %node.svc.get().expect("loaded").model.name, "target-node: serving");
+        }
+    };
+    let (max_sessions, max_block) = (cfg.max_sessions, cfg.max_block);
+    let loading = Loading::start(
+        &node.svc,
+        move || {
+            let model = load()?;
+            Ok(Arc::new(TargetService::new(
+                Arc::new(model),
+                max_sessions,
+                max_block,
+            )))
+        },
+        ready,
+    );
+    let failed = loading.clone();
+    let signal = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = failed.failed() => {}
+        }
+    };
+    let drain = node.drain.clone();
+    let busy = node.clone();
+    let on_drain = async move { not_serving(&reporter).await };
     drain
         .serve(
             "specd target-node",
-            shutdown,
+            signal,
             on_drain,
-            move || busy.session_count(),
+            move || busy.svc().map_or(0, |s| s.session_count()),
             cfg.drain_timeout,
             |stop| {
                 tonic::transport::Server::builder()
                     .add_service(health)
-                    .add_service(TargetVerifierServer::new(svc).max_decoding_message_size(64 << 20))
+                    .add_service(
+                        TargetVerifierServer::new(node)
+                            .max_decoding_message_size(specd_rpc::peers::MAX_MESSAGE),
+                    )
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
                         stop,
                     )
             },
         )
-        .await
+        .await?;
+    match loading.error() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Health NOT_SERVING, for the node's service and the server as a whole.
+async fn not_serving(reporter: &tonic_health::server::HealthReporter) {
+    reporter
+        .set_not_serving::<TargetVerifierServer<TargetNode>>()
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
 }

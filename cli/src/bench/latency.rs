@@ -148,7 +148,7 @@ impl Acc {
         if s.rounds > 0 {
             self.rounds_p50_us.push(s.round_overhead_us_p50);
         }
-        self.last_estimates = specd_proto::convert::estimates_from_wire(s);
+        self.last_estimates = specd_rpc::convert::estimates_from_wire(s);
     }
 
     fn rate(&self) -> f64 {

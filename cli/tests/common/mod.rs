@@ -4,7 +4,8 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub fn bin() -> &'static str {
@@ -36,17 +37,66 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     (status, body)
 }
 
+/// A `specd` process whose log (stderr) is read as it comes, so that a full pipe never blocks
+/// it, and kept for the test to read. Killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    /// Starts `specd ARGS` with the extra environment `env`.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut child = Command::new(bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn specd");
+        let mut err = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Proc { child, log }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Panics with its log if it has exited.
+    pub fn check_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("specd exited early: {status}: {}", self.log());
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Waits until `GET /health` on `port` answers 200 (503 "loading" before), or panics.
-pub fn wait_http_ready(port: u16, child: &mut std::process::Child) {
+pub fn wait_http_ready(port: u16, proc: &mut Proc) {
     let start = std::time::Instant::now();
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            panic!("the server exited early: {status}: {err}");
-        }
+        proc.check_running();
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             let (code, body) = http(port, "GET", "/health", "");
             if code == 200 {

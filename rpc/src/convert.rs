@@ -9,7 +9,7 @@ use specd_engine::spec_decode::generate::RunStats;
 use specd_engine::spec_decode::{DraftBlock, DraftDist, DraftSampling, TokenInfo};
 use tonic::Status;
 
-use crate::v1;
+use specd_proto::v1;
 
 /// A node's `Info` answer for its model (`role`: "target" or "draft").
 pub fn model_info(
@@ -19,7 +19,7 @@ pub fn model_info(
 ) -> v1::ModelInfo {
     let c = &model.model.config;
     v1::ModelInfo {
-        protocol_version: crate::PROTOCOL_VERSION.into(),
+        protocol_version: specd_proto::PROTOCOL_VERSION.into(),
         role: role.into(),
         model_id: model.name.clone(),
         vocab_fingerprint: model.tokenizer.fingerprint().into(),

@@ -63,7 +63,7 @@ impl Drain {
             let start = Instant::now();
             let mut left = busy();
             if left > 0 {
-                eprintln!(
+                tracing::info!(
                     "{who_owned}: draining: {left} still running (at most {}s)",
                     timeout.as_secs_f64()
                 );
@@ -73,9 +73,9 @@ impl Drain {
                 left = busy();
             }
             if left > 0 {
-                eprintln!("{who_owned}: drain timeout: stopping with {left} still running");
+                tracing::warn!("{who_owned}: drain timeout: stopping with {left} still running");
             } else {
-                eprintln!("{who_owned}: drained, stopping");
+                tracing::info!("{who_owned}: drained, stopping");
             }
             let _ = done_tx.send(());
         };

@@ -1,0 +1,134 @@
+//! Whether the coordinator's nodes answer: every second it asks each target-node and draft-node
+//! for its gRPC health, routes new sessions to those that answer SERVING, and reports what it
+//! found in its own health: `specd.v1.Coordinator` (and the server as a whole, `""`) is SERVING
+//! while at least one target answers; `specd.v1.TargetVerifier` and `specd.v1.Drafter` tell
+//! whether any target, any draft, answers. Without a draft the target decodes alone, so a
+//! coordinator whose drafts are all down still serves (slower).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use specd_proto::v1::coordinator_server::SERVICE_NAME as COORDINATOR;
+use specd_proto::v1::drafter_server::SERVICE_NAME as DRAFTER;
+use specd_proto::v1::target_verifier_server::SERVICE_NAME as TARGET;
+use specd_rpc::peers::Peers;
+use tonic_health::pb::health_check_response::ServingStatus as Wire;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+/// How often the nodes are asked.
+const INTERVAL: Duration = Duration::from_secs(1);
+/// How long a node may take to answer.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The last answer of each node, by URL (cheap to clone).
+#[derive(Clone, Default)]
+pub struct PeerHealth {
+    up: Arc<Mutex<HashMap<String, bool>>>,
+}
+
+impl PeerHealth {
+    /// Whether `url` answered SERVING last time (true before its first check).
+    pub fn is_up(&self, url: &str) -> bool {
+        self.up.lock().unwrap().get(url).copied().unwrap_or(true)
+    }
+
+    pub fn any_up(&self, urls: &[String]) -> bool {
+        urls.iter().any(|u| self.is_up(u))
+    }
+
+    /// Records an answer; true if it changed.
+    fn set(&self, url: &str, up: bool) -> bool {
+        self.up.lock().unwrap().insert(url.to_owned(), up) != Some(up)
+    }
+}
+
+/// One node's health: SERVING, or why not.
+async fn check(peers: &Peers, url: &str) -> Result<(), String> {
+    let channel = peers
+        .channel(url)
+        .await
+        .map_err(|s| s.message().to_owned())?;
+    let answer = tokio::time::timeout(
+        TIMEOUT,
+        HealthClient::new(channel).check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .map_err(|_| format!("no answer within {TIMEOUT:?}"))?;
+    match answer {
+        Ok(r) if r.get_ref().status == Wire::Serving as i32 => Ok(()),
+        Ok(r) => Err(format!(
+            "health {:?}",
+            Wire::try_from(r.get_ref().status).unwrap_or(Wire::Unknown)
+        )),
+        Err(s) => {
+            peers.forget(url);
+            Err(format!("{}: {}", s.code(), s.message()))
+        }
+    }
+}
+
+fn status(up: bool) -> ServingStatus {
+    if up {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    }
+}
+
+/// Checks the nodes forever, keeping `health` and the coordinator's own health current (except
+/// while `draining`, when it stays NOT_SERVING).
+pub async fn watch(
+    health: PeerHealth,
+    peers: Peers,
+    targets: Arc<Vec<String>>,
+    drafts: Arc<Vec<String>>,
+    reporter: HealthReporter,
+    drain: specd_rpc::drain::Drain,
+) {
+    loop {
+        for (role, urls) in [("target", &targets), ("draft", &drafts)] {
+            for url in urls.iter() {
+                let answer = check(&peers, url).await;
+                if health.set(url, answer.is_ok()) {
+                    match &answer {
+                        Ok(()) => tracing::info!(role, url = %url, "node answers SERVING"),
+                        Err(why) => tracing::warn!(role, url = %url, "node does not serve: {why}"),
+                    }
+                }
+            }
+        }
+        if drain.is_draining() {
+            return;
+        }
+        let targets_up = health.any_up(&targets);
+        reporter
+            .set_service_status(TARGET, status(targets_up))
+            .await;
+        if !drafts.is_empty() {
+            reporter
+                .set_service_status(DRAFTER, status(health.any_up(&drafts)))
+                .await;
+        }
+        reporter
+            .set_service_status(COORDINATOR, status(targets_up))
+            .await;
+        reporter.set_service_status("", status(targets_up)).await;
+        // Draining began while this round ran: undo what it set.
+        if drain.is_draining() {
+            reporter
+                .set_service_status(COORDINATOR, ServingStatus::NotServing)
+                .await;
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            return;
+        }
+        tokio::time::sleep(INTERVAL).await;
+    }
+}

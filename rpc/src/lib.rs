@@ -1,0 +1,21 @@
+//! What specd's nodes (target-node, draft-node, coordinator) and their clients share beyond the
+//! generated protocol of [`specd_proto`], which stays free of engine code so that a gRPC client
+//! need not compile a model: conversions between wire messages and engine types ([`convert`]),
+//! channels to peers reused across requests ([`peers`]), the W3C trace context carried in gRPC
+//! metadata ([`trace`]), and a node's listener and graceful shutdown ([`drain`]).
+
+pub mod convert;
+pub mod drain;
+pub mod loading;
+pub mod peers;
+pub mod trace;
+
+pub use specd_proto::{v1, PROTOCOL_VERSION};
+
+/// Binds a node's listener; a taken or invalid address is an error naming it.
+pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context;
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}

@@ -1,0 +1,78 @@
+//! Channels to peer nodes, opened once per URL and reused by every request: a tonic channel
+//! multiplexes calls over one HTTP/2 connection and reconnects by itself after its peer restarts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use specd_proto::v1::drafter_client::DrafterClient;
+use specd_proto::v1::target_verifier_client::TargetVerifierClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+
+/// The largest message a node client accepts (a long prompt's token ids, a block's draft rows).
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// Peers remembered at most; a node that is handed many URLs (a draft-node is told its target per
+/// request) forgets the others rather than grow.
+const MAX_PEERS: usize = 64;
+
+/// Connects to a node URL with a bounded timeout; an unreachable peer is `UNAVAILABLE`, a
+/// malformed URL `INVALID_ARGUMENT`.
+pub async fn connect(url: &str) -> Result<Channel, Status> {
+    let ep = Endpoint::from_shared(url.to_owned())
+        .map_err(|e| {
+            Status::invalid_argument(format!(
+                "invalid URL {url:?}: {e} (expected e.g. http://127.0.0.1:50051)"
+            ))
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    ep.connect()
+        .await
+        .map_err(|e| Status::unavailable(format!("cannot reach {url}: {e}")))
+}
+
+/// The channels of one process, by URL (cheap to clone).
+#[derive(Clone, Default)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Peers {
+    /// The channel to `url`, connected on first use.
+    pub async fn channel(&self, url: &str) -> Result<Channel, Status> {
+        if let Some(c) = self.channels.lock().unwrap().get(url) {
+            return Ok(c.clone());
+        }
+        let c = connect(url).await?;
+        let mut map = self.channels.lock().unwrap();
+        if map.len() >= MAX_PEERS && !map.contains_key(url) {
+            map.clear();
+        }
+        Ok(map.entry(url.to_owned()).or_insert(c).clone())
+    }
+
+    /// Forgets `url`'s channel (its peer failed in a way a new connection may fix).
+    pub fn forget(&self, url: &str) {
+        self.channels.lock().unwrap().remove(url);
+    }
+
+    pub async fn target(&self, url: &str) -> Result<TargetVerifierClient<Channel>, Status> {
+        Ok(TargetVerifierClient::new(self.channel(url).await?)
+            .max_decoding_message_size(MAX_MESSAGE))
+    }
+
+    pub async fn drafter(&self, url: &str) -> Result<DrafterClient<Channel>, Status> {
+        Ok(DrafterClient::new(self.channel(url).await?).max_decoding_message_size(MAX_MESSAGE))
+    }
+
+    /// Peers connected now.
+    pub fn len(&self) -> usize {
+        self.channels.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
