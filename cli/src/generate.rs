@@ -114,8 +114,11 @@ pub struct GenerateArgs {
     pub target_device: Device,
     /// Drafted tokens per block: a number (0 = target-only decoding), `auto` (each round, the γ in
     /// [0, --gamma-max] the latency model predicts fastest from running estimates of the
-    /// acceptance rate, draft and verify times and the round trip; 0 = a target-only round) or
-    /// `heuristic` (+2 after a fully accepted block, −1 otherwise, within [1, --gamma-max]).
+    /// acceptance rate, draft and verify times and the round trip; 0 = a target-only round;
+    /// timed, so a seeded run at T > 0 or under a lossy rule may not repeat),
+    /// `auto@t_d=S,c_d=S,t_v1=S,slope=S,rtt=S` (auto with those costs in seconds, frozen: repeats
+    /// bit for bit; `--json` prints measured `estimates`) or `heuristic` (+2 after a fully
+    /// accepted block, −1 otherwise, within [1, --gamma-max]).
     #[arg(long, default_value = "8")]
     pub gamma: String,
     /// Largest block `auto` and `heuristic` may choose.

@@ -458,6 +458,32 @@ fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
             Code::InvalidArgument,
             "bad rule"
         );
+        // Resume: a (completion, spent) pair continues; spent over the budget is refused.
+        let mut resume = open(8);
+        resume.resume_completion = vec![9707, 314];
+        resume.policy = Some(v1::Policy {
+            rule: "topk:3".into(),
+            budget: 1.0,
+            ..Default::default()
+        });
+        resume.resume_budget_spent = 1.5;
+        let e = c.open_session(resume.clone()).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(
+            e.message().contains("exceeds the session's budget"),
+            "{e:?}"
+        );
+        resume.resume_budget_spent = 0.5;
+        let r = c.open_session(resume).await.unwrap().into_inner();
+        let summary = c
+            .close_session(v1::CloseSessionRequest {
+                session_id: r.session_id,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(summary.committed_len as usize, r.prompt_ids.len() + 2);
+        assert_eq!(summary.budget_spent, 0.5);
         let a = c.open_session(open(16)).await.unwrap().into_inner();
         let base = a.prompt_ids.len() as u64;
         let frame = |sid: &str, base_len: u64, tokens: Vec<u32>, seq: u64| DraftFrame {

@@ -2,8 +2,8 @@
 
 Usage: openai_client.py BASE_URL MODEL EXPECTED_JSON [coordinator]
 EXPECTED_JSON is `specd generate --json` of the same greedy request: HTTP must give the same text
-and token count. `coordinator`: the server is a coordinator's HTTP API (no logprobs there yet: they
-must be refused clearly). Every check asserts; the last line printed is "N passed, 0 failed".
+and token count. `coordinator`: the server is a coordinator's HTTP API (the same checks: its
+log-probabilities come from the target-node over gRPC). Every check asserts; the last line printed is "N passed, 0 failed".
 """
 
 import json
@@ -122,11 +122,6 @@ def _():
 
 @check("logprobs come from the target's distribution")
 def _():
-    if COORDINATOR:
-        code, body = status_of(lambda: client.chat.completions.create(
-            model=model, messages=MESSAGES, max_tokens=4, logprobs=True))
-        assert code == 400 and body["param"] == "logprobs", body
-        return
     r = client.chat.completions.create(
         model=model, messages=MESSAGES, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
     content = r.choices[0].logprobs.content
@@ -139,6 +134,17 @@ def _():
         assert c.top_logprobs[0].token == c.token and abs(c.top_logprobs[0].logprob - c.logprob) < 1e-6
         assert c.top_logprobs[0].logprob >= c.top_logprobs[1].logprob >= c.top_logprobs[2].logprob
         assert bytes(c.bytes).decode() == c.token
+    # Streamed: each chunk's log-probabilities name its tokens.
+    chunks = list(client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=12, temperature=0, logprobs=True, top_logprobs=2,
+        stream=True))
+    streamed = [c for ch in chunks if ch.choices and ch.choices[0].logprobs
+                for c in ch.choices[0].logprobs.content]
+    assert [c.token for c in streamed] == [c.token for c in content]
+    assert all(abs(a.logprob - b.logprob) < 1e-6 for a, b in zip(streamed, content))
+    code, body = status_of(lambda: client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=2, logprobs=True, top_logprobs=21))
+    assert code == 400 and body["param"] == "top_logprobs", body
 
 
 @check("the speculative extension object")
@@ -161,12 +167,11 @@ def _():
 @check("text completions, whole and streamed, with logprobs")
 def _():
     r = client.completions.create(model=model, prompt="The capital of France is", max_tokens=8,
-                                  temperature=0, logprobs=None if COORDINATOR else 2)
+                                  temperature=0, logprobs=2)
     assert r.object == "text_completion" and r.usage.completion_tokens == 8
-    if not COORDINATOR:
-        lp = r.choices[0].logprobs
-        assert len(lp.tokens) == 8 and all(len(t) == 2 for t in lp.top_logprobs)
-        assert "".join(lp.tokens) == r.choices[0].text
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == 8 and all(len(t) == 2 for t in lp.top_logprobs)
+    assert "".join(lp.tokens) == r.choices[0].text
     chunks = list(client.completions.create(model=model, prompt="The capital of France is",
                                             max_tokens=8, temperature=0, stream=True))
     assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text

@@ -61,6 +61,7 @@ pub fn request_to_wire(req: &Request, protect: &str, pipeline: bool) -> Generate
         tenant: String::new(),
         no_pipeline: !pipeline,
         drafter: req.drafter.to_string(),
+        top_logprobs: req.logprobs.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     }
 }
 
@@ -109,6 +110,7 @@ where
     S: Stream<Item = Result<TokenEvent, Status>> + Unpin,
 {
     let (mut ids, mut info, mut text) = (Vec::new(), Vec::new(), String::new());
+    let mut logprobs = Vec::new();
     let (mut stats, mut spent, mut finish, mut fallback) =
         (v1::Stats::default(), 0.0, String::new(), false);
     let mut first: Option<(f64, usize)> = None;
@@ -119,6 +121,7 @@ where
         }
         ids.extend_from_slice(&ev.token_ids);
         info.extend(convert::token_info(&ev.lossy, &ev.charge));
+        logprobs.extend(convert::logprobs_from_wire(&ev.logprobs));
         text.push_str(&ev.text);
         spent = ev.budget_spent;
         fallback |= ev.fallback;
@@ -158,6 +161,7 @@ where
         gamma_max: stats.gamma_max as usize,
         mean_gamma: stats.mean_gamma,
         estimates: convert::estimates_from_wire(&stats),
+        logprobs,
         finish_reason: match finish.as_str() {
             "stop" => Some(FinishReason::Stop),
             "length" => Some(FinishReason::Length),

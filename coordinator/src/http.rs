@@ -2,7 +2,9 @@
 //! [`specd_openai`] over this coordinator's own `Generate` (called in-process, no network hop), so
 //! an HTTP request takes the same path as a gRPC one: a target session, a draft-node, the ledger.
 
+use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use specd_engine::pipeline::{Delta, Output};
@@ -21,6 +23,20 @@ pub struct Coordinated {
     pub(crate) node: CoordinatorNode,
     pub(crate) model_id: String,
     pub(crate) runtime: tokio::runtime::Handle,
+    /// Token texts as the target sent them with log-probabilities (at most the vocabulary).
+    pub(crate) token_texts: Mutex<HashMap<u32, String>>,
+}
+
+impl Coordinated {
+    fn learn_texts(&self, lps: &[specd_proto::v1::TokenLogprob]) {
+        if lps.is_empty() {
+            return;
+        }
+        let mut texts = self.token_texts.lock().unwrap();
+        for l in lps.iter().chain(lps.iter().flat_map(|l| &l.top)) {
+            texts.entry(l.token).or_insert_with(|| l.text.clone());
+        }
+    }
 }
 
 /// A gRPC status as the HTTP error a client of the OpenAI API expects.
@@ -45,8 +61,14 @@ impl Backend for Coordinated {
         &self.model_id
     }
 
-    fn token_text(&self, _id: u32) -> String {
-        String::new()
+    /// The target's text of a token, as the log-probabilities of earlier events named it.
+    fn token_text(&self, id: u32) -> String {
+        self.token_texts
+            .lock()
+            .unwrap()
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn generate(
@@ -54,12 +76,6 @@ impl Backend for Coordinated {
         parsed: &Parsed,
         on_delta: &mut dyn FnMut(&Delta) -> ControlFlow<()>,
     ) -> Result<Output, ApiError> {
-        if parsed.request.logprobs.is_some() {
-            return Err(ApiError::invalid(
-                "logprobs",
-                "logprobs are not available through the coordinator yet (specd serve has them)",
-            ));
-        }
         let wire = client::request_to_wire(&parsed.request, &parsed.protect, true);
         let trace = parsed.trace.unwrap_or_else(TraceContext::root);
         // The events are read on the runtime and handed to this (blocking) thread, which calls
@@ -79,10 +95,12 @@ impl Backend for Coordinated {
             .await
         });
         while let Some(ev) = rx.blocking_recv() {
+            self.learn_texts(&ev.logprobs);
+            let logprobs = specd_rpc::convert::logprobs_from_wire(&ev.logprobs);
             let delta = Delta {
                 text: &ev.text,
                 token_ids: &ev.token_ids,
-                logprobs: &[],
+                logprobs: &logprobs,
             };
             if on_delta(&delta).is_break() {
                 // Dropping the reader drops the event stream: the coordinator ends the session.

@@ -240,9 +240,11 @@ impl CoordinatorNode {
                     messages: r.messages.clone(),
                     stop: r.stop.clone(),
                     prompt_ids: r.prompt_ids.clone(),
+                    top_logprobs: r.top_logprobs,
                     max_tokens: r.max_tokens,
                     sampling: r.sampling,
                     policy: r.policy.clone(),
+                    ..Default::default()
                 },
                 &ctx,
             ))
@@ -559,6 +561,7 @@ pub async fn serve(
                 node: node.clone(),
                 model_id: cfg.model_name.unwrap_or(model_id),
                 runtime: tokio::runtime::Handle::current(),
+                token_texts: Default::default(),
             };
             Some(tokio::spawn(specd_openai::serve(
                 listener,

@@ -160,6 +160,7 @@ impl Verifier for GrpcVerifier {
             committed_len: v.committed_len,
             finished: false,
             session_id: self.session_id.clone(),
+            logprobs: v.logprobs.clone(),
             ..Default::default()
         };
         self.events
@@ -171,7 +172,7 @@ impl Verifier for GrpcVerifier {
             rejected: v.rejected,
             token_info: convert::token_info(&v.lossy, &v.charge),
             committed: v.committed,
-            logprobs: Vec::new(),
+            logprobs: convert::logprobs_from_wire(&v.logprobs),
             lossy_accepted: v.lossy_accepted as usize,
             protected_positions: v.protected_positions as usize,
             budget_spent: v.budget_spent,

@@ -6,10 +6,52 @@ use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectCache};
 use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec_decode::generate::RunStats;
-use specd_engine::spec_decode::{DraftBlock, DraftDist, DraftSampling, TokenInfo};
+use specd_engine::spec_decode::{DraftBlock, DraftDist, DraftSampling, TokenInfo, TokenLogprob};
 use tonic::Status;
 
 use specd_proto::v1;
+
+/// The most alternatives a request may ask for per token (OpenAI's bound).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
+
+/// `top_logprobs` of a request, checked.
+pub fn top_logprobs_from_wire(n: Option<u32>) -> Result<Option<usize>, Status> {
+    match n {
+        Some(n) if n > MAX_TOP_LOGPROBS => Err(Status::invalid_argument(format!(
+            "top_logprobs {n}: at most {MAX_TOP_LOGPROBS}"
+        ))),
+        n => Ok(n.map(|n| n as usize)),
+    }
+}
+
+/// Log-probabilities with each token's text (`text`: the target's decoding of one token).
+pub fn logprobs_to_wire(
+    lps: &[TokenLogprob],
+    text: impl Fn(u32) -> String,
+) -> Vec<v1::TokenLogprob> {
+    let one = |token: u32, logprob: f32| v1::TokenLogprob {
+        token,
+        logprob,
+        text: text(token),
+        top: Vec::new(),
+    };
+    lps.iter()
+        .map(|l| v1::TokenLogprob {
+            top: l.top.iter().map(|&(t, lp)| one(t, lp)).collect(),
+            ..one(l.token, l.logprob)
+        })
+        .collect()
+}
+
+pub fn logprobs_from_wire(lps: &[v1::TokenLogprob]) -> Vec<TokenLogprob> {
+    lps.iter()
+        .map(|l| TokenLogprob {
+            token: l.token,
+            logprob: l.logprob,
+            top: l.top.iter().map(|t| (t.token, t.logprob)).collect(),
+        })
+        .collect()
+}
 
 /// A node's `Info` answer for its model (`role`: "target" or "draft").
 pub fn model_info(
@@ -271,8 +313,8 @@ pub fn estimates_from_wire(s: &v1::Stats) -> Estimates {
     }
 }
 
-/// A request's block-size policy: `gamma_policy` "" / "fixed" uses `gamma`; "auto" and
-/// "heuristic" are bounded by `gamma_max` (0: the default) and by `limit`.
+/// A request's block-size policy: `gamma_policy` "" / "fixed" uses `gamma`; "auto",
+/// "auto@COSTS" and "heuristic" are bounded by `gamma_max` (0: the default) and by `limit`.
 pub fn gamma_from_wire(
     gamma: u32,
     policy: &str,
@@ -289,14 +331,16 @@ pub fn gamma_from_wire(
             "gamma {gamma} is over the maximum block size of {limit}"
         ))),
         "" | "fixed" => Ok(GammaPolicy::Fixed(gamma as usize)),
-        "auto" | "heuristic" if max > limit => Err(Status::invalid_argument(format!(
-            "gamma_max {max} is over the maximum block size of {limit}"
-        ))),
-        "auto" | "heuristic" => {
+        p if p == "auto" || p == "heuristic" || p.starts_with("auto@") => {
+            if max > limit {
+                return Err(Status::invalid_argument(format!(
+                    "gamma_max {max} is over the maximum block size of {limit}"
+                )));
+            }
             GammaPolicy::parse(policy, max).map_err(|e| Status::invalid_argument(format!("{e:#}")))
         }
         other => Err(Status::invalid_argument(format!(
-            "gamma_policy {other:?}: expected fixed, auto or heuristic"
+            "gamma_policy {other:?}: expected fixed, auto, auto@COSTS or heuristic"
         ))),
     }
 }
@@ -305,7 +349,8 @@ pub fn gamma_from_wire(
 pub fn gamma_to_wire(g: GammaPolicy) -> (u32, String, u32) {
     match g {
         GammaPolicy::Fixed(n) => (n as u32, String::new(), 0),
-        other => (0, other.kind().to_owned(), other.max() as u32),
+        // `auto@COSTS` carries its costs in the policy string.
+        other => (0, other.to_string(), other.max() as u32),
     }
 }
 

@@ -161,6 +161,7 @@ impl TargetService {
                 .map(|f| format!("{f:?}").to_lowercase())
                 .unwrap_or_default(),
             verify_ms,
+            logprobs: Vec::new(),
         }
     }
 }
@@ -207,20 +208,28 @@ impl TargetVerifier for TargetNode {
             max_tokens,
             policy,
             stop: stop.clone(),
-            logprobs: None,
+            logprobs: convert::top_logprobs_from_wire(r.top_logprobs)?,
         };
         let ids = prompt.clone();
+        let (resumed, spent) = (r.resume_completion.clone(), r.resume_budget_spent);
         let session = tokio::task::spawn_blocking(move || {
-            TargetSession::open(
+            TargetSession::resume(
                 model.model.clone(),
                 model.tokenizer.eos_ids.clone(),
                 ids,
+                &resumed,
+                spent,
                 params,
             )
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        // A resumed session's text goes on from its completion's (which the caller has).
+        let mut text = TextStream::with_stop(stop);
+        if !r.resume_completion.is_empty() {
+            text.push(&svc.model.tokenizer, &r.resume_completion, false);
+        }
         let id = format!(
             "s{}-{:x}",
             svc.next_id.fetch_add(1, Ordering::Relaxed),
@@ -230,7 +239,7 @@ impl TargetVerifier for TargetNode {
             id.clone(),
             Arc::new(Slot {
                 session: Mutex::new(session),
-                text: Mutex::new(TextStream::with_stop(stop)),
+                text: Mutex::new(text),
                 last_used: Mutex::new(Instant::now()),
             }),
         );
@@ -263,6 +272,7 @@ impl TargetVerifier for TargetNode {
             trace_id = %ctx.trace_id_hex(),
             session_id = tracing::field::Empty
         );
+        let stream_span = span.clone();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(
@@ -275,6 +285,11 @@ impl TargetVerifier for TargetNode {
                         Ok(None) => break,
                         Err(_) => break,
                     };
+                    // One span per verify round (RUST_LOG=specd_target_node=debug shows them).
+                    let round = tracing::debug_span!(
+                        "round",
+                        seq = frame.block.as_ref().map_or(0, |b| b.block_seq)
+                    );
                     let result = async {
                         if slot.is_none()
                             || (!frame.session_id.is_empty() && frame.session_id != session_id)
@@ -286,7 +301,7 @@ impl TargetVerifier for TargetNode {
                             }
                             slot = Some(svc.slot(&frame.session_id)?);
                             session_id = frame.session_id.clone();
-                            tracing::Span::current().record("session_id", session_id.as_str());
+                            stream_span.record("session_id", session_id.as_str());
                         }
                         let slot = slot.clone().expect("session resolved");
                         let wire = frame
@@ -330,14 +345,14 @@ impl TargetVerifier for TargetNode {
                                 .unwrap()
                                 .push(&tokenizer, &v.committed, v.finished.is_some())
                                 .unwrap_or_default();
-                            Ok(TargetService::verdict_to_wire(
-                                &v, seq, budget, verify_ms, text,
-                            ))
+                            let mut wire =
+                                TargetService::verdict_to_wire(&v, seq, budget, verify_ms, text);
+                            wire.logprobs = token_logprobs(&tokenizer, &v.logprobs);
+                            Ok(wire)
                         })
                         .await
                         .map_err(|e| Status::internal(e.to_string()))??;
                         tracing::debug!(
-                            seq,
                             stale = verdict.stale,
                             accepted = verdict.accepted,
                             committed = verdict.committed.len(),
@@ -346,6 +361,7 @@ impl TargetVerifier for TargetNode {
                         );
                         Ok(verdict)
                     }
+                    .instrument(round)
                     .await;
                     if let Err(e) = &result {
                         tracing::warn!(code = ?e.code(), "verify: {}", e.message());
@@ -386,34 +402,40 @@ impl TargetVerifier for TargetNode {
             // trip per event); a resumed decode leaves the text to the caller, who knows what it
             // has already shown.
             let mut text = (from == prompt_len).then(TextStream::new);
-            let mut event =
-                |s: &TargetSession, ids: Vec<u32>, calls: u64, verify_ms: f64| TokenEvent {
-                    text: text
-                        .as_mut()
-                        .and_then(|t| t.push(&model.tokenizer, &ids, s.finished().is_some()))
-                        .unwrap_or_default(),
-                    token_ids: ids.clone(),
-                    lossy: vec![false; ids.len()],
-                    charge: vec![0.0; ids.len()],
-                    budget_spent: s.budget_spent(),
-                    committed_len: s.tokens().len() as u64,
-                    finished: s.finished().is_some(),
-                    finish_reason: s
-                        .finished()
-                        .map(|f| format!("{f:?}").to_lowercase())
-                        .unwrap_or_default(),
-                    session_id: id.clone(),
-                    stats: Some(v1::Stats {
-                        completion_tokens: s.completion().len() as u64,
-                        target_calls: calls,
-                        verify_ms,
-                        decode_ms: started.elapsed().as_secs_f64() * 1e3,
-                        ..Default::default()
-                    }),
+            let mut event = |s: &TargetSession,
+                             ids: Vec<u32>,
+                             logprobs: Vec<v1::TokenLogprob>,
+                             calls: u64,
+                             verify_ms: f64| TokenEvent {
+                logprobs,
+                text: text
+                    .as_mut()
+                    .and_then(|t| t.push(&model.tokenizer, &ids, s.finished().is_some()))
+                    .unwrap_or_default(),
+                token_ids: ids.clone(),
+                lossy: vec![false; ids.len()],
+                charge: vec![0.0; ids.len()],
+                budget_spent: s.budget_spent(),
+                committed_len: s.tokens().len() as u64,
+                finished: s.finished().is_some(),
+                finish_reason: s
+                    .finished()
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .unwrap_or_default(),
+                session_id: id.clone(),
+                stats: Some(v1::Stats {
+                    completion_tokens: s.completion().len() as u64,
+                    target_calls: calls,
+                    verify_ms,
+                    decode_ms: started.elapsed().as_secs_f64() * 1e3,
                     ..Default::default()
-                };
+                }),
+                ..Default::default()
+            };
             if (!replay.is_empty() || s.finished().is_some())
-                && tx.blocking_send(Ok(event(&s, replay, 0, 0.0))).is_err()
+                && tx
+                    .blocking_send(Ok(event(&s, replay, Vec::new(), 0, 0.0)))
+                    .is_err()
             {
                 return;
             }
@@ -428,8 +450,9 @@ impl TargetVerifier for TargetNode {
                         calls += 1;
                         verify_ms += t0.elapsed().as_secs_f64() * 1e3;
                         specd_telemetry::metrics::verify(t0.elapsed().as_secs_f64());
+                        let lps = token_logprobs(&model.tokenizer, &v.logprobs);
                         if tx
-                            .blocking_send(Ok(event(&s, v.committed, calls, verify_ms)))
+                            .blocking_send(Ok(event(&s, v.committed, lps, calls, verify_ms)))
                             .is_err()
                         {
                             return;
@@ -511,6 +534,14 @@ impl TargetVerifier for TargetNode {
         );
         Ok(Response::new(summary))
     }
+}
+
+/// Log-probabilities on the wire, each token with its text.
+fn token_logprobs(
+    tokenizer: &specd_engine::tokenizer::Tokenizer,
+    lps: &[specd_engine::spec_decode::TokenLogprob],
+) -> Vec<v1::TokenLogprob> {
+    convert::logprobs_to_wire(lps, |t| tokenizer.decode(&[t]).unwrap_or_default())
 }
 
 /// A judged block in the node's metrics.

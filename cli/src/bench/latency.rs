@@ -439,6 +439,9 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
                 let gamma_for_model = match pol {
                     GammaPolicy::Fixed(g) => *g,
                     GammaPolicy::Auto { max } => est.best_gamma(0, *max, pipe),
+                    GammaPolicy::AutoFrozen { max, costs } => {
+                        costs.with_alpha(est.alpha).best_gamma(0, *max, pipe)
+                    }
                     GammaPolicy::Heuristic { .. } => acc.mean_gamma().round() as usize,
                 };
                 let predicted = est.speedup(gamma_for_model, pipe, t_base);

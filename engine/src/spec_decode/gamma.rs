@@ -7,6 +7,11 @@
 //!   (waking the draft's threads after a wait; 0 in DESIGN §7's model, measurable on a CPU). γ = 0
 //!   is a round of target-only decoding (no draft cost): on a CPU, where the draft costs a good
 //!   part of a target step, speculation can lose;
+//! - `AutoFrozen { max, costs }` (`auto@t_d=…,c_d=…,t_v1=…,slope=…,rtt=…`): `auto` with the
+//!   costs given instead of timed, so that γ depends only on what was accepted. `auto` follows
+//!   wall-clock timings, so two runs with one seed may choose other block sizes, and at T > 0 or
+//!   under a lossy rule (where what is committed depends on the blocks) other tokens; with frozen
+//!   costs a seeded run repeats bit for bit, like a fixed γ;
 //! - `Heuristic { max }`: the rule of Hugging Face transformers' assisted generation, the baseline
 //!   to beat: start at 5, +2 after a fully accepted block, −1 otherwise, within `[1, max]`.
 
@@ -31,11 +36,113 @@ pub const PRIOR_VERIFY_SLOPE: f64 = 0.1;
 pub const TIE: f64 = 1e-9;
 
 /// How the block size is chosen, per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum GammaPolicy {
     Fixed(usize),
     Auto { max: usize },
+    AutoFrozen { max: usize, costs: Costs },
     Heuristic { max: usize },
+}
+
+/// The latency model's costs (seconds), given rather than timed: `auto`'s reproducible mode.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct Costs {
+    /// `t_d`: one draft forward.
+    pub t_draft: f64,
+    /// `c_d`: a proposal's cost beyond its forwards.
+    pub t_draft_fixed: f64,
+    /// `t_v(1)`: a target forward over one token.
+    pub t_verify1: f64,
+    /// What each verified token beyond the first adds.
+    pub t_verify_slope: f64,
+    /// Per round, outside both models.
+    pub rtt: f64,
+}
+
+impl Costs {
+    /// The keys of `auto@…`, in order.
+    const KEYS: [&'static str; 5] = ["t_d", "c_d", "t_v1", "slope", "rtt"];
+
+    /// Parses `t_d=…,c_d=…,t_v1=…,slope=…,rtt=…` (seconds; every key once, any order).
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut v = [None; 5];
+        for part in s.split(',') {
+            let (k, x) = part.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("gamma costs {s:?}: expected KEY=SECONDS pairs, e.g. t_d=0.0056")
+            })?;
+            let i = Self::KEYS
+                .iter()
+                .position(|&n| n == k.trim())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "gamma costs: unknown key {k:?} (expected {})",
+                        Self::KEYS.join(", ")
+                    )
+                })?;
+            let x: f64 = x
+                .trim()
+                .parse()
+                .ok()
+                .filter(|x: &f64| x.is_finite() && *x >= 0.0)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("gamma costs: {k}={x:?} is not a number of seconds >= 0")
+                })?;
+            if v[i].replace(x).is_some() {
+                bail!("gamma costs: {k} is given twice");
+            }
+        }
+        let missing: Vec<&str> = (0..5)
+            .filter(|&i| v[i].is_none())
+            .map(|i| Self::KEYS[i])
+            .collect();
+        if !missing.is_empty() {
+            bail!("gamma costs {s:?}: missing {}", missing.join(", "));
+        }
+        let c = Costs {
+            t_draft: v[0].unwrap(),
+            t_draft_fixed: v[1].unwrap(),
+            t_verify1: v[2].unwrap(),
+            t_verify_slope: v[3].unwrap(),
+            rtt: v[4].unwrap(),
+        };
+        if c.t_verify1 <= 0.0 {
+            bail!("gamma costs: t_v1 must be > 0");
+        }
+        Ok(c)
+    }
+
+    /// The measured costs of `e` (e.g. a run's `estimates`), frozen.
+    pub fn of(e: &Estimates) -> Self {
+        Costs {
+            t_draft: e.t_draft,
+            t_draft_fixed: e.t_draft_fixed,
+            t_verify1: e.t_verify1,
+            t_verify_slope: e.t_verify_slope,
+            rtt: e.rtt,
+        }
+    }
+
+    /// The estimates these costs give at acceptance rate `alpha`.
+    pub fn with_alpha(&self, alpha: f64) -> Estimates {
+        Estimates {
+            alpha,
+            t_draft: self.t_draft,
+            t_draft_fixed: self.t_draft_fixed,
+            t_verify1: self.t_verify1,
+            t_verify_slope: self.t_verify_slope,
+            rtt: self.rtt,
+        }
+    }
+}
+
+impl fmt::Display for Costs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "t_d={},c_d={},t_v1={},slope={},rtt={}",
+            self.t_draft, self.t_draft_fixed, self.t_verify1, self.t_verify_slope, self.rtt
+        )
+    }
 }
 
 impl Default for GammaPolicy {
@@ -45,15 +152,20 @@ impl Default for GammaPolicy {
 }
 
 impl GammaPolicy {
-    /// Parses `N`, `auto` or `heuristic` (`max` bounds the adaptive ones).
+    /// Parses `N`, `auto`, `auto@COSTS` (see [`Costs::parse`]) or `heuristic` (`max` bounds the
+    /// adaptive ones).
     pub fn parse(s: &str, max: usize) -> Result<Self> {
         let p = match s.trim() {
             "auto" => GammaPolicy::Auto { max },
+            frozen if frozen.starts_with("auto@") => GammaPolicy::AutoFrozen {
+                max,
+                costs: Costs::parse(&frozen["auto@".len()..])?,
+            },
             "heuristic" => GammaPolicy::Heuristic { max },
             n => match n.parse::<usize>() {
                 Ok(n) => GammaPolicy::Fixed(n),
                 Err(_) => bail!(
-                    "gamma {s:?}: expected a whole number of drafted tokens per block, `auto` or `heuristic`"
+                    "gamma {s:?}: expected a whole number of drafted tokens per block, `auto`, `auto@t_d=…,c_d=…,t_v1=…,slope=…,rtt=…` or `heuristic`"
                 ),
             },
         };
@@ -72,7 +184,9 @@ impl GammaPolicy {
     pub fn max(&self) -> usize {
         match *self {
             GammaPolicy::Fixed(n) => n,
-            GammaPolicy::Auto { max } | GammaPolicy::Heuristic { max } => max,
+            GammaPolicy::Auto { max }
+            | GammaPolicy::AutoFrozen { max, .. }
+            | GammaPolicy::Heuristic { max } => max,
         }
     }
 
@@ -82,6 +196,10 @@ impl GammaPolicy {
             GammaPolicy::Fixed(n) => GammaPolicy::Fixed(n.min(limit)),
             GammaPolicy::Auto { max } => GammaPolicy::Auto {
                 max: max.min(limit),
+            },
+            GammaPolicy::AutoFrozen { max, costs } => GammaPolicy::AutoFrozen {
+                max: max.min(limit),
+                costs,
             },
             GammaPolicy::Heuristic { max } => GammaPolicy::Heuristic {
                 max: max.min(limit).max(1),
@@ -93,7 +211,7 @@ impl GammaPolicy {
     pub fn kind(&self) -> &'static str {
         match self {
             GammaPolicy::Fixed(_) => "fixed",
-            GammaPolicy::Auto { .. } => "auto",
+            GammaPolicy::Auto { .. } | GammaPolicy::AutoFrozen { .. } => "auto",
             GammaPolicy::Heuristic { .. } => "heuristic",
         }
     }
@@ -104,6 +222,7 @@ impl fmt::Display for GammaPolicy {
         match self {
             GammaPolicy::Fixed(n) => write!(f, "{n}"),
             GammaPolicy::Auto { .. } => f.write_str("auto"),
+            GammaPolicy::AutoFrozen { costs, .. } => write!(f, "auto@{costs}"),
             GammaPolicy::Heuristic { .. } => f.write_str("heuristic"),
         }
     }
@@ -424,27 +543,41 @@ impl GammaController {
         let g = match self.policy {
             GammaPolicy::Fixed(n) => n,
             GammaPolicy::Heuristic { .. } => self.heuristic,
-            GammaPolicy::Auto { max } => match self.estimator.estimates() {
-                None => AUTO_START.min(max),
-                Some(e) => {
-                    let best = e.best_gamma(0, max, self.pipeline);
-                    if max > 0 && (self.chosen + 1).is_multiple_of(EXPLORE_EVERY) {
-                        if best == 0 {
-                            e.best_gamma(1, max, self.pipeline)
-                        } else if best < max {
-                            best + 1
+            GammaPolicy::Auto { max } | GammaPolicy::AutoFrozen { max, .. } => {
+                match self.estimates() {
+                    None => AUTO_START.min(max),
+                    Some(e) => {
+                        let best = e.best_gamma(0, max, self.pipeline);
+                        if max > 0 && (self.chosen + 1).is_multiple_of(EXPLORE_EVERY) {
+                            if best == 0 {
+                                e.best_gamma(1, max, self.pipeline)
+                            } else if best < max {
+                                best + 1
+                            } else {
+                                best - 1
+                            }
                         } else {
-                            best - 1
+                            best
                         }
-                    } else {
-                        best
                     }
                 }
-            },
+            }
         };
         self.chosen += 1;
         self.gamma_sum += g;
         g
+    }
+
+    /// What `auto` decides on: the running estimates, or with frozen costs those costs at the
+    /// measured acceptance rate (once a drafted position was judged: like `auto`, the first
+    /// block is `AUTO_START` long, so that α is measured before a choice of γ = 0 could stop it).
+    fn estimates(&self) -> Option<Estimates> {
+        match self.policy {
+            GammaPolicy::AutoFrozen { costs, .. } => {
+                (self.estimator.judged > 0.0).then(|| costs.with_alpha(self.estimator.alpha()))
+            }
+            _ => self.estimator.estimates(),
+        }
     }
 
     /// A draft proposal was timed.
@@ -693,5 +826,51 @@ mod tests {
         );
         assert!(!GammaPolicy::Fixed(0).speculative());
         assert_eq!(GammaPolicy::Heuristic { max: 3 }.to_string(), "heuristic");
+    }
+
+    #[test]
+    fn frozen_costs_parse_print_and_decide_alone() {
+        let spec = "auto@t_d=0.0056,c_d=0,t_v1=0.008,slope=0.0002,rtt=0.001";
+        let p = GammaPolicy::parse(spec, 16).unwrap();
+        assert_eq!(p.to_string(), spec);
+        assert_eq!(GammaPolicy::parse(&p.to_string(), 16).unwrap(), p);
+        assert_eq!(p.capped(8).max(), 8);
+        assert_eq!(p.kind(), "auto");
+        for (bad, says) in [
+            ("auto@t_d=1", "missing c_d, t_v1, slope, rtt"),
+            ("auto@t_d=1,t_d=2,c_d=0,t_v1=1,slope=0,rtt=0", "twice"),
+            ("auto@t_d=-1,c_d=0,t_v1=1,slope=0,rtt=0", ">= 0"),
+            ("auto@t_d=1,c_d=0,t_v1=0,slope=0,rtt=0", "t_v1 must be > 0"),
+            ("auto@speed=1", "unknown key"),
+            ("auto@t_d", "KEY=SECONDS"),
+        ] {
+            let e = format!("{:#}", GammaPolicy::parse(bad, 16).unwrap_err());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // The costs decide once α was measured, timings never; acceptances do.
+        let GammaPolicy::AutoFrozen { costs, .. } = p else {
+            unreachable!()
+        };
+        let mut c = GammaController::new(p, false);
+        let first = c.next_gamma();
+        assert_eq!(first, AUTO_START);
+        c.observe_verdict(4, 0, true, 10.0, Some(10.0));
+        assert_eq!(
+            c.next_gamma(),
+            0,
+            "α ≈ 0.2 with these costs: target-only rounds"
+        );
+        for _ in 0..20 {
+            c.observe_draft(4, 10.0);
+            c.observe_verdict(4, 4, false, 10.0, Some(10.0));
+        }
+        let next = c.next_gamma();
+        assert_eq!(
+            next,
+            costs
+                .with_alpha(c.estimator.alpha())
+                .best_gamma(0, 16, false)
+        );
+        assert!(next > AUTO_START, "mostly accepted: longer blocks ({next})");
     }
 }

@@ -75,36 +75,75 @@ impl TargetSession {
         prompt: Vec<u32>,
         params: SessionParams,
     ) -> Result<Self> {
+        Self::resume(model, eos, prompt, &[], 0.0, params)
+    }
+
+    /// Opens a session whose first `completion` tokens are already committed with `spent` of
+    /// the budget already spent: a session continued elsewhere (on another target-node after a
+    /// failure) from a consistent (prefix, spent) pair, so the budget's bound still counts what
+    /// was spent before. Every random draw is keyed by (seed, position), so given the same
+    /// blocks a resumed session commits what the original would have. The completion must not run
+    /// past its own end (an end-of-sequence token, a stop string, `max_tokens`) before its last
+    /// token; `spent` must lie in [0, budget].
+    pub fn resume(
+        model: Arc<Model>,
+        eos: Vec<u32>,
+        prompt: Vec<u32>,
+        completion: &[u32],
+        spent: f64,
+        params: SessionParams,
+    ) -> Result<Self> {
         params.sampling.validate()?;
         params.policy.validate()?;
         check_context(prompt.len(), params.max_tokens, model.config.context_length)?;
-        if let Some(&bad) = prompt
-            .iter()
-            .find(|&&t| t as usize >= model.config.vocab_size)
-        {
+        let vocab = model.config.vocab_size;
+        for (what, ids) in [("prompt", &prompt[..]), ("completion", completion)] {
+            if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                bail!("{what} token id {bad} is outside the vocabulary (size {vocab})");
+            }
+        }
+        if !(spent.is_finite() && spent >= 0.0) {
+            bail!("the budget already spent must be a number >= 0, not {spent}");
+        }
+        // The same slack as the judge's own comparisons of a running sum against the budget.
+        if spent > params.policy.budget + 1e-9 {
             bail!(
-                "prompt token id {bad} is outside the vocabulary (size {})",
-                model.config.vocab_size
+                "the budget already spent ({spent}) exceeds the session's budget ({}): its bound would not hold",
+                params.policy.budget
             );
         }
-        let mut cache = model.new_cache();
-        let t0 = Instant::now();
-        model.forward(&mut cache, &prompt[..prompt.len() - 1], prompt.len())?;
-        let finished = (params.max_tokens == 0).then_some(FinishReason::Length);
-        Ok(TargetSession {
-            prefill_s: t0.elapsed().as_secs_f64(),
+        let mut session = TargetSession {
+            prefill_s: 0.0,
+            cache: model.new_cache(),
             model,
-            cache,
             prompt_len: prompt.len(),
             tokens: prompt,
+            finished: (params.max_tokens == 0).then_some(FinishReason::Length),
             params,
             eos,
-            finished,
-            spent: 0.0,
+            spent,
             kept: None,
             queue: Default::default(),
             successor_stale: false,
-        })
+        };
+        if !completion.is_empty() {
+            let committed = session.commit(completion);
+            if committed.len() < completion.len() {
+                bail!(
+                    "the completion ends at its token {} ({:?}) but goes on for {} more",
+                    committed.len() - 1,
+                    session.finished.expect("ended"),
+                    completion.len() - committed.len()
+                );
+            }
+        }
+        let t0 = Instant::now();
+        let n = session.tokens.len();
+        session
+            .model
+            .forward(&mut session.cache, &session.tokens[..n - 1], n)?;
+        session.prefill_s = t0.elapsed().as_secs_f64();
+        Ok(session)
     }
 
     /// Budget spent so far.
