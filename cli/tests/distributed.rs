@@ -1449,3 +1449,100 @@ fn one_trace_id_in_every_process_log_and_node_metrics_move() {
     );
     assert_eq!(after_d["specd_draft_loops_running{}"], 0.0);
 }
+
+/// Target failover: the target-node holding a session is killed mid-request; the coordinator
+/// re-opens the session on its other target from the committed tokens and the budget spent,
+/// re-attaches the draft-node, and the client's stream goes on to the end with no token lost,
+/// repeated or changed: the text equals an uninterrupted (embedded) run. The ledger row records
+/// the move.
+#[test]
+fn a_target_lost_mid_request_is_replaced_with_nothing_lost() {
+    let prompt = "Count from 1 to 1000, separated by commas.";
+    let expected = generate(prompt, &["--max-tokens", "200"]);
+    let mut targets = [Some(target_node(&[])), Some(target_node(&[]))];
+    let d = draft_node("smollm2-135m-q4_1");
+    let urls: Vec<String> = targets
+        .iter()
+        .map(|t| t.as_ref().unwrap().url.clone())
+        .collect();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let both = urls.join(",");
+    let c = spawn(
+        &[
+            "coordinator",
+            "--listen",
+            &listen,
+            "--target",
+            &both,
+            "--draft",
+            &d.url,
+        ],
+        port,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    let lost = rt.block_on(async {
+        let mut client =
+            specd_proto::v1::coordinator_client::CoordinatorClient::connect(c.url.clone())
+                .await
+                .unwrap();
+        let mut stream = client
+            .generate(v1::GenerateRequest {
+                prompt: prompt.into(),
+                chat: true,
+                max_tokens: 200,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while ids.len() < 24 {
+            let ev = stream.message().await.unwrap().unwrap();
+            assert!(
+                !ev.finished,
+                "the request ended before the target could be killed"
+            );
+            ids.extend(ev.token_ids);
+            text.push_str(&ev.text);
+        }
+        let row = client
+            .list_sessions(v1::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+            .into_iter()
+            .find(|r| r.state == "running")
+            .expect("the running session");
+        let i = urls.iter().position(|u| *u == row.target_url).unwrap();
+        drop(targets[i].take());
+        let mut finished = false;
+        while let Some(ev) = stream.message().await.unwrap() {
+            ids.extend(ev.token_ids);
+            text.push_str(&ev.text);
+            if ev.finished {
+                finished = true;
+                break;
+            }
+        }
+        assert!(finished, "the stream ended without its last event");
+        i
+    });
+    let want: Vec<u32> = expected["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(ids, want, "no token lost, repeated or changed");
+    assert_eq!(text, expected["text"].as_str().unwrap());
+    let row = ledger(&rt, &c.url).into_iter().next().unwrap();
+    assert_eq!(row.state, "finished");
+    assert_eq!(row.failovers, 1);
+    assert_eq!(row.target_url, urls[1 - lost], "moved to the other target");
+    assert_ne!(row.target_session_id, row.session_id);
+}

@@ -46,29 +46,34 @@ impl PeerHealth {
     }
 }
 
-/// One node's health: SERVING, or why not.
+/// One node's health: SERVING, or why not (connecting included, within `TIMEOUT`).
 async fn check(peers: &Peers, url: &str) -> Result<(), String> {
-    let channel = peers
-        .channel(url)
-        .await
-        .map_err(|s| s.message().to_owned())?;
-    let answer = tokio::time::timeout(
-        TIMEOUT,
-        HealthClient::new(channel).check(HealthCheckRequest {
-            service: String::new(),
-        }),
-    )
-    .await
-    .map_err(|_| format!("no answer within {TIMEOUT:?}"))?;
-    match answer {
-        Ok(r) if r.get_ref().status == Wire::Serving as i32 => Ok(()),
-        Ok(r) => Err(format!(
+    let asked = async {
+        let channel = peers
+            .channel(url)
+            .await
+            .map_err(|s| s.message().to_owned())?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))
+    };
+    match tokio::time::timeout(TIMEOUT, asked).await {
+        Ok(Ok(r)) if r.get_ref().status == Wire::Serving as i32 => Ok(()),
+        Ok(Ok(r)) => Err(format!(
             "health {:?}",
             Wire::try_from(r.get_ref().status).unwrap_or(Wire::Unknown)
         )),
-        Err(s) => {
+        Ok(Err(why)) => {
             peers.forget(url);
-            Err(format!("{}: {}", s.code(), s.message()))
+            Err(why)
+        }
+        Err(_) => {
+            // A connection that hangs is dropped: the next check connects anew.
+            peers.forget(url);
+            Err(format!("no answer within {TIMEOUT:?}"))
         }
     }
 }
@@ -92,14 +97,22 @@ pub async fn watch(
     drain: specd_rpc::drain::Drain,
 ) {
     loop {
+        // Every node at once: one that hangs does not delay the others.
+        let mut checks = tokio::task::JoinSet::new();
         for (role, urls) in [("target", &targets), ("draft", &drafts)] {
             for url in urls.iter() {
-                let answer = check(&peers, url).await;
-                if health.set(url, answer.is_ok()) {
-                    match &answer {
-                        Ok(()) => tracing::info!(role, url = %url, "node answers SERVING"),
-                        Err(why) => tracing::warn!(role, url = %url, "node does not serve: {why}"),
-                    }
+                let (peers, url) = (peers.clone(), url.clone());
+                checks.spawn(async move {
+                    let answer = check(&peers, &url).await;
+                    (role, url, answer)
+                });
+            }
+        }
+        while let Some(Ok((role, url, answer))) = checks.join_next().await {
+            if health.set(&url, answer.is_ok()) {
+                match &answer {
+                    Ok(()) => tracing::info!(role, url = %url, "node answers SERVING"),
+                    Err(why) => tracing::warn!(role, url = %url, "node does not serve: {why}"),
                 }
             }
         }

@@ -14,8 +14,8 @@ use anyhow::{bail, Context, Result};
 pub mod client;
 pub mod health;
 pub mod http;
+mod relay;
 use specd_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
-use specd_proto::v1::target_verifier_client::TargetVerifierClient;
 use specd_proto::v1::{self, TokenEvent};
 use specd_rpc::convert;
 use specd_rpc::peers::Peers;
@@ -23,7 +23,6 @@ use specd_rpc::trace;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
-use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 use tracing::Instrument;
 
@@ -61,52 +60,6 @@ pub struct CoordinatorNode {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>>;
-
-/// The text of a session's completion as relayed so far. The draft-node (or, for target-only
-/// decoding, the target) sends text with its tokens; after a fallback, the coordinator asks the
-/// target to detokenize (the new suffix of the decoded completion, holding back an incomplete
-/// UTF-8 sequence until the end).
-struct TextRelay {
-    client: TargetVerifierClient<Channel>,
-    ctx: specd_telemetry::trace::TraceContext,
-    ids: Vec<u32>,
-    printed: usize,
-}
-
-impl TextRelay {
-    /// Records tokens whose text the sender already decoded.
-    fn sent(&mut self, ids: &[u32], text: &str) {
-        self.ids.extend_from_slice(ids);
-        self.printed += text.len();
-    }
-
-    async fn push(&mut self, ids: &[u32], last: bool) -> Result<String, Status> {
-        self.ids.extend_from_slice(ids);
-        if ids.is_empty() && !last {
-            return Ok(String::new());
-        }
-        let text = self
-            .client
-            .detokenize(trace::outgoing(
-                v1::DetokenizeRequest {
-                    token_ids: self.ids.clone(),
-                },
-                &self.ctx,
-            ))
-            .await?
-            .into_inner()
-            .text;
-        if (!last && text.ends_with('\u{fffd}'))
-            || text.len() <= self.printed
-            || !text.is_char_boundary(self.printed)
-        {
-            return Ok(String::new());
-        }
-        let delta = text[self.printed..].to_owned();
-        self.printed = text.len();
-        Ok(delta)
-    }
-}
 
 impl CoordinatorNode {
     /// The next node of `pool` in turn, skipping those whose health check fails (all of them
@@ -181,18 +134,18 @@ impl Coordinator for CoordinatorNode {
     ) -> Result<Response<v1::SessionSummary>, Status> {
         let ctx = trace::incoming(&req);
         let r = req.into_inner();
-        let url = self
+        let (url, target_sid) = self
             .sessions
             .lock()
             .unwrap()
             .get(&r.session_id)
-            .map(|s| s.target_url.clone())
+            .map(|s| (s.target_url.clone(), s.target_session_id.clone()))
             .ok_or_else(|| Status::not_found(format!("unknown session {:?}", r.session_id)))?;
         let mut t = self.peers.target(&url).await?;
-        let summary = t
+        let mut summary = t
             .update_policy(trace::outgoing(
                 v1::UpdatePolicyRequest {
-                    session_id: r.session_id.clone(),
+                    session_id: target_sid,
                     policy: r.policy,
                     allow_loosen: r.allow_loosen,
                 },
@@ -200,6 +153,7 @@ impl Coordinator for CoordinatorNode {
             ))
             .await?
             .into_inner();
+        summary.session_id = r.session_id.clone();
         tracing::info!(trace_id = %ctx.trace_id_hex(), session_id = %r.session_id, rule = %summary.rule, budget = summary.budget, "session policy changed");
         self.update(&r.session_id, |rec| {
             rec.rule = summary.rule.clone();
@@ -266,6 +220,7 @@ impl CoordinatorNode {
             sid.clone(),
             v1::SessionRecord {
                 session_id: sid.clone(),
+                target_session_id: sid.clone(),
                 target_url: target_url.clone(),
                 draft_url: draft_url.clone().unwrap_or_default(),
                 state: "running".into(),
@@ -334,146 +289,25 @@ impl CoordinatorNode {
             "session started"
         );
         let (tx, rx) = mpsc::channel(32);
-        let node = self.clone();
-        let prompt_len = opened.prompt_ids.len() as u64;
-        tokio::spawn(
-            async move {
-                let mut relay = TextRelay {
-                    ctx,
-                    client: target.clone(),
-                    ids: Vec::new(),
-                    printed: 0,
-                };
-                let mut committed_len = prompt_len;
-                let mut stats = v1::Stats {
-                    prompt_tokens: prompt_len,
-                    ..Default::default()
-                };
-                let mut done = false;
-                // The client went away: end the session everywhere (dropping the draft stream stops
-                // the draft-node; the target session is closed below).
-                let mut cancelled = false;
-                if let Some(mut stream) = draft_stream {
-                    // Ends when the draft-node goes away: the target then finishes alone.
-                    while let Ok(Some(mut ev)) = stream.message().await {
-                        committed_len = committed_len.max(ev.committed_len);
-                        let last = ev.finished;
-                        relay.sent(&ev.token_ids, &ev.text);
-                        if let Some(s) = &ev.stats {
-                            stats = v1::Stats {
-                                prompt_tokens: prompt_len,
-                                ..s.clone()
-                            };
-                            ev.stats = Some(stats.clone());
-                        }
-                        node.update(&ev.session_id, |rec| {
-                            rec.completion_tokens = committed_len - prompt_len;
-                            rec.budget_spent = ev.budget_spent;
-                        });
-                        ev.session_id = sid.clone();
-                        if tx.send(Ok(ev)).await.is_err() {
-                            cancelled = true;
-                            break;
-                        }
-                        if last {
-                            done = true;
-                            break;
-                        }
-                    }
-                }
-                if !done && !cancelled {
-                    let fallback = draft_url.is_some();
-                    node.update(&sid, |rec| rec.fallback = fallback);
-                    if fallback {
-                        tracing::warn!(
-                            committed_len,
-                            "the draft-node went away: the target finishes alone"
-                        );
-                    }
-                    match target
-                        .decode(trace::outgoing(
-                            v1::DecodeRequest {
-                                session_id: sid.clone(),
-                                from_len: committed_len,
-                            },
-                            &ctx,
-                        ))
-                        .await
-                    {
-                        Ok(resp) => {
-                            let mut s = resp.into_inner();
-                            loop {
-                                match s.message().await {
-                                    Ok(Some(mut ev)) => {
-                                        let last = ev.finished;
-                                        if fallback {
-                                            ev.text = relay
-                                                .push(&ev.token_ids, last)
-                                                .await
-                                                .unwrap_or_default();
-                                        } else {
-                                            relay.sent(&ev.token_ids, &ev.text);
-                                        }
-                                        ev.fallback = fallback;
-                                        if let Some(d) = &ev.stats {
-                                            // Target-only steps add to what the draft phase did.
-                                            let mut merged = stats.clone();
-                                            merged.completion_tokens = d.completion_tokens;
-                                            merged.target_calls =
-                                                stats.target_calls + d.target_calls;
-                                            merged.verify_ms = stats.verify_ms + d.verify_ms;
-                                            merged.decode_ms = stats.decode_ms + d.decode_ms;
-                                            ev.stats = Some(merged);
-                                        }
-                                        node.update(&sid, |rec| {
-                                            rec.completion_tokens =
-                                                ev.committed_len.saturating_sub(prompt_len);
-                                            rec.budget_spent = ev.budget_spent;
-                                        });
-                                        if tx.send(Ok(ev)).await.is_err() {
-                                            cancelled = true;
-                                            break;
-                                        }
-                                        if last {
-                                            break;
-                                        }
-                                    }
-                                    Ok(None) => break,
-                                    Err(e) => {
-                                        let _ = tx.send(Err(e)).await;
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e)).await;
-                        }
-                    }
-                }
-                let _ = target
-                    .close_session(trace::outgoing(
-                        v1::CloseSessionRequest {
-                            session_id: sid.clone(),
-                        },
-                        &ctx,
-                    ))
-                    .await;
-                let state = if cancelled { "cancelled" } else { "finished" };
-                node.update(&sid, |rec| {
-                    rec.state = state.into();
-                    tracing::info!(
-                        state,
-                        completion_tokens = rec.completion_tokens,
-                        budget_spent = rec.budget_spent,
-                        fallback = rec.fallback,
-                        "session ended"
-                    );
-                });
-                node.prune();
-            }
-            .instrument(tracing::Span::current()),
-        );
+        let relay = relay::Relay {
+            node: self.clone(),
+            text: relay::TextRelay::new(target.clone(), ctx),
+            ctx,
+            sid: sid.clone(),
+            target_url,
+            target,
+            target_sid: sid,
+            prompt_ids: opened.prompt_ids,
+            max_tokens: opened.max_tokens,
+            draft_url,
+            tx,
+            spent: 0.0,
+            carried: Default::default(),
+            stats: Default::default(),
+            lost: Vec::new(),
+            req: r,
+        };
+        tokio::spawn(relay.run(draft_stream).instrument(tracing::Span::current()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -491,14 +325,19 @@ pub async fn serve(
     let mut fingerprints = Vec::new();
     let mut model_id = String::new();
     for url in &cfg.targets {
-        let info = startup_info(&peers, "target", url).await?;
+        let info = startup_info(&peers, "target", url, true)
+            .await?
+            .expect("waited for");
         if model_id.is_empty() {
             model_id = info.model_id.clone();
         }
         fingerprints.push((url.clone(), info.vocab_fingerprint));
     }
     for url in &cfg.drafts {
-        let info = startup_info(&peers, "draft", url).await?;
+        // A draft that is still loading is not waited for: the health checks add it when ready.
+        let Some(info) = startup_info(&peers, "draft", url, false).await? else {
+            continue;
+        };
         // A model-free draft-node (empty fingerprint) drafts in any vocabulary.
         for (t, fp) in &fingerprints {
             if !info.vocab_fingerprint.is_empty() && *fp != info.vocab_fingerprint {
@@ -607,8 +446,13 @@ pub async fn serve(
 }
 
 /// A node's `Info` at start-up: an unreachable node or one that is not a specd node of this role
-/// is an error naming it; one still loading its model is waited for.
-async fn startup_info(peers: &Peers, role: &str, url: &str) -> Result<v1::ModelInfo> {
+/// is an error naming it; one still loading its model is waited for (`wait`) or skipped (None).
+async fn startup_info(
+    peers: &Peers,
+    role: &str,
+    url: &str,
+    wait: bool,
+) -> Result<Option<v1::ModelInfo>> {
     let mut said = false;
     loop {
         let answer = match role {
@@ -628,8 +472,12 @@ async fn startup_info(peers: &Peers, role: &str, url: &str) -> Result<v1::ModelI
             }
         };
         match answer {
-            Ok(info) => return Ok(info),
+            Ok(info) => return Ok(Some(info)),
             Err(s) if s.code() == Code::Unavailable && s.message().contains("still loading") => {
+                if !wait {
+                    tracing::info!("{role} {url} is loading its model; it is used once it serves");
+                    return Ok(None);
+                }
                 if !said {
                     tracing::info!("{role} {url} is loading its model; waiting for it");
                     said = true;

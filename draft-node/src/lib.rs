@@ -380,6 +380,10 @@ pub async fn serve(
         let node = node.clone();
         async move {
             specd_telemetry::metrics::draft_loops(0);
+            // Shut down while loading: stay NOT_SERVING.
+            if node.drain.is_draining() {
+                return;
+            }
             reporter.set_serving::<DrafterServer<DraftNode>>().await;
             reporter
                 .set_service_status("", tonic_health::ServingStatus::Serving)

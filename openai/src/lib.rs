@@ -352,7 +352,8 @@ async fn complete(s: Shared, endpoint: Endpoint, headers: &HeaderMap, body: Body
         trace_id = %trace.trace_id_hex()
     );
     let mut response = respond(s, endpoint, trace, body).instrument(span).await;
-    if let Ok(v) = axum::http::HeaderValue::from_str(&trace.to_string()) {
+    // The trace goes on with this server's span (the caller's trace id, a new parent id).
+    if let Ok(v) = axum::http::HeaderValue::from_str(&trace.child().to_string()) {
         response
             .headers_mut()
             .insert(specd_telemetry::trace::TRACEPARENT, v);

@@ -29,10 +29,6 @@ impl<T> Loaded<T> {
             .get()
             .ok_or_else(|| Status::unavailable("the model is still loading; retry shortly"))
     }
-
-    pub fn is_loaded(&self) -> bool {
-        self.0.get().is_some()
-    }
 }
 
 /// A load in progress.

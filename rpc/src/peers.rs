@@ -1,7 +1,7 @@
 //! Channels to peer nodes, opened once per URL and reused by every request: a tonic channel
 //! multiplexes calls over one HTTP/2 connection and reconnects by itself after its peer restarts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use tonic::Status;
 pub const MAX_MESSAGE: usize = 64 << 20;
 
 /// Peers remembered at most; a node that is handed many URLs (a draft-node is told its target per
-/// request) forgets the others rather than grow.
+/// request) forgets the oldest rather than grow.
 const MAX_PEERS: usize = 64;
 
 /// Connects to a node URL with a bounded timeout; an unreachable peer is `UNAVAILABLE`, a
@@ -27,6 +27,10 @@ pub async fn connect(url: &str) -> Result<Channel, Status> {
             ))
         })?
         .connect_timeout(Duration::from_secs(5))
+        // A peer whose host vanished without closing the connection is noticed within seconds.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     ep.connect()
         .await
@@ -36,26 +40,44 @@ pub async fn connect(url: &str) -> Result<Channel, Status> {
 /// The channels of one process, by URL (cheap to clone).
 #[derive(Clone, Default)]
 pub struct Peers {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<Channels>>,
+}
+
+#[derive(Default)]
+struct Channels {
+    by_url: HashMap<String, Channel>,
+    /// URLs in order of first use: past `MAX_PEERS`, the oldest is forgotten.
+    order: VecDeque<String>,
 }
 
 impl Peers {
     /// The channel to `url`, connected on first use.
     pub async fn channel(&self, url: &str) -> Result<Channel, Status> {
-        if let Some(c) = self.channels.lock().unwrap().get(url) {
+        if let Some(c) = self.channels.lock().unwrap().by_url.get(url) {
             return Ok(c.clone());
         }
         let c = connect(url).await?;
-        let mut map = self.channels.lock().unwrap();
-        if map.len() >= MAX_PEERS && !map.contains_key(url) {
-            map.clear();
+        let mut m = self.channels.lock().unwrap();
+        if let Some(c) = m.by_url.get(url) {
+            return Ok(c.clone());
         }
-        Ok(map.entry(url.to_owned()).or_insert(c).clone())
+        while m.by_url.len() >= MAX_PEERS {
+            let Some(old) = m.order.pop_front() else {
+                break;
+            };
+            m.by_url.remove(&old);
+        }
+        m.order.push_back(url.to_owned());
+        m.by_url.insert(url.to_owned(), c.clone());
+        Ok(c)
     }
 
     /// Forgets `url`'s channel (its peer failed in a way a new connection may fix).
     pub fn forget(&self, url: &str) {
-        self.channels.lock().unwrap().remove(url);
+        let mut m = self.channels.lock().unwrap();
+        if m.by_url.remove(url).is_some() {
+            m.order.retain(|u| u != url);
+        }
     }
 
     pub async fn target(&self, url: &str) -> Result<TargetVerifierClient<Channel>, Status> {
@@ -65,14 +87,5 @@ impl Peers {
 
     pub async fn drafter(&self, url: &str) -> Result<DrafterClient<Channel>, Status> {
         Ok(DrafterClient::new(self.channel(url).await?).max_decoding_message_size(MAX_MESSAGE))
-    }
-
-    /// Peers connected now.
-    pub fn len(&self) -> usize {
-        self.channels.lock().unwrap().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }

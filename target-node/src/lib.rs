@@ -58,6 +58,8 @@ pub struct TargetService {
     next_id: AtomicU64,
     max_sessions: usize,
     max_block: usize,
+    /// This node's part of its session ids.
+    node_tag: String,
 }
 
 /// The gRPC service: a cheap handle on the shared state, which is there once the model loaded.
@@ -90,6 +92,10 @@ impl TargetService {
             next_id: AtomicU64::new(1),
             max_sessions,
             max_block,
+            node_tag: format!(
+                "{:08x}",
+                specd_telemetry::trace::TraceContext::root().span_id as u32
+            ),
         }
     }
 
@@ -230,10 +236,11 @@ impl TargetVerifier for TargetNode {
         if !r.resume_completion.is_empty() {
             text.push(&svc.model.tokenizer, &r.resume_completion, false);
         }
+        // Unique across nodes too (two containers are both PID 1): a random part per node.
         let id = format!(
-            "s{}-{:x}",
+            "s{}-{}",
             svc.next_id.fetch_add(1, Ordering::Relaxed),
-            std::process::id()
+            svc.node_tag
         );
         svc.sessions.lock().unwrap().insert(
             id.clone(),
@@ -594,6 +601,10 @@ pub async fn serve(
         async move {
             let svc = node.svc.get().expect("loaded").clone();
             specd_telemetry::metrics::target_sessions(0);
+            // Shut down while loading: stay NOT_SERVING.
+            if node.drain.is_draining() {
+                return;
+            }
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1).min(timeout)).await;

@@ -111,17 +111,6 @@ impl Costs {
         Ok(c)
     }
 
-    /// The measured costs of `e` (e.g. a run's `estimates`), frozen.
-    pub fn of(e: &Estimates) -> Self {
-        Costs {
-            t_draft: e.t_draft,
-            t_draft_fixed: e.t_draft_fixed,
-            t_verify1: e.t_verify1,
-            t_verify_slope: e.t_verify_slope,
-            rtt: e.rtt,
-        }
-    }
-
     /// The estimates these costs give at acceptance rate `alpha`.
     pub fn with_alpha(&self, alpha: f64) -> Estimates {
         Estimates {

@@ -127,6 +127,9 @@ impl TargetSession {
             successor_stale: false,
         };
         if !completion.is_empty() {
+            if session.finished.is_some() {
+                bail!("max_tokens is 0: there is no completion to resume");
+            }
             let committed = session.commit(completion);
             if committed.len() < completion.len() {
                 bail!(

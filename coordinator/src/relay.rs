@@ -1,0 +1,398 @@
+//! One request's events, relayed from its draft-node (or, without one, its target's `Decode`) to
+//! the client, and its session moved to another target-node when its target is lost.
+//!
+//! A lost target (UNAVAILABLE, or its session gone) is replaced: the session is re-opened on
+//! another target that answers from its committed tokens and the budget they spent
+//! (`OpenSession.resume_*`), a draft-node is re-attached to it, and the client's stream goes on
+//! with no token lost, repeated or changed (every random draw is keyed by position, so at T = 0,
+//! and at T > 0 with the same seed, the text is the one an uninterrupted run gives).
+
+use specd_proto::v1::target_verifier_client::TargetVerifierClient;
+use specd_proto::v1::{self, TokenEvent};
+use specd_rpc::trace;
+use specd_telemetry::trace::TraceContext;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+use crate::CoordinatorNode;
+
+/// Targets a request may lose before it fails.
+const MAX_FAILOVERS: u32 = 3;
+
+/// The text of a session's completion as relayed so far. The draft-node (or, for target-only
+/// decoding from the prompt, the target) sends text with its tokens; otherwise the coordinator
+/// asks the target to detokenize (the new suffix of the decoded completion, holding back an
+/// incomplete UTF-8 sequence until the end).
+pub(crate) struct TextRelay {
+    pub(crate) client: TargetVerifierClient<Channel>,
+    pub(crate) ctx: TraceContext,
+    /// The completion's tokens so far.
+    pub(crate) ids: Vec<u32>,
+    printed: usize,
+}
+
+impl TextRelay {
+    pub(crate) fn new(client: TargetVerifierClient<Channel>, ctx: TraceContext) -> Self {
+        TextRelay {
+            client,
+            ctx,
+            ids: Vec::new(),
+            printed: 0,
+        }
+    }
+
+    /// Records tokens whose text the sender already decoded.
+    fn sent(&mut self, ids: &[u32], text: &str) {
+        self.ids.extend_from_slice(ids);
+        self.printed += text.len();
+    }
+
+    async fn push(&mut self, ids: &[u32], last: bool) -> Result<String, Status> {
+        self.ids.extend_from_slice(ids);
+        if ids.is_empty() && !last {
+            return Ok(String::new());
+        }
+        let text = self
+            .client
+            .detokenize(trace::outgoing(
+                v1::DetokenizeRequest {
+                    token_ids: self.ids.clone(),
+                },
+                &self.ctx,
+            ))
+            .await?
+            .into_inner()
+            .text;
+        if (!last && text.ends_with('\u{fffd}'))
+            || text.len() <= self.printed
+            || !text.is_char_boundary(self.printed)
+        {
+            return Ok(String::new());
+        }
+        let delta = text[self.printed..].to_owned();
+        self.printed = text.len();
+        Ok(delta)
+    }
+}
+
+/// How a phase of the relay ended.
+enum End {
+    /// The last event was sent.
+    Done,
+    /// The client went away.
+    Cancelled,
+    /// The draft stream ended early: the target finishes alone.
+    DraftGone,
+    /// The target (or its session) was lost: move the session.
+    Lost(Status),
+    /// Anything else: the request fails with it.
+    Failed(Status),
+}
+
+/// Whether an error means the target or its session is gone (rather than the request is bad).
+fn target_lost(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::NotFound | Code::Unknown | Code::Cancelled | Code::Aborted
+    )
+}
+
+/// A running request's relay (see the module doc).
+pub(crate) struct Relay {
+    pub(crate) node: CoordinatorNode,
+    pub(crate) ctx: TraceContext,
+    pub(crate) req: v1::GenerateRequest,
+    /// The coordinator's id of the request (its first target session's id).
+    pub(crate) sid: String,
+    pub(crate) target_url: String,
+    pub(crate) target: TargetVerifierClient<Channel>,
+    /// The session's id on its current target.
+    pub(crate) target_sid: String,
+    pub(crate) prompt_ids: Vec<u32>,
+    /// The session's max_tokens, as the target resolved it.
+    pub(crate) max_tokens: u32,
+    pub(crate) draft_url: Option<String>,
+    pub(crate) text: TextRelay,
+    pub(crate) tx: mpsc::Sender<Result<TokenEvent, Status>>,
+    pub(crate) spent: f64,
+    /// Statistics of the phases before the last failover, and of the current one.
+    pub(crate) carried: v1::Stats,
+    pub(crate) stats: v1::Stats,
+    pub(crate) lost: Vec<String>,
+}
+
+impl Relay {
+    fn committed_len(&self) -> u64 {
+        (self.prompt_ids.len() + self.text.ids.len()) as u64
+    }
+
+    /// Relays until the request ends, then closes its target session and records how it ended.
+    pub(crate) async fn run(mut self, mut draft: Option<Streaming<TokenEvent>>) {
+        let end = loop {
+            let end = match draft.take() {
+                Some(s) => match self.relay_draft(s).await {
+                    End::DraftGone => self.decode().await,
+                    other => other,
+                },
+                None => self.decode().await,
+            };
+            match end {
+                End::Lost(e) if (self.lost.len() as u32) < MAX_FAILOVERS => {
+                    match self.fail_over(&e).await {
+                        Ok(d) => draft = d,
+                        Err(e) => break End::Failed(e),
+                    }
+                }
+                End::Lost(e) => break End::Failed(e),
+                other => break other,
+            }
+        };
+        if let End::Failed(e) = &end {
+            tracing::warn!(code = ?e.code(), "request failed: {}", e.message());
+            let _ = self.tx.send(Err(e.clone())).await;
+        }
+        let _ = self
+            .target
+            .close_session(trace::outgoing(
+                v1::CloseSessionRequest {
+                    session_id: self.target_sid.clone(),
+                },
+                &self.ctx,
+            ))
+            .await;
+        let state = match end {
+            End::Cancelled => "cancelled",
+            End::Failed(_) => "failed",
+            _ => "finished",
+        };
+        self.node.update(&self.sid, |rec| {
+            rec.state = state.into();
+            tracing::info!(
+                state,
+                completion_tokens = rec.completion_tokens,
+                budget_spent = rec.budget_spent,
+                fallback = rec.fallback,
+                failovers = rec.failovers,
+                "session ended"
+            );
+        });
+        self.node.prune();
+    }
+
+    /// Sends an event on, with the coordinator's session id and the request's statistics.
+    async fn send(&mut self, mut ev: TokenEvent) -> Result<(), ()> {
+        self.spent = ev.budget_spent;
+        if let Some(s) = &ev.stats {
+            self.stats = s.clone();
+            ev.stats = Some(self.merged());
+        }
+        let (completion, spent) = (self.text.ids.len() as u64, self.spent);
+        self.node.update(&self.sid, |rec| {
+            rec.completion_tokens = completion;
+            rec.budget_spent = spent;
+        });
+        ev.session_id = self.sid.clone();
+        self.tx.send(Ok(ev)).await.map_err(|_| ())
+    }
+
+    /// The request's statistics: the current phase's plus what earlier phases counted.
+    fn merged(&self) -> v1::Stats {
+        let (c, s) = (&self.carried, &self.stats);
+        v1::Stats {
+            prompt_tokens: self.prompt_ids.len() as u64,
+            completion_tokens: self.text.ids.len() as u64,
+            drafted_tokens: c.drafted_tokens + s.drafted_tokens,
+            accepted_tokens: c.accepted_tokens + s.accepted_tokens,
+            drafts: c.drafts + s.drafts,
+            rejections: c.rejections + s.rejections,
+            target_calls: c.target_calls + s.target_calls,
+            lossy_accepted_tokens: c.lossy_accepted_tokens + s.lossy_accepted_tokens,
+            protected_positions: c.protected_positions + s.protected_positions,
+            draft_steps: c.draft_steps + s.draft_steps,
+            draft_ms: c.draft_ms + s.draft_ms,
+            verify_ms: c.verify_ms + s.verify_ms,
+            decode_ms: c.decode_ms + s.decode_ms,
+            ..s.clone()
+        }
+    }
+
+    /// Relays a draft-node's events until the last one, the client leaves, or the stream ends
+    /// early (the draft-node, or the target it drafts for, went away).
+    async fn relay_draft(&mut self, mut stream: Streaming<TokenEvent>) -> End {
+        loop {
+            let ev = match stream.message().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return End::DraftGone,
+                Err(e) => {
+                    tracing::warn!(code = ?e.code(), "the draft stream ended: {}", e.message());
+                    return End::DraftGone;
+                }
+            };
+            let last = ev.finished;
+            self.text.sent(&ev.token_ids, &ev.text);
+            if self.send(ev).await.is_err() {
+                return End::Cancelled;
+            }
+            if last {
+                return End::Done;
+            }
+        }
+    }
+
+    /// The target decodes the rest alone (no draft, or the draft went away).
+    async fn decode(&mut self) -> End {
+        let from_len = self.committed_len();
+        let prompt_len = self.prompt_ids.len() as u64;
+        let stream = self
+            .target
+            .decode(trace::outgoing(
+                v1::DecodeRequest {
+                    session_id: self.target_sid.clone(),
+                    from_len,
+                },
+                &self.ctx,
+            ))
+            .await;
+        let mut stream = match stream {
+            Ok(s) => s.into_inner(),
+            Err(e) if target_lost(&e) => return End::Lost(e),
+            Err(e) => return End::Failed(e),
+        };
+        if self.draft_url.is_some() {
+            tracing::warn!(
+                committed_len = from_len,
+                "the draft went away: the target finishes alone"
+            );
+            self.node.update(&self.sid, |rec| rec.fallback = true);
+        }
+        // The target sends text only when it decodes from the prompt.
+        let fallback = from_len > prompt_len;
+        // The statistics of what was drafted before stay counted.
+        self.carried = self.merged();
+        self.stats = v1::Stats::default();
+        loop {
+            let mut ev = match stream.message().await {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return End::Done,
+                Err(e) if target_lost(&e) => return End::Lost(e),
+                Err(e) => return End::Failed(e),
+            };
+            let last = ev.finished;
+            if fallback {
+                ev.text = match self.text.push(&ev.token_ids, last).await {
+                    Ok(t) => t,
+                    Err(e) if target_lost(&e) => {
+                        // The tokens were committed: they are sent without text, which the
+                        // next target's relay reconstructs.
+                        return End::Lost(e);
+                    }
+                    Err(e) => return End::Failed(e),
+                };
+            } else {
+                self.text.sent(&ev.token_ids, &ev.text);
+            }
+            ev.fallback = self.draft_url.is_some();
+            if self.send(ev).await.is_err() {
+                return End::Cancelled;
+            }
+            if last {
+                return End::Done;
+            }
+        }
+    }
+
+    /// Re-opens the session on another target from its committed tokens and spent budget, and
+    /// re-attaches a draft-node; returns the new draft stream (None: the target decodes alone).
+    async fn fail_over(&mut self, why: &Status) -> Result<Option<Streaming<TokenEvent>>, Status> {
+        let lost = self.target_url.clone();
+        tracing::warn!(target_url = %lost, code = ?why.code(), "target lost: {}", why.message());
+        self.node.peers.forget(&lost);
+        self.lost.push(lost.clone());
+        let others: Vec<String> = self
+            .node
+            .targets
+            .iter()
+            .filter(|u| !self.lost.contains(u))
+            .cloned()
+            .collect();
+        let url = self.node.pick(&others).ok_or_else(|| {
+            Status::unavailable(format!(
+                "target {lost} was lost mid-request ({}) and no other target-node is configured",
+                why.message()
+            ))
+        })?;
+        let mut target = self.node.peers.target(&url).await?;
+        let r = &self.req;
+        let opened = target
+            .open_session(trace::outgoing(
+                v1::OpenSessionRequest {
+                    prompt_ids: self.prompt_ids.clone(),
+                    max_tokens: self.max_tokens,
+                    sampling: r.sampling,
+                    policy: r.policy.clone(),
+                    stop: r.stop.clone(),
+                    top_logprobs: r.top_logprobs,
+                    resume_completion: self.text.ids.clone(),
+                    resume_budget_spent: self.spent,
+                    ..Default::default()
+                },
+                &self.ctx,
+            ))
+            .await?
+            .into_inner();
+        tracing::info!(
+            target_url = %url,
+            target_session_id = %opened.session_id,
+            completion_tokens = self.text.ids.len(),
+            budget_spent = self.spent,
+            "session moved to another target"
+        );
+        self.target = target.clone();
+        self.text.client = target;
+        self.target_url = url.clone();
+        self.target_sid = opened.session_id.clone();
+        self.carried = self.merged();
+        self.stats = v1::Stats::default();
+        let target_sid = self.target_sid.clone();
+        self.node.update(&self.sid, |rec| {
+            rec.target_url = url.clone();
+            rec.target_session_id = target_sid;
+            rec.failovers += 1;
+        });
+        let Some(draft_url) = self.draft_url.clone() else {
+            return Ok(None);
+        };
+        // The draft sees the committed tokens as its prompt.
+        let mut prompt = self.prompt_ids.clone();
+        prompt.extend_from_slice(&self.text.ids);
+        let started = async {
+            let mut d = self.node.peers.drafter(&draft_url).await?;
+            d.run(trace::outgoing(
+                v1::RunRequest {
+                    target_url: url.clone(),
+                    session_id: self.target_sid.clone(),
+                    prompt_ids: prompt,
+                    gamma: r.gamma,
+                    gamma_policy: r.gamma_policy.clone(),
+                    gamma_max: r.gamma_max,
+                    max_tokens: self.max_tokens.saturating_sub(self.text.ids.len() as u32),
+                    sampling: r.sampling,
+                    draft_sampling: r.draft_sampling.clone(),
+                    pipeline: !r.no_pipeline,
+                    drafter: r.drafter.clone(),
+                },
+                &self.ctx,
+            ))
+            .await
+        }
+        .await;
+        match started {
+            Ok(s) => Ok(Some(s.into_inner())),
+            Err(e) => {
+                tracing::warn!(draft_url = %draft_url, "no draft after the move, the target decodes alone: {}", e.message());
+                Ok(None)
+            }
+        }
+    }
+}
