@@ -184,6 +184,11 @@ pub struct DraftNodeArgs {
     /// Largest block this node drafts.
     #[arg(long, default_value_t = 32)]
     pub max_gamma: usize,
+    /// Target-node URLs a request may name (comma-separated, as the coordinator's --target
+    /// lists them); others are refused with PERMISSION_DENIED. Default: any, which lets whoever
+    /// reaches this node make it connect anywhere.
+    #[arg(long, value_delimiter = ',')]
+    pub allow_target: Vec<String>,
     #[command(flatten)]
     pub drain: DrainArgs,
     #[command(flatten)]
@@ -205,6 +210,7 @@ pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
         max_gamma: a.max_gamma,
         drafter,
         drain_timeout: a.drain.timeout(),
+        allowed_targets: a.allow_target.clone(),
     };
     run_node(&a.metrics, |stop| specd_draft_node::serve(cfg, load, stop))
 }

@@ -146,9 +146,40 @@ fn model_free_draft_node_equals_embedded() {
             "ngram",
             "--model",
             "no-such-model",
+            "--allow-target",
+            &t.url,
         ],
         port,
     );
+    // A draft-node told which targets it may reach refuses any other.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let fenced = spawn(
+        &[
+            "draft-node",
+            "--listen",
+            &listen,
+            "--drafter",
+            "ngram",
+            "--allow-target",
+            "http://127.0.0.1:1",
+        ],
+        port,
+    );
+    let c_fenced = coordinator(&t, Some(&fenced));
+    let o = run(&[
+        "generate",
+        "--prompt",
+        "hi",
+        "--max-tokens",
+        "4",
+        "--drafter",
+        "ngram",
+        "--coordinator",
+        &c_fenced.url,
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--allow-target"), "{e}");
     let c = coordinator(&t, Some(&free));
     let with_model = draft_node("smollm2-135m-q4_1");
     let c_model = coordinator(&t, Some(&with_model));

@@ -262,7 +262,12 @@ impl CoordinatorNode {
             .await;
             match started {
                 Ok(s) => draft_stream = Some(s.into_inner()),
-                Err(s) if matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument) => {
+                Err(s)
+                    if matches!(
+                        s.code(),
+                        Code::FailedPrecondition | Code::InvalidArgument | Code::PermissionDenied
+                    ) =>
+                {
                     let _ = target
                         .close_session(trace::outgoing(
                             v1::CloseSessionRequest {

@@ -36,6 +36,9 @@ pub struct DraftConfig {
     pub drafter: DrafterSpec,
     /// On shutdown, how long running loops may take to end (specd_rpc::drain).
     pub drain_timeout: Duration,
+    /// The target URLs a request may name; empty: any (the node then connects wherever a
+    /// caller asks).
+    pub allowed_targets: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -49,6 +52,8 @@ pub struct DraftNode {
     running: Arc<AtomicUsize>,
     /// Channels to the targets, reused across requests.
     peers: Peers,
+    /// `DraftConfig::allowed_targets`.
+    allowed_targets: Arc<Vec<String>>,
 }
 
 /// Counts a running loop while alive.
@@ -256,6 +261,11 @@ impl DraftNode {
             (DrafterSpec::Model, Some(m)) => Some(m.clone()),
             _ => None,
         };
+        if !self.allowed_targets.is_empty() && !self.allowed_targets.contains(&r.target_url) {
+            return Err(Status::permission_denied(
+                "target_url is not one this draft-node may connect to (its --allow-target list)",
+            ));
+        }
         let mut client = self.peers.target(&r.target_url).await?;
         let info = match client.info(trace::outgoing(v1::InfoRequest {}, &ctx)).await {
             Ok(i) => i.into_inner(),
@@ -372,7 +382,13 @@ pub async fn serve(
         drain: Default::default(),
         running: Default::default(),
         peers: Peers::default(),
+        allowed_targets: Arc::new(cfg.allowed_targets.clone()),
     };
+    if cfg.allowed_targets.is_empty() {
+        tracing::warn!(
+            "no --allow-target: this draft-node connects to any target URL a caller names; list the targets to refuse others"
+        );
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     not_serving(&reporter).await;
     let ready = {
