@@ -40,8 +40,8 @@ impl PeerHealth {
         urls.iter().any(|u| self.is_up(u))
     }
 
-    /// Records an answer; true if it changed.
-    fn set(&self, url: &str, up: bool) -> bool {
+    /// Records an answer (or what start-up found); true if it changed.
+    pub(crate) fn set(&self, url: &str, up: bool) -> bool {
         self.up.lock().unwrap().insert(url.to_owned(), up) != Some(up)
     }
 }

@@ -76,6 +76,12 @@ impl CoordinatorNode {
             .cloned()
     }
 
+    /// A draft-node that answers, in turn; None when none does (a draft that is down or still
+    /// loading would only add a failed call before the target decodes alone).
+    fn pick_draft(&self) -> Option<String> {
+        self.pick(&self.drafts).filter(|url| self.health.is_up(url))
+    }
+
     /// Keeps the session table bounded: beyond `MAX_FINISHED` ended (finished or cancelled)
     /// sessions, the oldest go.
     fn prune(&self) {
@@ -212,7 +218,7 @@ impl CoordinatorNode {
         let sid = opened.session_id.clone();
         tracing::Span::current().record("session_id", sid.as_str());
         let draft_url = if speculative && gamma.speculative() {
-            self.pick(&self.drafts)
+            self.pick_draft()
         } else {
             None
         };
@@ -338,9 +344,12 @@ pub async fn serve(
         }
         fingerprints.push((url.clone(), info.vocab_fingerprint));
     }
+    let mut loading = Vec::new();
     for url in &cfg.drafts {
-        // A draft that is still loading is not waited for: the health checks add it when ready.
+        // A draft that is still loading is not waited for: it is used once the health checks
+        // find it SERVING.
         let Some(info) = startup_info(&peers, "draft", url, false).await? else {
+            loading.push(url.clone());
             continue;
         };
         // A model-free draft-node (empty fingerprint) drafts in any vocabulary.
@@ -368,6 +377,9 @@ pub async fn serve(
         peers,
         health: Default::default(),
     };
+    for url in &loading {
+        node.health.set(url, false);
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter
         .set_serving::<CoordinatorServer<CoordinatorNode>>()

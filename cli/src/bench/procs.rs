@@ -17,12 +17,31 @@ impl Drop for Proc {
     }
 }
 
+/// Whether the gRPC server on the loopback `port` answers health SERVING.
+async fn serving(port: u16) -> bool {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")) else {
+        return false;
+    };
+    let Ok(ch) = ep.connect().await else {
+        return false;
+    };
+    HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|r| r.get_ref().status == ServingStatus::Serving as i32)
+}
+
 /// A loopback port free at the time of asking.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Starts `specd <args>` and waits until it accepts connections on `port`.
+/// Starts `specd <args>` and waits until its gRPC health on `port` answers SERVING (a node
+/// listens at once and is NOT_SERVING while its model loads).
 pub fn start(args: &[String], port: u16) -> Result<Proc> {
     let exe = std::env::current_exe().context("cannot find the specd binary")?;
     // The child's messages go to a log file, quoted if it fails to start.
@@ -38,7 +57,10 @@ pub fn start(args: &[String], port: u16) -> Result<Proc> {
             .spawn()?,
     );
     let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    while !rt.block_on(serving(port)) {
         if let Some(status) = p.0.try_wait()? {
             let said = std::fs::read_to_string(&log).unwrap_or_default();
             bail!(
@@ -47,8 +69,8 @@ pub fn start(args: &[String], port: u16) -> Result<Proc> {
                 said.trim_end()
             );
         }
-        if t0.elapsed() > Duration::from_secs(120) {
-            bail!("`specd {}` did not start listening", args.join(" "));
+        if t0.elapsed() > Duration::from_secs(300) {
+            bail!("`specd {}` did not start serving", args.join(" "));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
