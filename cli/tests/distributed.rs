@@ -1452,8 +1452,16 @@ fn one_trace_id_in_every_process_log_and_node_metrics_move() {
         .count();
     assert_eq!(other_traces, 0, "one request, one trace");
 
-    let after_t = prometheus(tmetrics);
-    let after_d = prometheus(dmetrics);
+    // The session closes and the draft loop ends just after the last event.
+    let start = Instant::now();
+    let (after_t, after_d) = loop {
+        let (t, d) = (prometheus(tmetrics), prometheus(dmetrics));
+        let idle = t["specd_target_sessions{}"] == 0.0 && d["specd_draft_loops_running{}"] == 0.0;
+        if idle || start.elapsed() > Duration::from_secs(10) {
+            break (t, d);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let grew = |before: &std::collections::HashMap<String, f64>,
                 after: &std::collections::HashMap<String, f64>,
                 name: &str| {
@@ -1571,7 +1579,15 @@ fn a_target_lost_mid_request_is_replaced_with_nothing_lost() {
         .collect();
     assert_eq!(ids, want, "no token lost, repeated or changed");
     assert_eq!(text, expected["text"].as_str().unwrap());
-    let row = ledger(&rt, &c.url).into_iter().next().unwrap();
+    // The row is marked once the target session is closed, just after the last event.
+    let start = Instant::now();
+    let row = loop {
+        let row = ledger(&rt, &c.url).into_iter().next().unwrap();
+        if row.state != "running" || start.elapsed() > Duration::from_secs(10) {
+            break row;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(row.state, "finished");
     assert_eq!(row.failovers, 1);
     assert_eq!(row.target_url, urls[1 - lost], "moved to the other target");
