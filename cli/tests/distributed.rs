@@ -970,6 +970,32 @@ fn coordinator_with_http(target: &Node, draft: &Node, extra: &[&str]) -> (Node, 
     (node, http_port)
 }
 
+/// A coordinator's `Generate` stream for a chat prompt, with the client it runs on.
+async fn chat_stream(
+    url: &str,
+    prompt: &str,
+    max_tokens: u32,
+) -> (
+    specd_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    tonic::Streaming<v1::TokenEvent>,
+) {
+    let mut client =
+        specd_proto::v1::coordinator_client::CoordinatorClient::connect(url.to_owned())
+            .await
+            .unwrap();
+    let stream = client
+        .generate(v1::GenerateRequest {
+            prompt: prompt.into(),
+            chat: true,
+            max_tokens,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (client, stream)
+}
+
 fn ledger(rt: &tokio::runtime::Runtime, url: &str) -> Vec<v1::SessionRecord> {
     rt.block_on(async {
         specd_proto::v1::coordinator_client::CoordinatorClient::connect(url.to_owned())
@@ -1036,18 +1062,9 @@ fn sigterm_drains_the_target_node() {
         .build()
         .unwrap();
     let running = || {
-        rt.block_on(async {
-            specd_proto::v1::coordinator_client::CoordinatorClient::connect(c.url.clone())
-                .await
-                .unwrap()
-                .list_sessions(v1::ListSessionsRequest {})
-                .await
-                .unwrap()
-                .into_inner()
-                .sessions
-                .iter()
-                .any(|s| s.state == "running" && s.completion_tokens > 0)
-        })
+        ledger(&rt, &c.url)
+            .iter()
+            .any(|s| s.state == "running" && s.completion_tokens > 0)
     };
     let start = Instant::now();
     while !running() {
@@ -1161,20 +1178,7 @@ fn cut_streams_end_their_sessions_everywhere() {
     for _ in 0..10 {
         // gRPC: two events, then the stream is dropped.
         rt.block_on(async {
-            let mut client =
-                specd_proto::v1::coordinator_client::CoordinatorClient::connect(c.url.clone())
-                    .await
-                    .unwrap();
-            let mut stream = client
-                .generate(v1::GenerateRequest {
-                    prompt: long.into(),
-                    chat: true,
-                    max_tokens: 400,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let (_client, mut stream) = chat_stream(&c.url, long, 400).await;
             for _ in 0..2 {
                 stream.message().await.unwrap().unwrap();
             }
@@ -1525,20 +1529,7 @@ fn a_target_lost_mid_request_is_replaced_with_nothing_lost() {
         .unwrap();
     let (mut ids, mut text) = (Vec::new(), String::new());
     let lost = rt.block_on(async {
-        let mut client =
-            specd_proto::v1::coordinator_client::CoordinatorClient::connect(c.url.clone())
-                .await
-                .unwrap();
-        let mut stream = client
-            .generate(v1::GenerateRequest {
-                prompt: prompt.into(),
-                chat: true,
-                max_tokens: 200,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let (mut client, mut stream) = chat_stream(&c.url, prompt, 200).await;
         while ids.len() < 24 {
             let ev = stream.message().await.unwrap().unwrap();
             assert!(

@@ -13,6 +13,7 @@ use specd_proto::v1::coordinator_server::SERVICE_NAME as COORDINATOR;
 use specd_proto::v1::drafter_server::SERVICE_NAME as DRAFTER;
 use specd_proto::v1::target_verifier_server::SERVICE_NAME as TARGET;
 use specd_rpc::peers::Peers;
+use specd_rpc::set_health;
 use tonic_health::pb::health_check_response::ServingStatus as Wire;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -128,18 +129,10 @@ pub async fn watch(
                 .set_service_status(DRAFTER, status(health.any_up(&drafts)))
                 .await;
         }
-        reporter
-            .set_service_status(COORDINATOR, status(targets_up))
-            .await;
-        reporter.set_service_status("", status(targets_up)).await;
+        set_health(&reporter, COORDINATOR, status(targets_up)).await;
         // Draining began while this round ran: undo what it set.
         if drain.is_draining() {
-            reporter
-                .set_service_status(COORDINATOR, ServingStatus::NotServing)
-                .await;
-            reporter
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            set_health(&reporter, COORDINATOR, ServingStatus::NotServing).await;
             return;
         }
         tokio::time::sleep(INTERVAL).await;

@@ -431,12 +431,12 @@ pub async fn serve(
     let drain = node.drain.clone();
     let busy = node.clone();
     let on_drain = async move {
-        reporter
-            .set_not_serving::<CoordinatorServer<CoordinatorNode>>()
-            .await;
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        specd_rpc::set_health(
+            &reporter,
+            specd_proto::v1::coordinator_server::SERVICE_NAME,
+            tonic_health::ServingStatus::NotServing,
+        )
+        .await
     };
     drain
         .serve(

@@ -17,16 +17,19 @@ use specd_engine::pipeline::LoadedModel;
 use specd_engine::spec_decode::draft::{Drafter, DrafterSpec};
 use specd_engine::spec_decode::generate::run as run_loop;
 use specd_engine::spec_decode::{DraftBlock, FinishReason, Verdict, Verifier};
+use specd_proto::v1::drafter_server::SERVICE_NAME;
 use specd_proto::v1::drafter_server::{Drafter as DrafterRpc, DrafterServer};
 use specd_proto::v1::{self, DraftFrame, TokenEvent};
 use specd_rpc::convert;
 use specd_rpc::loading::{Loaded, Loading};
 use specd_rpc::peers::Peers;
+use specd_rpc::set_health;
 use specd_rpc::trace;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
 use tracing::Instrument;
 
 pub struct DraftConfig {
@@ -390,7 +393,7 @@ pub async fn serve(
         );
     }
     let (reporter, health) = tonic_health::server::health_reporter();
-    not_serving(&reporter).await;
+    set_health(&reporter, SERVICE_NAME, ServingStatus::NotServing).await;
     let ready = {
         let reporter = reporter.clone();
         let node = node.clone();
@@ -400,10 +403,7 @@ pub async fn serve(
             if node.drain.is_draining() {
                 return;
             }
-            reporter.set_serving::<DrafterServer<DraftNode>>().await;
-            reporter
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
+            set_health(&reporter, SERVICE_NAME, ServingStatus::Serving).await;
             let what = match node.model.get() {
                 Ok(Some(m)) => m.name.clone(),
                 _ => format!("drafter {} (no model)", node.drafter),
@@ -423,16 +423,11 @@ pub async fn serve(
         },
         ready,
     );
-    let failed = loading.clone();
-    let signal = async move {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = failed.failed() => {}
-        }
-    };
+    let signal = loading.or_failed(shutdown);
     let drain = node.drain.clone();
     let running = node.running.clone();
-    let on_drain = async move { not_serving(&reporter).await };
+    let on_drain =
+        async move { set_health(&reporter, SERVICE_NAME, ServingStatus::NotServing).await };
     drain
         .serve(
             "specd draft-node",
@@ -451,16 +446,5 @@ pub async fn serve(
             },
         )
         .await?;
-    match loading.error() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// Health NOT_SERVING, for the node's service and the server as a whole.
-async fn not_serving(reporter: &tonic_health::server::HealthReporter) {
-    reporter.set_not_serving::<DrafterServer<DraftNode>>().await;
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    loading.outcome()
 }

@@ -59,7 +59,7 @@ fn a_resumed_session_judges_like_the_original() {
         stop: None,
         logprobs: None,
     };
-    let open = |completion: &[u32], spent: f64| {
+    let resume = |completion: &[u32], spent: f64| {
         TargetSession::resume(
             t.model.clone(),
             t.tokenizer.eos_ids.clone(),
@@ -68,8 +68,8 @@ fn a_resumed_session_judges_like_the_original() {
             spent,
             params.clone(),
         )
-        .unwrap()
     };
+    let open = |completion: &[u32], spent: f64| resume(completion, spent).unwrap();
     let mut original = Recorder {
         session: open(&[], 0.0),
         blocks: Vec::new(),
@@ -133,17 +133,10 @@ fn a_resumed_session_judges_like_the_original() {
 
     // What cannot be resumed is refused, naming why.
     let refuse = |completion: &[u32], spent: f64| {
-        TargetSession::resume(
-            t.model.clone(),
-            t.tokenizer.eos_ids.clone(),
-            prompt.clone(),
-            completion,
-            spent,
-            params.clone(),
-        )
-        .err()
-        .map(|e| format!("{e:#}"))
-        .unwrap_or_default()
+        resume(completion, spent)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default()
     };
     assert!(refuse(completion, 6.5).contains("exceeds the session's budget"));
     assert!(refuse(completion, f64::NAN).contains(">= 0"));

@@ -140,7 +140,7 @@ fn relaxation_raises_tokens_per_call() {
 /// on every position.
 #[test]
 fn judging_stops_at_end_of_sequence_and_max_tokens() {
-    use specd_engine::spec_decode::target::{SessionParams, TargetSession};
+    use specd_engine::spec_decode::target::SessionParams;
     use specd_engine::spec_decode::{DraftBlock, DraftDist, FinishReason};
 
     let t = common::target();
@@ -160,13 +160,7 @@ fn judging_stops_at_end_of_sequence_and_max_tokens() {
             stop: None,
             logprobs: None,
         };
-        TargetSession::open(
-            t.model.clone(),
-            t.tokenizer.eos_ids.clone(),
-            prompt.clone(),
-            params,
-        )
-        .unwrap()
+        common::open_session_with(&t, &prompt, params)
     };
     // Tokens the target would not choose here (checked below: each is charged 1).
     let (x, w, y, z) = (1000u32, 2000u32, 3000u32, 4000u32);

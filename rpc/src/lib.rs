@@ -12,6 +12,17 @@ pub mod trace;
 
 pub use specd_proto::{v1, PROTOCOL_VERSION};
 
+/// Sets a node's gRPC health for its service `name` and for the server as a whole (`""`), which
+/// is what probes that name no service ask.
+pub async fn set_health(
+    reporter: &tonic_health::server::HealthReporter,
+    name: &str,
+    status: tonic_health::ServingStatus,
+) {
+    reporter.set_service_status(name, status).await;
+    reporter.set_service_status("", status).await;
+}
+
 /// Binds a node's listener; a taken or invalid address is an error naming it.
 pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     use anyhow::Context;

@@ -69,12 +69,29 @@ impl Loading {
     }
 
     /// Resolves if the load fails.
-    pub async fn failed(&self) {
+    async fn failed(&self) {
         self.failed.notified().await
     }
 
-    /// The load's error, if it failed.
-    pub fn error(&self) -> Option<anyhow::Error> {
-        self.error.lock().unwrap().take()
+    /// What ends the node's server: `shutdown`, or the load failing.
+    pub fn or_failed(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let loading = self.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = loading.failed() => {}
+            }
+        }
+    }
+
+    /// Once the server stopped: the load's error if it failed, else Ok.
+    pub fn outcome(&self) -> anyhow::Result<()> {
+        match self.error.lock().unwrap().take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 }

@@ -15,15 +15,18 @@ use specd_engine::spec_decode::budget::ProtectCache;
 use specd_engine::spec_decode::stop::StopStrings;
 use specd_engine::spec_decode::target::{SessionParams, TargetSession};
 use specd_engine::spec_decode::DraftBlock;
+use specd_proto::v1::target_verifier_server::SERVICE_NAME;
 use specd_proto::v1::target_verifier_server::{TargetVerifier, TargetVerifierServer};
 use specd_proto::v1::{self, DraftFrame, TokenEvent, Verdict};
 use specd_rpc::convert::{self, block_from_wire};
 use specd_rpc::loading::{Loaded, Loading};
+use specd_rpc::set_health;
 use specd_rpc::trace;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use tonic_health::ServingStatus;
 use tracing::Instrument;
 
 /// Distinct protected-token patterns kept built at once.
@@ -592,7 +595,7 @@ pub async fn serve(
         drain: Default::default(),
     };
     let (reporter, health) = tonic_health::server::health_reporter();
-    not_serving(&reporter).await;
+    set_health(&reporter, SERVICE_NAME, ServingStatus::NotServing).await;
     tracing::info!(%addr, "target-node: loading the model (health NOT_SERVING until it is ready)");
     let ready = {
         let reporter = reporter.clone();
@@ -611,12 +614,7 @@ pub async fn serve(
                     svc.expire(timeout);
                 }
             });
-            reporter
-                .set_serving::<TargetVerifierServer<TargetNode>>()
-                .await;
-            reporter
-                .set_service_status("", tonic_health::ServingStatus::Serving)
-                .await;
+            set_health(&reporter, SERVICE_NAME, ServingStatus::Serving).await;
             tracing::info!(%addr, model = %node.svc.get().expect("loaded").model.name, "target-node: serving");
         }
     };
@@ -633,16 +631,11 @@ pub async fn serve(
         },
         ready,
     );
-    let failed = loading.clone();
-    let signal = async move {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = failed.failed() => {}
-        }
-    };
+    let signal = loading.or_failed(shutdown);
     let drain = node.drain.clone();
     let busy = node.clone();
-    let on_drain = async move { not_serving(&reporter).await };
+    let on_drain =
+        async move { set_health(&reporter, SERVICE_NAME, ServingStatus::NotServing).await };
     drain
         .serve(
             "specd target-node",
@@ -664,18 +657,5 @@ pub async fn serve(
             },
         )
         .await?;
-    match loading.error() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// Health NOT_SERVING, for the node's service and the server as a whole.
-async fn not_serving(reporter: &tonic_health::server::HealthReporter) {
-    reporter
-        .set_not_serving::<TargetVerifierServer<TargetNode>>()
-        .await;
-    reporter
-        .set_service_status("", tonic_health::ServingStatus::NotServing)
-        .await;
+    loading.outcome()
 }

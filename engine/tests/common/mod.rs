@@ -33,6 +33,11 @@ pub fn open_session(
         stop: None,
         logprobs: None,
     };
+    open_session_with(t, prompt, params)
+}
+
+/// A target session on `prompt` (token ids) with `params`.
+pub fn open_session_with(t: &LoadedModel, prompt: &[u32], params: SessionParams) -> TargetSession {
     TargetSession::open(
         t.model.clone(),
         t.tokenizer.eos_ids.clone(),
