@@ -150,20 +150,27 @@ pub struct TargetNodeArgs {
     pub metrics: MetricsArgs,
 }
 
-pub fn target_node(a: TargetNodeArgs) -> Result<()> {
-    let listen = parse_listen(&a.listen)?;
-    if a.max_sessions == 0 || a.session_idle_timeout == 0 {
-        anyhow::bail!("--max-sessions and --session-idle-timeout must be at least 1");
+impl TargetNodeArgs {
+    /// The node's settings, checked as the node checks them (it then loads its model).
+    pub fn config(&self) -> Result<specd_target_node::TargetConfig> {
+        if self.max_sessions == 0 || self.session_idle_timeout == 0 {
+            anyhow::bail!("--max-sessions and --session-idle-timeout must be at least 1");
+        }
+        self.metrics.addr()?;
+        Ok(specd_target_node::TargetConfig {
+            listen: parse_listen(&self.listen)?,
+            max_sessions: self.max_sessions,
+            idle_timeout: Duration::from_secs(self.session_idle_timeout),
+            max_block: self.max_block,
+            drain_timeout: self.drain.timeout(),
+        })
     }
+}
+
+pub fn target_node(a: TargetNodeArgs) -> Result<()> {
+    let cfg = a.config()?;
     let (name, device) = (a.model.clone(), a.device);
     let load = move || LoadedModel::load_on(&name, device, &crate::log);
-    let cfg = specd_target_node::TargetConfig {
-        listen,
-        max_sessions: a.max_sessions,
-        idle_timeout: Duration::from_secs(a.session_idle_timeout),
-        max_block: a.max_block,
-        drain_timeout: a.drain.timeout(),
-    };
     run_node(&a.metrics, |stop| specd_target_node::serve(cfg, load, stop))
 }
 
@@ -195,22 +202,28 @@ pub struct DraftNodeArgs {
     pub metrics: MetricsArgs,
 }
 
+impl DraftNodeArgs {
+    /// The node's settings, checked as the node checks them.
+    pub fn config(&self) -> Result<specd_draft_node::DraftConfig> {
+        self.metrics.addr()?;
+        Ok(specd_draft_node::DraftConfig {
+            listen: parse_listen(&self.listen)?,
+            max_gamma: self.max_gamma,
+            drafter: self.drafter.spec()?,
+            drain_timeout: self.drain.timeout(),
+            allowed_targets: self.allow_target.clone(),
+        })
+    }
+}
+
 pub fn draft_node(a: DraftNodeArgs) -> Result<()> {
-    let listen = parse_listen(&a.listen)?;
-    let drafter = a.drafter.spec()?;
-    let (name, device) = (a.model.clone(), a.device);
+    let cfg = a.config()?;
+    let (drafter, name, device) = (cfg.drafter, a.model.clone(), a.device);
     let load = move || {
         drafter
             .needs_model()
             .then(|| LoadedModel::load_on(&name, device, &crate::log))
             .transpose()
-    };
-    let cfg = specd_draft_node::DraftConfig {
-        listen,
-        max_gamma: a.max_gamma,
-        drafter,
-        drain_timeout: a.drain.timeout(),
-        allowed_targets: a.allow_target.clone(),
     };
     run_node(&a.metrics, |stop| specd_draft_node::serve(cfg, load, stop))
 }
@@ -230,29 +243,42 @@ pub struct CoordinatorArgs {
     /// (docs/serving.md); its requests run like gRPC ones.
     #[arg(long)]
     pub http_listen: Option<String>,
+    /// At start, seconds to wait for the first target-node that can be reached (0: exit at once
+    /// if none can). Targets not reached are used once their health checks answer, so a list may
+    /// name pods that do not exist yet (a StatefulSet's ordinals up to its HPA's maximum).
+    #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+    pub target_wait: f64,
     #[command(flatten)]
     pub api: crate::serve::ApiArgs,
 }
 
+impl CoordinatorArgs {
+    /// The coordinator's settings, checked as it checks them.
+    pub fn config(&self) -> Result<specd_coordinator::CoordinatorConfig> {
+        let http = match &self.http_listen {
+            Some(h) => Some((
+                h.parse()
+                    .with_context(|| format!("--http-listen {h:?}: expected HOST:PORT"))?,
+                self.api.config()?,
+            )),
+            None => None,
+        };
+        Ok(specd_coordinator::CoordinatorConfig {
+            listen: parse_listen(&self.listen)?,
+            targets: self.target.clone(),
+            drafts: self.draft.clone(),
+            http,
+            model_name: self.api.served_model_name.clone(),
+            drain_timeout: self.api.drain.timeout(),
+            target_wait: Duration::try_from_secs_f64(self.target_wait).map_err(|_| {
+                anyhow::anyhow!("--target-wait {}: give seconds ≥ 0", self.target_wait)
+            })?,
+        })
+    }
+}
+
 pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
-    let listen = parse_listen(&a.listen)?;
-    let http = match &a.http_listen {
-        Some(h) => Some((
-            h.parse()
-                .with_context(|| format!("--http-listen {h:?}: expected HOST:PORT"))?,
-            a.api.config()?,
-        )),
-        None => None,
-    };
-    let cfg = specd_coordinator::CoordinatorConfig {
-        listen,
-        targets: a.target,
-        drafts: a.draft,
-        http,
-        model_name: a.api.served_model_name.clone(),
-        drain_timeout: a.api.drain.timeout(),
-    };
-    run_server(specd_coordinator::serve(cfg, shutdown_signal()))
+    run_server(specd_coordinator::serve(a.config()?, shutdown_signal()))
 }
 
 #[derive(Args)]
@@ -264,12 +290,15 @@ pub struct LinkArgs {
     #[arg(long)]
     pub upstream: String,
     /// One-way delay of each direction (RTT = 2 × delay), e.g. 20ms.
-    #[arg(long, default_value = "0ms")]
+    #[arg(long, default_value = "0ms", conflicts_with = "rtt")]
     pub delay: String,
+    /// The round trip to emulate instead of --delay: each direction is delayed by half of it.
+    #[arg(long)]
+    pub rtt: Option<String>,
     /// Uniform jitter added to each chunk's delay (byte order is kept), e.g. 2ms.
     #[arg(long, default_value = "0ms")]
     pub jitter: String,
-    /// Bandwidth of each direction, e.g. 100mbit or 10MB/s (default: unlimited).
+    /// Bandwidth of each direction, e.g. 100mbit or 10MB/s, or unlimited (the default).
     #[arg(long)]
     pub rate: Option<String>,
     /// Seed of the jitter.
@@ -277,22 +306,32 @@ pub struct LinkArgs {
     pub seed: u64,
 }
 
-pub fn link(a: LinkArgs) -> Result<()> {
-    let cfg = specd_link::LinkConfig {
-        listen: parse_listen(&a.listen)?,
-        upstream: a.upstream.clone(),
-        delay: specd_link::parse_duration(&a.delay).context("--delay")?,
-        jitter: specd_link::parse_duration(&a.jitter).context("--jitter")?,
-        rate: a
-            .rate
-            .as_deref()
-            .map(specd_link::parse_rate)
-            .transpose()
-            .context("--rate")?,
-        seed: a.seed,
-    };
-    if a.upstream.parse::<SocketAddr>().is_err() && !a.upstream.contains(':') {
-        anyhow::bail!("--upstream {:?}: expected HOST:PORT", a.upstream);
+impl LinkArgs {
+    /// The link's settings, checked as it checks them.
+    pub fn config(&self) -> Result<specd_link::LinkConfig> {
+        if self.upstream.parse::<SocketAddr>().is_err() && !self.upstream.contains(':') {
+            anyhow::bail!("--upstream {:?}: expected HOST:PORT", self.upstream);
+        }
+        Ok(specd_link::LinkConfig {
+            listen: parse_listen(&self.listen)?,
+            upstream: self.upstream.clone(),
+            delay: match &self.rtt {
+                Some(rtt) => specd_link::parse_duration(rtt).context("--rtt")? / 2,
+                None => specd_link::parse_duration(&self.delay).context("--delay")?,
+            },
+            jitter: specd_link::parse_duration(&self.jitter).context("--jitter")?,
+            rate: self
+                .rate
+                .as_deref()
+                .filter(|r| *r != "unlimited")
+                .map(specd_link::parse_rate)
+                .transpose()
+                .context("--rate")?,
+            seed: self.seed,
+        })
     }
-    run_server(specd_link::serve(cfg, shutdown_signal()))
+}
+
+pub fn link(a: LinkArgs) -> Result<()> {
+    run_server(specd_link::serve(a.config()?, shutdown_signal()))
 }

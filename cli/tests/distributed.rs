@@ -1584,3 +1584,46 @@ fn a_target_lost_mid_request_is_replaced_with_nothing_lost() {
     assert_eq!(row.target_url, urls[1 - lost], "moved to the other target");
     assert_ne!(row.target_session_id, row.session_id);
 }
+
+/// A coordinator may start before its targets (a Kubernetes rollout, a StatefulSet whose HPA has
+/// not started every pod it lists): with `--target-wait` it waits for the first one instead of
+/// exiting, targets it cannot reach are marked down and used once they come up, and requests
+/// decode as embedded meanwhile. Without the wait, none reachable is still a clear error.
+#[test]
+fn a_coordinator_waits_for_its_first_target_and_routes_around_absent_ones() {
+    let prompt = PROMPTS[0];
+    let expected = generate(prompt, &["--max-tokens", "24", "--mode", "target-only"]);
+    let (late, absent, port) = (free_port(), free_port(), free_port());
+    let targets = format!("http://127.0.0.1:{late},http://127.0.0.1:{absent}");
+    let listen = format!("127.0.0.1:{port}");
+    let mut c = Proc::spawn(
+        &[
+            "coordinator",
+            "--listen",
+            &listen,
+            "--target",
+            &targets,
+            "--target-wait",
+            "120",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    c.check_running();
+    let late_listen = format!("127.0.0.1:{late}");
+    let _t = spawn(&["target-node", "--listen", &late_listen], late);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url, &mut c);
+    for _ in 0..2 {
+        // Round-robin over both targets: the absent one is skipped.
+        let got = generate(prompt, &["--max-tokens", "24", "--coordinator", &url]);
+        assert_eq!(got["token_ids"], expected["token_ids"]);
+    }
+    assert!(
+        c.log().contains(&format!(
+            "target http://127.0.0.1:{absent} cannot be reached"
+        )),
+        "{}",
+        c.log()
+    );
+}

@@ -42,6 +42,10 @@ pub struct CoordinatorConfig {
     pub model_name: Option<String>,
     /// On shutdown, how long running requests may take to end (specd_rpc::drain).
     pub drain_timeout: std::time::Duration,
+    /// At start, how long to wait for the first target-node that can be reached (zero: fail at
+    /// once when none can). Targets not reached then are marked down and used once their health
+    /// checks answer (a scaled-up StatefulSet's later pods).
+    pub target_wait: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -333,24 +337,27 @@ pub async fn serve(
         bail!("--target: give at least one target-node URL");
     }
     let peers = Peers::default();
-    let mut fingerprints = Vec::new();
-    let mut model_id = String::new();
-    for url in &cfg.targets {
-        let info = startup_info(&peers, "target", url, true)
-            .await?
-            .expect("waited for");
-        if model_id.is_empty() {
-            model_id = info.model_id.clone();
-        }
-        fingerprints.push((url.clone(), info.vocab_fingerprint));
-    }
+    let (fingerprints, unreachable) = reach_targets(&peers, &cfg.targets, cfg.target_wait).await?;
+    let model_id = fingerprints[0].2.clone();
+    let fingerprints: Vec<(String, String)> =
+        fingerprints.into_iter().map(|(u, fp, _)| (u, fp)).collect();
     let mut loading = Vec::new();
     for url in &cfg.drafts {
         // A draft that is still loading is not waited for: it is used once the health checks
         // find it SERVING.
-        let Some(info) = startup_info(&peers, "draft", url, false).await? else {
-            loading.push(url.clone());
-            continue;
+        let info = match startup_info(&peers, "draft", url, false).await {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                loading.push(url.clone());
+                continue;
+            }
+            // Drafts are optional: one not up yet is used once its health check answers.
+            Err(e) if e.is::<Unreachable>() => {
+                tracing::warn!("{e:#}; it is used once its health check answers");
+                loading.push(url.clone());
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         // A model-free draft-node (empty fingerprint) drafts in any vocabulary.
         for (t, fp) in &fingerprints {
@@ -377,7 +384,7 @@ pub async fn serve(
         peers,
         health: Default::default(),
     };
-    for url in &loading {
+    for url in loading.iter().chain(&unreachable) {
         node.health.set(url, false);
     }
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -464,6 +471,64 @@ pub async fn serve(
 
 /// A node's `Info` at start-up: an unreachable node or one that is not a specd node of this role
 /// is an error naming it; one still loading its model is waited for (`wait`) or skipped (None).
+/// The targets that answer at start: (url, vocabulary fingerprint, model id) of each, at least one,
+/// waiting up to `wait` for the first; and the urls that could not be reached.
+async fn reach_targets(
+    peers: &Peers,
+    targets: &[String],
+    wait: std::time::Duration,
+) -> Result<(Vec<(String, String, String)>, Vec<String>)> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        let mut reached = Vec::new();
+        let mut unreachable = Vec::new();
+        let mut last_error = None;
+        for url in targets {
+            match startup_info(peers, "target", url, true).await {
+                Ok(Some(info)) => {
+                    reached.push((url.clone(), info.vocab_fingerprint, info.model_id))
+                }
+                Ok(None) => unreachable!("waited for"),
+                Err(e) if e.is::<Unreachable>() => {
+                    unreachable.push(url.clone());
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !reached.is_empty() {
+            for url in &unreachable {
+                tracing::warn!(
+                    "target {url} cannot be reached; it is used once its health check answers"
+                );
+            }
+            return Ok((reached, unreachable));
+        }
+        let e = last_error.expect("no target reached, none failed");
+        if tokio::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        if !said {
+            tracing::info!("no target-node can be reached yet ({e:#}); waiting up to {wait:?}");
+            said = true;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// A node that cannot be reached at all (as opposed to one that answers wrongly).
+#[derive(Debug)]
+struct Unreachable(String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
 async fn startup_info(
     peers: &Peers,
     role: &str,
@@ -501,9 +566,10 @@ async fn startup_info(
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
-            Err(s) if s.code() == Code::Unavailable || s.code() == Code::InvalidArgument => {
-                bail!("{role} {url}: {}", s.message())
+            Err(s) if s.code() == Code::Unavailable => {
+                return Err(Unreachable(format!("{role} {url}: {}", s.message())).into())
             }
+            Err(s) if s.code() == Code::InvalidArgument => bail!("{role} {url}: {}", s.message()),
             Err(s) => bail!(
                 "{role} {url} does not answer as a specd {role}-node: {}",
                 s.message()
