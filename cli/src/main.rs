@@ -8,6 +8,9 @@ mod nodes;
 mod score;
 mod serve;
 
+#[cfg(test)]
+mod deploy_tests;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
