@@ -26,6 +26,10 @@ struct Role {
     drafts: Vec<String>,
     allowed_targets: Vec<String>,
     upstream: Option<String>,
+    /// How long it drains on SIGTERM.
+    drain: Option<std::time::Duration>,
+    /// It runs on a GPU (`--device cuda[:N]`).
+    cuda: bool,
 }
 
 fn port(addr: &str) -> u16 {
@@ -44,6 +48,8 @@ fn role(args: &[String]) -> Result<Role, String> {
                 name: "target-node",
                 listen: Some(c.listen.port()),
                 metrics: a.metrics.metrics_listen.as_deref().map(port),
+                drain: Some(c.drain_timeout),
+                cuda: a.device.is_cuda(),
                 ..Role::default()
             }
         }
@@ -54,6 +60,8 @@ fn role(args: &[String]) -> Result<Role, String> {
                 listen: Some(c.listen.port()),
                 metrics: a.metrics.metrics_listen.as_deref().map(port),
                 allowed_targets: c.allowed_targets,
+                drain: Some(c.drain_timeout),
+                cuda: a.device.is_cuda(),
                 ..Role::default()
             }
         }
@@ -65,6 +73,7 @@ fn role(args: &[String]) -> Result<Role, String> {
                 http: c.http.map(|(addr, _)| addr.port()),
                 targets: c.targets,
                 drafts: c.drafts,
+                drain: Some(c.drain_timeout),
                 ..Role::default()
             }
         }
@@ -175,6 +184,17 @@ fn check_compose(files: &[&str]) {
             listen,
             "{name}: health check of another port"
         );
+        // Docker waits this long after SIGTERM before killing: longer than the drain.
+        if let Some(drain) = r.drain {
+            let grace = svc
+                .get("stop_grace_period")
+                .map(|g| s(g).trim_end_matches('s').parse::<u64>().unwrap())
+                .unwrap_or(10);
+            assert!(
+                grace > drain.as_secs(),
+                "{name}: stop_grace_period {grace}s is not longer than its {drain:?} drain"
+            );
+        }
         // Published ports are ports the process serves.
         let served = [r.listen, r.metrics, r.http];
         for p in strings(svc.get("ports")) {
@@ -319,14 +339,25 @@ fn check_overlay(dir: &str) {
             .copied()
             .or(d["spec"]["replicas"].as_u64())
             .unwrap_or(1);
-        for c in spec["containers"].as_sequence().unwrap() {
+        let init = spec["initContainers"].as_sequence().into_iter().flatten();
+        let main = spec["containers"].as_sequence().unwrap().iter();
+        for (c, is_init) in init.map(|c| (c, true)).chain(main.map(|c| (c, false))) {
             let image = s(&c["image"]);
             let command = strings(c.get("command"));
             let runs_specd = match command.first() {
-                Some(cmd) => cmd.ends_with("/specd"),
+                Some(cmd) => cmd.ends_with("/specd") || cmd == "specd",
                 None => image.starts_with("specd"),
             };
+            if is_init && !runs_specd {
+                continue;
+            }
             assert!(runs_specd, "{dir}: {} runs no specd", name(d));
+            assert_eq!(
+                c["imagePullPolicy"].as_str(),
+                Some("IfNotPresent"),
+                "{dir}: {}: a locally loaded image (kind, minikube) needs IfNotPresent",
+                name(d)
+            );
             // $(VAR) from the container's env and envFrom ConfigMaps, as the kubelet expands it.
             let mut env = BTreeMap::new();
             for from in c["envFrom"].as_sequence().into_iter().flatten() {
@@ -341,7 +372,13 @@ fn check_overlay(dir: &str) {
             for e in c["env"].as_sequence().into_iter().flatten() {
                 env.insert(s(&e["name"]), s(&e["value"]));
             }
-            let args: Vec<String> = strings(c.get("args"))
+            let argv: Vec<String> = command
+                .iter()
+                .skip(1)
+                .cloned()
+                .chain(strings(c.get("args")))
+                .collect();
+            let args: Vec<String> = argv
                 .iter()
                 .map(|a| {
                     let mut a = a.clone();
@@ -357,6 +394,24 @@ fn check_overlay(dir: &str) {
                 })
                 .collect();
             let r = role(&args).unwrap_or_else(|e| panic!("{dir}: {}: {e}", name(d)));
+            // The CUDA image only where the process runs on a GPU (its binary needs the driver).
+            if image.starts_with("specd") {
+                assert_eq!(
+                    image.contains("cuda"),
+                    r.cuda,
+                    "{dir}: {} runs image {image} with --device {}",
+                    name(d),
+                    if r.cuda { "cuda" } else { "cpu" }
+                );
+            }
+            if let Some(drain) = r.drain {
+                let grace = spec["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+                assert!(
+                    grace > drain.as_secs(),
+                    "{dir}: {}: terminationGracePeriodSeconds {grace} is not longer than its {drain:?} drain",
+                    name(d)
+                );
+            }
             let ports = container_ports(c);
             // Declared ports: what the process serves, under the names Services use.
             for (pname, want) in [("grpc", r.listen), ("metrics", r.metrics), ("http", r.http)] {
@@ -370,6 +425,13 @@ fn check_overlay(dir: &str) {
             // Probes: gRPC health (or TCP) of its listen port.
             for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
                 let Some(p) = c.get(probe) else { continue };
+                if let Some(g) = p.get("grpc") {
+                    assert!(
+                        g["port"].is_u64(),
+                        "{dir}: {} {probe}: a gRPC probe's port must be a number",
+                        name(d)
+                    );
+                }
                 let target = p
                     .get("grpc")
                     .or(p.get("tcpSocket"))
@@ -436,7 +498,8 @@ fn check_overlay(dir: &str) {
                 map.insert(sp["port"].as_u64().unwrap() as u16, *n);
             }
         }
-        services.insert(name(d), (chosen, map));
+        let headless = d["spec"]["clusterIP"].as_str() == Some("None");
+        services.insert(name(d), (chosen, map, headless));
     }
     // A URL reaches a pod (through a Service, or a StatefulSet pod's DNS name) on its listen port.
     let resolve = |url: &str| -> &'static str {
@@ -445,14 +508,22 @@ fn check_overlay(dir: &str) {
             Some((pod, svc)) => (Some(pod.to_string()), svc.to_string()),
             None => (None, host.clone()),
         };
-        let (chosen, map) = services
+        let (chosen, map, headless) = services
             .get(&svc)
             .unwrap_or_else(|| panic!("{dir}: {url}: no Service {svc}"));
+        let roles: BTreeSet<&str> = chosen.iter().map(|p| p.role.name).collect();
+        assert_eq!(
+            roles.len(),
+            1,
+            "{dir}: Service {svc} selects pods of several roles"
+        );
         let pod = match pod_name {
             Some(pn) => *chosen
                 .iter()
-                .find(|p| p.names.contains(&pn) && p.service_name.as_deref() == Some(&svc))
-                .unwrap_or_else(|| panic!("{dir}: {url}: no pod {pn} under {svc}")),
+                .find(|p| {
+                    *headless && p.names.contains(&pn) && p.service_name.as_deref() == Some(&svc)
+                })
+                .unwrap_or_else(|| panic!("{dir}: {url}: no pod {pn} under a headless {svc}")),
             None => chosen[0],
         };
         let container_port = map
@@ -526,8 +597,10 @@ fn check_overlay(dir: &str) {
                 name(d)
             ),
             "HorizontalPodAutoscaler" => assert!(
-                pods.iter()
-                    .any(|p| p.workload == s(&d["spec"]["scaleTargetRef"]["name"])),
+                pods.iter().any(|p| {
+                    let r = &d["spec"]["scaleTargetRef"];
+                    p.workload == s(&r["name"]) && p.kind == s(&r["kind"])
+                }),
                 "{dir}: HPA {} scales nothing",
                 name(d)
             ),

@@ -16,12 +16,11 @@ if ! command -v debootstrap >/dev/null; then
         { apt-get update -qq && apt-get install -y -qq --no-install-recommends debootstrap; }; } >/dev/null
 fi
 root=$(mktemp -d)
-trap 'rm -rf "$root"' EXIT
+trap 'rm -rf --one-file-system "$root" "$root.log"' EXIT
 start=$(date +%s)
 # ca-certificates: nodes download models from Hugging Face over HTTPS.
 debootstrap --variant=minbase --include=ca-certificates bookworm "$root" ${DEBIAN_MIRROR:-} >"$root.log" 2>&1 ||
     { tail -20 "$root.log" >&2; echo "base-image: debootstrap failed (log above)" >&2; exit 1; }
-rm -f "$root.log"
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/var/log/* \
     "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/*
 tar -C "$root" -c . | docker import \

@@ -37,6 +37,9 @@ class Stack:
     def __init__(self, args):
         self.args = args
         self.env = dict(os.environ)
+        if os.environ.get("SPECD_HOME") and not os.environ.get("SPECD_MODELS"):
+            # The stack reads the models the host's embedded runs read.
+            self.env["SPECD_MODELS"] = os.path.join(os.environ["SPECD_HOME"], "models")
         self.env.update(
             SPECD_IMAGE=args.image,
             HTTP_PORT=str(args.http_port),
@@ -58,23 +61,30 @@ class Stack:
 
 
 def specd(args, *cmd):
-    out = subprocess.run([args.specd, *cmd], check=True, text=True, stdout=subprocess.PIPE)
+    out = subprocess.run([args.specd, *cmd], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if out.returncode != 0:
+        fail(f"specd {' '.join(cmd)} exited {out.returncode}:\n{out.stderr}")
     return json.loads(out.stdout)
 
 
 def wait_ready(args, timeout=300):
+    """Until the coordinator answers SERVING on gRPC and HTTP and sees a draft-node that serves."""
     deadline = time.time() + timeout
     grpc = f"127.0.0.1:{args.grpc_port}"
-    http = f"http://127.0.0.1:{args.http_port}/health"
+    checks = [
+        [grpc],
+        [grpc, "--service", "specd.v1.Drafter"],
+        [f"http://127.0.0.1:{args.http_port}/health"],
+    ]
     while time.time() < deadline:
         ok = all(
-            subprocess.run([args.specd, "health", addr], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
-            for addr in (grpc, http)
+            subprocess.run([args.specd, "health", *c], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+            for c in checks
         )
         if ok:
             return
         time.sleep(1)
-    raise SystemExit(f"compose_check: FAIL: the coordinator did not answer SERVING within {timeout} s")
+    raise SystemExit(f"compose_check: FAIL: the coordinator and its nodes did not answer SERVING within {timeout} s")
 
 
 def metric(port, name):
@@ -152,7 +162,7 @@ def check(args, stack):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--image", default="specd:latest")
+    ap.add_argument("--image", default="specd:dev")
     ap.add_argument("--specd", default=os.path.join(ROOT, "target", "release", "specd"))
     ap.add_argument("--project", default="specd-compose-check")
     ap.add_argument("--http-port", type=int, default=18000)

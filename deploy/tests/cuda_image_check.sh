@@ -17,13 +17,13 @@ run 'specd --version' >/dev/null || fail "the binary does not start in the image
 out=$(run 'specd models synth --shape tiny --dtype q8_0 --out /tmp/tiny.gguf >/dev/null &&
            specd generate --target /tmp/tiny.gguf --prompt "the cat" --gamma 0 --max-tokens 4 --json 2>/dev/null') ||
     fail "the image cannot generate on the CPU: $out"
-echo "$out" | grep -q '"target_device":"cpu"' || fail "generate --json lacks target_device: $out"
+grep -q '"target_device":"cpu"' <<<"$out" || fail "generate --json lacks target_device: $out"
 set +e
 err=$(run 'specd models synth --shape tiny --dtype q8_0 --out /tmp/tiny.gguf >/dev/null &&
            specd generate --target /tmp/tiny.gguf --target-device cuda --prompt "the cat" --gamma 0 --max-tokens 4' 2>&1)
 rc=$?
 set -e
 [ $rc -eq 1 ] || fail "--device cuda without a driver exited $rc (expected 1): $err"
-echo "$err" | grep -q "panicked" && fail "--device cuda without a driver panicked: $err"
-echo "$err" | grep -q "cannot open CUDA device 0" || fail "unclear error: $err"
+grep -q "panicked" <<<"$err" && fail "--device cuda without a driver panicked: $err"
+grep -q "cannot open CUDA device 0" <<<"$err" || fail "unclear error: $err"
 echo "cuda_image_check: ok ($IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
