@@ -27,9 +27,11 @@ pub struct Gsm8kArgs {
     /// Run at most this many problems.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// `;`-separated configs `RULE[@budget=B,protect=default|none,pacing=none|linear[:BURST],gamma=G|auto|heuristic,drafter=model|ngram|ngram:MIN-MAX]`,
+    /// `;`-separated configs `RULE[@budget=B,protect=default|none,pacing=none|linear[:BURST],gamma=G|auto|heuristic,drafter=model|ngram[:MIN-MAX]|suffix[:MIN-MAX@P]|hybrid[:MIN-MAX@P]]`,
     /// e.g. `exact;topk:3@budget=8;exact@drafter=ngram,gamma=auto`. `drafter=ngram` drafts by prompt
-    /// lookup (no draft model). The target-only baseline always runs.
+    /// lookup, `suffix` by suffix counts (no draft model; the node's index of earlier completions
+    /// is this process's: configs that use it see each other's completions of the same problem,
+    /// so run one such config per process to measure it). The target-only baseline always runs.
     #[arg(long)]
     pub configs: String,
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]

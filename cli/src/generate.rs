@@ -11,6 +11,7 @@ use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::{Pacing, Policy, ProtectCache};
 use specd_engine::spec_decode::draft::ngram::NgramConfig;
+use specd_engine::spec_decode::draft::suffix::SuffixConfig;
 use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::{Estimates, GammaPolicy, DEFAULT_GAMMA_MAX};
 use specd_engine::spec_decode::rules::Rule;
@@ -32,15 +33,23 @@ pub enum DrafterArg {
     /// Prompt lookup: what followed the latest earlier occurrence of the text's last n tokens;
     /// no draft model.
     Ngram,
+    /// Suffix counts: the most frequent continuation of the longest context seen in this
+    /// session or in the node's earlier completions, as long as it is likely; no draft model.
+    Suffix,
+    /// The suffix drafter's proposal when it expects at least 2 accepted tokens, the draft
+    /// model's otherwise.
+    Hybrid,
 }
 
 /// `--drafter` and its n-gram lengths (`generate`, `draft-node`).
 #[derive(Args)]
 pub struct DrafterArgs {
-    /// What drafts the blocks: the draft model, or `ngram` (prompt lookup over the prompt and the
-    /// text so far: no draft model or accelerator, nearly free, proposes only where the text
-    /// repeats itself; greedy; drafts for a target of any vocabulary). On a draft-node: the
-    /// drafter of requests that name none (a node with a model serves `ngram` requests too).
+    /// What drafts the blocks: the draft model; `ngram` (prompt lookup over the prompt and the
+    /// text so far) or `suffix` (what most often followed the text's last tokens, in this session
+    /// and in the node's earlier completions): no draft model or accelerator, nearly free,
+    /// greedy, for a target of any vocabulary; or `hybrid` (suffix when confident, else the
+    /// model). On a draft-node: the drafter of requests that name none (a node with a model
+    /// serves every drafter; one without serves ngram and suffix).
     #[arg(long, value_enum, default_value = "model")]
     pub drafter: DrafterArg,
     /// --drafter ngram: the shortest n-gram matched.
@@ -49,6 +58,16 @@ pub struct DrafterArgs {
     /// --drafter ngram: the longest n-gram matched (longer matches are tried first).
     #[arg(long, default_value_t = NgramConfig::default().max)]
     pub ngram_max: usize,
+    /// --drafter suffix|hybrid: the shortest context matched.
+    #[arg(long, default_value_t = SuffixConfig::default().min_match)]
+    pub suffix_min: usize,
+    /// --drafter suffix|hybrid: the longest context indexed and matched (at most 64).
+    #[arg(long, default_value_t = SuffixConfig::default().max_depth)]
+    pub suffix_max: usize,
+    /// --drafter suffix|hybrid: a proposal stops where the index's estimate that all of it is
+    /// right drops below this.
+    #[arg(long, default_value_t = SuffixConfig::default().min_prob)]
+    pub suffix_min_prob: f64,
 }
 
 impl DrafterArgs {
@@ -63,6 +82,20 @@ impl DrafterArgs {
                 c.validate()
                     .map_err(|e| anyhow::anyhow!("--ngram-min/--ngram-max: {e}"))?;
                 DrafterSpec::Ngram(c)
+            }
+            DrafterArg::Suffix | DrafterArg::Hybrid => {
+                let c = SuffixConfig {
+                    min_match: self.suffix_min,
+                    max_depth: self.suffix_max,
+                    min_prob: self.suffix_min_prob,
+                };
+                c.validate().map_err(|e| {
+                    anyhow::anyhow!("--suffix-min/--suffix-max/--suffix-min-prob: {e}")
+                })?;
+                match self.drafter {
+                    DrafterArg::Suffix => DrafterSpec::Suffix(c),
+                    _ => DrafterSpec::Hybrid(c),
+                }
             }
         })
     }
@@ -196,6 +229,7 @@ impl GenerateArgs {
             prompt: Prompt::new(self.prompt.clone(), self.chat),
             stop: Vec::new(),
             logprobs: None,
+            tenant: String::new(),
             max_tokens: self.max_tokens,
             sampling,
             gamma: if matches!(self.mode, ModeArg::TargetOnly) {

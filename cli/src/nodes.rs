@@ -270,6 +270,7 @@ impl CoordinatorArgs {
             http,
             model_name: self.api.served_model_name.clone(),
             drain_timeout: self.api.drain.timeout(),
+            api_keys: self.api.api_keys()?,
             target_wait: Duration::try_from_secs_f64(self.target_wait).map_err(|_| {
                 anyhow::anyhow!("--target-wait {}: give seconds ≥ 0", self.target_wait)
             })?,

@@ -48,7 +48,7 @@ pub struct ApiArgs {
     /// 429 with Retry-After.
     #[arg(long, default_value_t = 64)]
     pub max_waiting: usize,
-    /// Default drafter of requests: model, ngram or ngram:MIN-MAX (a request's
+    /// Default drafter of requests: model, ngram[:MIN-MAX], suffix[:MIN-MAX@P] or hybrid (a request's
     /// `speculative.drafter` overrides it, as every default below).
     #[arg(long = "default-drafter", default_value = "model")]
     pub drafter: String,
@@ -70,6 +70,18 @@ pub struct ApiArgs {
     /// Default budget pacing: `linear[:BURST]` or `none`.
     #[arg(long = "default-pacing", default_value = "linear")]
     pub pacing: String,
+    /// Require this API key (`Authorization: Bearer KEY`) on the public API — HTTP `/v1/*`, and
+    /// the coordinator's gRPC service — as `[TENANT:]KEY` (tenant `default` when none is
+    /// named; at least 16 characters). Repeat it, or use --api-key-file, for several. The tenant
+    /// scopes what requests share (the suffix drafter's index of earlier completions). Without
+    /// keys the API is open. `/health`, `/metrics` and gRPC health stay open. (A key on the
+    /// command line shows in `ps`: prefer the file.) Clients: `specd generate --coordinator`
+    /// sends $SPECD_API_KEY.
+    #[arg(long, value_name = "[TENANT:]KEY")]
+    pub api_key: Vec<String>,
+    /// A file of API keys: one `TENANT KEY` (or a bare `KEY`) per line, `#` comments.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub drain: crate::nodes::DrainArgs,
 }
@@ -104,7 +116,16 @@ impl ApiArgs {
             max_waiting: self.max_waiting,
             defaults,
             drain_timeout: self.drain.timeout(),
+            api_keys: self.api_keys()?,
         })
+    }
+
+    /// The API keys of --api-key and --api-key-file (None: an open API).
+    pub fn api_keys(&self) -> Result<Option<Arc<specd_rpc::auth::ApiKeys>>> {
+        Ok(
+            specd_rpc::auth::ApiKeys::load(&self.api_key, self.api_key_file.as_deref())?
+                .map(Arc::new),
+        )
     }
 }
 

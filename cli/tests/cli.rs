@@ -190,7 +190,11 @@ fn invalid_flag_values_are_named() {
     fails_with(&with(&["--rule", "bogus"]), &["--rule", "bogus"]);
     fails_with(&with(&["--mode", "fast"]), &["--mode"]);
     fails_with(&with(&["--seed", "abc"]), &["--seed"]);
-    fails_with(&with(&["--drafter", "suffix"]), &["--drafter", "ngram"]);
+    fails_with(&with(&["--drafter", "trie"]), &["--drafter", "ngram", "suffix"]);
+    fails_with(
+        &with(&["--drafter", "suffix", "--suffix-min-prob", "1.5"]),
+        &["--suffix-min-prob", "(0, 1]"],
+    );
     fails_with(
         &with(&["--drafter", "ngram", "--ngram-min", "0"]),
         &["--ngram-min", "1 ≤ min ≤ max"],

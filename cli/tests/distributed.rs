@@ -191,16 +191,18 @@ fn model_free_draft_node_equals_embedded() {
         embedded["accepted_tokens"].as_u64().unwrap() > 0,
         "the quoting prompt must give lookup something: {embedded}"
     );
-    for (url, extra) in [
-        (&c.url, None),
-        (&c.url, Some("--no-pipeline")),
-        (&c_model.url, None),
+    for (url, extra, drafter) in [
+        (&c.url, None, "ngram"),
+        (&c.url, Some("--no-pipeline"), "ngram"),
+        (&c_model.url, None, "ngram"),
+        (&c.url, None, "suffix"),
+        (&c_model.url, Some("--no-pipeline"), "suffix"),
     ] {
         let mut args = vec![
             "--max-tokens",
             "48",
             "--drafter",
-            "ngram",
+            drafter,
             "--coordinator",
             url,
         ];
@@ -225,6 +227,22 @@ fn model_free_draft_node_equals_embedded() {
     assert!(
         e.contains("no draft model") && e.contains("ngram"),
         "asking a model-free node for the model drafter: {e}"
+    );
+    let o = run(&[
+        "generate",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+        "--drafter",
+        "hybrid",
+        "--coordinator",
+        &c.url,
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("no draft model"),
+        "asking a model-free node for the hybrid drafter: {e}"
     );
 }
 
@@ -1626,4 +1644,58 @@ fn a_coordinator_waits_for_its_first_target_and_routes_around_absent_ones() {
         "{}",
         c.log()
     );
+}
+
+/// The coordinator's gRPC service with an API key: a request without it, or with another, is
+/// UNAUTHENTICATED and runs nothing; with it (`SPECD_API_KEY` of `specd generate`), the output is
+/// the embedded run's. gRPC health stays open to probes.
+#[test]
+fn the_coordinator_grpc_api_requires_its_key() {
+    let prompt = PROMPTS[1];
+    let expected = generate(prompt, &["--max-tokens", "16", "--mode", "target-only"]);
+    let t = target_node(&[]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let c = spawn(
+        &[
+            "coordinator",
+            "--listen",
+            &listen,
+            "--target",
+            &t.url,
+            "--api-key",
+            "acme:sk-acme-0123456789abcdef",
+        ],
+        port,
+    );
+    let args = [
+        "generate",
+        "--prompt",
+        prompt,
+        "--chat",
+        "--json",
+        "--max-tokens",
+        "16",
+        "--coordinator",
+        &c.url,
+    ];
+    for key in [None, Some("sk-wrong-0123456789abcdef")] {
+        let mut cmd = Command::new(bin());
+        cmd.args(args).env_remove("SPECD_API_KEY");
+        if let Some(k) = key {
+            cmd.env("SPECD_API_KEY", k);
+        }
+        let o = cmd.output().unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && e.contains("API key"),
+            "key {key:?}: {e}"
+        );
+    }
+    let o = Command::new(bin())
+        .args(args)
+        .env("SPECD_API_KEY", "sk-acme-0123456789abcdef")
+        .output()
+        .unwrap();
+    assert_eq!(json(&o)["token_ids"], expected["token_ids"]);
 }

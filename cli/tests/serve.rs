@@ -193,3 +193,60 @@ fn sigterm_lets_the_running_stream_finish() {
     assert!(status.success(), "{status}");
     assert!(TcpStream::connect(("127.0.0.1", server.port)).is_err());
 }
+
+/// API keys (`--api-key-file`): the official `openai` client with a tenant's key is served; a
+/// wrong key or none is 401 (`openai.AuthenticationError`); `/health` stays open to probes. Each
+/// tenant's suffix index holds its own completions only: asked the same prompt again, tenant
+/// acme is drafted its earlier completion, while globex, asking it after acme, is not.
+#[test]
+fn api_keys_authenticate_and_tenants_do_not_share_the_suffix_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::write(
+        &keys,
+        "# tenant key\nacme sk-acme-0123456789abcdef\nglobex sk-globex-0123456789abcdef\n",
+    )
+    .unwrap();
+    let server = serve(&["--draft", "none", "--api-key-file", keys.to_str().unwrap()]);
+    let (code, body) = http(server.port, "GET", "/v1/models", "");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("invalid_api_key"), "{body}");
+    let (code, _) = http(server.port, "GET", "/health", "");
+    assert_eq!(code, 200);
+    let script = r#"
+import sys, openai
+base = f"http://127.0.0.1:{sys.argv[1]}/v1"
+acme = openai.OpenAI(base_url=base, api_key="sk-acme-0123456789abcdef")
+globex = openai.OpenAI(base_url=base, api_key="sk-globex-0123456789abcdef")
+wrong = openai.OpenAI(base_url=base, api_key="sk-wrong-0123456789abcdef")
+try:
+    wrong.models.list()
+    raise SystemExit("a wrong key was served")
+except openai.AuthenticationError as e:
+    assert e.status_code == 401 and "not one of" in str(e), e
+msgs = [{"role": "user", "content": "Write a short poem about autumn leaves."}]
+def run(client):
+    r = client.chat.completions.create(
+        model="smollm2-135m-q8_0", messages=msgs, temperature=0, max_tokens=64,
+        extra_body={"speculative": {"drafter": "suffix", "gamma": 4}})
+    return r.choices[0].message.content, r.usage.model_extra["speculative"]["accepted_tokens"]
+first, a1 = run(acme)
+other, a2 = run(globex)
+again, a3 = run(acme)
+assert first == other == again, (first, other, again)
+# globex drafts as from an empty index (it sees none of acme's completion); acme's second run
+# finds its first completion and nearly every proposal is accepted.
+assert a2 == a1 and a3 >= 40 and a3 >= a1 + 12, ("accepted", a1, a2, a3)
+print("accepted", a1, a2, a3)
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script, &server.port.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

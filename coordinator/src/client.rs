@@ -58,14 +58,15 @@ pub fn request_to_wire(req: &Request, protect: &str, pipeline: bool) -> Generate
             DraftSampling::Greedy => "greedy".into(),
             DraftSampling::Sample => "sample".into(),
         },
-        tenant: String::new(),
+        tenant: req.tenant.clone(),
         no_pipeline: !pipeline,
         drafter: req.drafter.to_string(),
         top_logprobs: req.logprobs.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
     }
 }
 
-/// Runs a request through a coordinator (`pipeline`: pipelined drafting on the draft-node).
+/// Runs a request through a coordinator (`pipeline`: pipelined drafting on the draft-node),
+/// presenting the API key in `SPECD_API_KEY` if it is set.
 pub fn generate(
     url: &str,
     req: &Request,
@@ -81,8 +82,16 @@ pub fn generate(
         let channel = specd_rpc::peers::connect(url)
             .await
             .map_err(|s| anyhow!("coordinator {url}: {}", s.message()))?;
+        let mut request = tonic::Request::new(request_to_wire(req, protect, pipeline));
+        // The key of an API that requires one (`--api-key` on the coordinator).
+        if let Ok(key) = std::env::var("SPECD_API_KEY") {
+            let value = format!("Bearer {}", key.trim())
+                .parse()
+                .map_err(|_| anyhow!("SPECD_API_KEY is not a valid header value"))?;
+            request.metadata_mut().insert("authorization", value);
+        }
         let mut stream = CoordinatorClient::new(channel)
-            .generate(request_to_wire(req, protect, pipeline))
+            .generate(request)
             .await
             .map_err(|s| anyhow!("{}: {}", s.code(), s.message()))
             .context("the coordinator refused the request")?

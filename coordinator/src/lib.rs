@@ -42,6 +42,8 @@ pub struct CoordinatorConfig {
     pub model_name: Option<String>,
     /// On shutdown, how long running requests may take to end (specd_rpc::drain).
     pub drain_timeout: std::time::Duration,
+    /// API keys of its gRPC service (its HTTP API takes them from `http`); None: open.
+    pub api_keys: Option<std::sync::Arc<specd_rpc::auth::ApiKeys>>,
     /// At start, how long to wait for the first target-node that can be reached (zero: fail at
     /// once when none can). Targets not reached then are marked down and used once their health
     /// checks answer (a scaled-up StatefulSet's later pods).
@@ -120,12 +122,22 @@ impl Coordinator for CoordinatorNode {
     ) -> Result<Response<Self::GenerateStream>, Status> {
         self.drain.admit("the coordinator")?;
         let ctx = trace::incoming(&req);
+        // A gRPC request's tenant is the one its API key names (the interceptor's); the HTTP API,
+        // which calls in process, has set the one its own key named.
+        let tenant = req.extensions().get::<specd_rpc::auth::Tenant>().cloned();
         let span = tracing::info_span!(
             "generate",
             trace_id = %ctx.trace_id_hex(),
             session_id = tracing::field::Empty
         );
-        self.start(req.into_inner(), ctx).instrument(span).await
+        let mut r = req.into_inner();
+        if let Some(t) = tenant {
+            r.tenant = t.0;
+        }
+        if r.tenant.is_empty() {
+            r.tenant = specd_rpc::auth::DEFAULT_TENANT.to_owned();
+        }
+        self.start(r, ctx).instrument(span).await
     }
 
     async fn list_sessions(
@@ -264,6 +276,7 @@ impl CoordinatorNode {
                         draft_sampling: r.draft_sampling.clone(),
                         pipeline: !r.no_pipeline,
                         drafter: r.drafter.clone(),
+                        tenant: r.tenant.clone(),
                     },
                     &ctx,
                 ))
@@ -435,6 +448,7 @@ pub async fn serve(
         }
         _ => None,
     };
+    let api_keys = cfg.api_keys.clone();
     let drain = node.drain.clone();
     let busy = node.clone();
     let on_drain = async move {
@@ -455,7 +469,10 @@ pub async fn serve(
             |stop| {
                 tonic::transport::Server::builder()
                     .add_service(health)
-                    .add_service(CoordinatorServer::new(node))
+                    .add_service(CoordinatorServer::with_interceptor(
+                        node,
+                        specd_rpc::auth::ApiKeys::interceptor(api_keys),
+                    ))
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
                         stop,

@@ -381,6 +381,7 @@ impl Relay {
                     draft_sampling: r.draft_sampling.clone(),
                     pipeline: !r.no_pipeline,
                     drafter: r.drafter.clone(),
+                    tenant: r.tenant.clone(),
                 },
                 &self.ctx,
             ))

@@ -2,9 +2,9 @@
 //! request, refuses a target with another vocabulary (when it drafts with a model), and runs the
 //! engine's speculative loop (`spec_decode::generate::run`, the same code as the embedded mode)
 //! through [`GrpcVerifier`], a `Verifier` that sends each block on a `Verify` stream and waits for
-//! its verdict. A node started with `--drafter ngram` holds no model at all: it drafts by prompt
-//! lookup in any vocabulary (it adopts the target's), and the text of its events, like every
-//! node's, comes from the target's verdicts.
+//! its verdict. A node started with `--drafter ngram` or `suffix` holds no model at all: it drafts
+//! by prompt lookup or suffix counts in any vocabulary (it adopts the target's), and the text of
+//! its events, like every node's, comes from the target's verdicts.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -254,15 +254,15 @@ impl DraftNode {
                 .parse::<DrafterSpec>()
                 .map_err(|e| Status::invalid_argument(format!("{e:#}")))?
         };
-        let model = match (spec, &loaded) {
-            (DrafterSpec::Model, None) => {
+        let model = match (spec.needs_model(), &loaded) {
+            (true, None) => {
                 return Err(Status::failed_precondition(format!(
                     "this draft-node has no draft model (it serves --drafter {}); ask for drafter {0} or start it with --drafter model",
                     self.drafter
                 )))
             }
-            (DrafterSpec::Model, Some(m)) => Some(m.clone()),
-            _ => None,
+            (true, Some(m)) => Some(m.clone()),
+            (false, _) => None,
         };
         if !self.allowed_targets.is_empty() && !self.allowed_targets.contains(&r.target_url) {
             return Err(Status::permission_denied(
@@ -287,8 +287,14 @@ impl DraftNode {
                 )));
             }
         }
-        let mut drafter = Drafter::from_spec(spec, model.map(|m| m.model.clone()), sampling, mode)
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let mut drafter = Drafter::from_spec(
+            spec,
+            model.map(|m| m.model.clone()),
+            sampling,
+            mode,
+            &r.tenant,
+        )
+        .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
         let gamma = gamma.capped(self.max_gamma.min(info.max_block as usize));
         let (frame_tx, frame_rx) = mpsc::channel(2);
         let verdicts = client

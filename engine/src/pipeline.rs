@@ -165,6 +165,9 @@ pub struct Request {
     /// Report each committed token's log-probability under the target, with this many of the
     /// most likely alternatives (`RunStats::logprobs`, and each [`Delta`]).
     pub logprobs: Option<usize>,
+    /// Whose request it is: the suffix drafter shares its index of earlier completions among one
+    /// tenant's requests only ("" is the default tenant).
+    pub tenant: String,
 }
 
 /// What one verify round added, as a client is streamed it.
@@ -301,19 +304,20 @@ pub fn generate_until(
     )?;
     let speculative = req.mode == Mode::Speculative && req.gamma.speculative();
     let mut drafter = if speculative {
-        let model = match (req.drafter, draft) {
-            (DrafterSpec::Model, Some(d)) => {
+        let model = match (req.drafter.needs_model(), draft) {
+            (true, Some(d)) => {
                 check_pair(target, d)?;
                 Some(d.model.clone())
             }
-            (DrafterSpec::Model, None) => bail!("speculative mode needs a draft model"),
-            _ => None,
+            (true, None) => bail!("the {} drafter needs a draft model", req.drafter.name()),
+            (false, _) => None,
         };
         Some(Drafter::from_spec(
             req.drafter,
             model,
             req.sampling,
             req.draft_sampling,
+            &req.tenant,
         )?)
     } else {
         None

@@ -169,6 +169,7 @@ fn greedy_speculative_on_candle_agrees_with_its_target_only_argmax() {
             prompt: Prompt::user(*prompt),
             stop: Vec::new(),
             logprobs: None,
+            tenant: String::new(),
             max_tokens: 48,
             sampling: SamplingParams::default(),
             gamma: GammaPolicy::Fixed(4),

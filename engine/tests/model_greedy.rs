@@ -20,6 +20,7 @@ fn with_policy(prompt: &str, gamma: GammaPolicy, mode: Mode, max_tokens: usize) 
         prompt: Prompt::user(prompt),
         stop: Vec::new(),
         logprobs: None,
+        tenant: String::new(),
         max_tokens,
         sampling: SamplingParams::default(),
         gamma,
@@ -118,6 +119,7 @@ fn ngram_drafter_greedy_equals_target_only() {
             None,
             SamplingParams::default(),
             DraftSampling::Greedy,
+            "",
         )
         .unwrap();
         let p = run(
@@ -140,6 +142,74 @@ fn ngram_drafter_greedy_equals_target_only() {
     assert!(
         stale > 0,
         "pipelined lookup must have met rejected predecessors"
+    );
+}
+
+/// The suffix drafter (model-free) and the hybrid drafter (suffix when confident, else the draft
+/// model): output equal to target-only bit for bit. The node's index of earlier completions is
+/// shared by the requests of this process: asked the same prompts again, the suffix drafter
+/// proposes the earlier completions and gets most of them accepted.
+#[test]
+fn suffix_and_hybrid_drafters_greedy_equal_target_only() {
+    use specd_engine::spec_decode::draft::suffix::SuffixConfig;
+    let (t, d) = (common::target(), common::draft());
+    let quoting =
+        "Repeat this sentence exactly three times: the quick brown fox jumps over the lazy dog.";
+    let prompts: Vec<&str> = common::PROMPTS[..6]
+        .iter()
+        .copied()
+        .chain([quoting])
+        .collect();
+    let (mut first, mut again, mut tokens) = (0, 0, 0);
+    for round in 0..2 {
+        for prompt in &prompts {
+            let base =
+                generate(&t, None, &request(prompt, 0, Mode::TargetOnly, 64), |_| {}).unwrap();
+            for (gamma, spec, draft) in [
+                (
+                    GammaPolicy::Fixed(4),
+                    DrafterSpec::Suffix(SuffixConfig::default()),
+                    None,
+                ),
+                (
+                    GammaPolicy::Auto { max: 16 },
+                    DrafterSpec::Suffix(SuffixConfig::default()),
+                    None,
+                ),
+                (
+                    GammaPolicy::Fixed(4),
+                    DrafterSpec::Hybrid(SuffixConfig::default()),
+                    Some(&d),
+                ),
+            ] {
+                let mut req = with_policy(prompt, gamma, Mode::Speculative, 64);
+                req.drafter = spec;
+                let out = generate(&t, draft, &req, |_| {}).unwrap();
+                assert_eq!(
+                    out.token_ids, base.token_ids,
+                    "prompt {prompt:?}, gamma {gamma}, {spec}: speculative differs from target-only"
+                );
+                if draft.is_none() {
+                    assert_eq!(out.stats.draft_steps, 0, "no draft forwards");
+                }
+                if matches!(
+                    (spec, gamma),
+                    (DrafterSpec::Suffix(_), GammaPolicy::Fixed(_))
+                ) {
+                    if round == 0 {
+                        first += out.stats.accepted_tokens;
+                        tokens += out.token_ids.len();
+                    } else {
+                        again += out.stats.accepted_tokens;
+                    }
+                }
+            }
+        }
+    }
+    assert!(first > 0, "the suffix drafter had nothing accepted");
+    assert!(
+        again * 5 >= tokens * 3 && again > first,
+        "asked again, the suffix drafter got {again} of {tokens} tokens accepted (first time {first})"
     );
 }
 

@@ -80,6 +80,7 @@ fn a_resumed_session_judges_like_the_original() {
         Some(d.model.clone()),
         sampling,
         DraftSampling::Sample,
+        "",
     )
     .unwrap();
     run(

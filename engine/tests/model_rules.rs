@@ -24,6 +24,7 @@ fn budget_bounds_non_argmax_tokens_at_temperature_zero() {
         prompt: Prompt::user(prompt),
         stop: Vec::new(),
         logprobs: None,
+        tenant: String::new(),
         max_tokens: 64,
         sampling: SamplingParams::default(),
         gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { 4 }),
@@ -112,6 +113,7 @@ fn relaxation_raises_tokens_per_call() {
             prompt: Prompt::user(common::PROMPTS[11]),
             stop: Vec::new(),
             logprobs: None,
+            tenant: String::new(),
             max_tokens: 96,
             sampling: SamplingParams::default(),
             gamma: GammaPolicy::Fixed(4),
@@ -213,6 +215,7 @@ fn auto_with_frozen_costs_repeats_seeded_lossy_runs() {
             prompt: Prompt::user(common::PROMPTS[2]),
             stop: Vec::new(),
             logprobs: None,
+            tenant: String::new(),
             max_tokens: 48,
             sampling: SamplingParams {
                 temperature: 1.0,

@@ -155,6 +155,7 @@ fn seeded_sampled_runs_repeat_exactly() {
         prompt: Prompt::user(common::PROMPTS[11]),
         stop: Vec::new(),
         logprobs: None,
+        tenant: String::new(),
         max_tokens: 40,
         sampling: SamplingParams {
             temperature: 0.8,

@@ -1,8 +1,9 @@
 //! Experiment configurations: `RULE[@key=value,...]`, e.g. `exact`, `topk:3@budget=8`,
 //! `typical:0.09,0.3@budget=8,protect=none`. Keys: `budget` (default 0), `protect`
 //! (`default` | `none`; default `default`), `pacing` (`none` | `linear[:BURST]`; default `none`),
-//! `gamma` (a number, `auto` or `heuristic`; overrides `--gamma`), `drafter` (`model`, the default,
-//! or `ngram` / `ngram:MIN-MAX`: prompt lookup, no draft model), e.g. `exact@drafter=ngram,gamma=auto`.
+//! `gamma` (a number, `auto` or `heuristic`; overrides `--gamma`), `drafter` (`model`, the default;
+//! `ngram` / `ngram:MIN-MAX`: prompt lookup; `suffix` / `suffix:MIN-MAX@P`: suffix counts; `hybrid`
+//! / `hybrid:MIN-MAX@P`), e.g. `exact@drafter=ngram,gamma=auto`.
 
 use anyhow::{bail, Context, Result};
 use specd_engine::spec_decode::budget::Pacing;

@@ -262,6 +262,7 @@ impl<'a> Runner<'a> {
             prompt: Prompt::Text(prompt_text.clone()),
             stop: Vec::new(),
             logprobs: None,
+            tenant: String::new(),
             max_tokens: self.opts.max_tokens,
             sampling: SamplingParams {
                 temperature: self.opts.temperature,

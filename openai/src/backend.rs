@@ -5,7 +5,6 @@ use std::ops::ControlFlow;
 
 use specd_engine::pipeline::{self, Delta, LoadedModel, Mode, Output, Prompt};
 use specd_engine::spec_decode::budget::ProtectCache;
-use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::target::check_context;
 
 use crate::error::ApiError;
@@ -110,12 +109,12 @@ impl Backend for Embedded {
             })?;
         if req.mode == Mode::Speculative
             && req.gamma.speculative()
-            && req.drafter == DrafterSpec::Model
+            && req.drafter.needs_model()
             && self.draft.is_none()
         {
             return Err(ApiError::invalid(
                 "speculative.drafter",
-                "this server has no draft model: ask for speculative.drafter \"ngram\" or mode \"target-only\"",
+                "this server has no draft model: ask for speculative.drafter \"ngram\" or \"suffix\", or mode \"target-only\"",
             ));
         }
         pipeline::generate_until(&self.target, self.draft.as_ref(), &req, on_delta)

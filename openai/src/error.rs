@@ -59,6 +59,14 @@ impl ApiError {
         }
     }
 
+    /// 401 `invalid_api_key`: no API key, or not one of this server's.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError {
+            code: Some("invalid_api_key"),
+            ..Self::new(StatusCode::UNAUTHORIZED, message)
+        }
+    }
+
     /// 429: too many requests running and waiting; retry after `seconds`.
     pub fn overloaded(message: impl Into<String>, seconds: u64) -> Self {
         ApiError {
@@ -91,6 +99,7 @@ impl ApiError {
         match self.status {
             // As OpenAI's API: an unknown model is a 404 invalid_request_error too.
             StatusCode::BAD_REQUEST
+            | StatusCode::UNAUTHORIZED
             | StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::NOT_FOUND
             | StatusCode::METHOD_NOT_ALLOWED => "invalid_request_error",

@@ -3,7 +3,10 @@
 //! (Prometheus). Requests are
 //! turned into the engine's one request type ([`request`]) and run on a [`Backend`]; each runs on
 //! a blocking thread, at most `max_running` at once, with at most `max_waiting` more waiting in
-//! order (beyond that: 429 with `Retry-After`). A client that goes away ends its request.
+//! order (beyond that: 429 with `Retry-After`). A client that goes away ends its request. With
+//! API keys (`--api-key`, `--api-key-file`), `/v1/*` needs `Authorization: Bearer KEY` (401
+//! otherwise) and the key's tenant goes with the request; `/health` and `/metrics` stay open to
+//! probes and scrapers.
 
 pub mod backend;
 pub mod error;
@@ -28,6 +31,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use specd_engine::pipeline::{Delta, Output};
 use specd_engine::spec_decode::FinishReason;
+use specd_rpc::auth::Tenant;
 use specd_telemetry::trace::TraceContext;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -51,6 +55,8 @@ pub struct HttpConfig {
     pub defaults: Speculative,
     /// On shutdown, how long running requests may take to finish.
     pub drain_timeout: std::time::Duration,
+    /// The API keys and their tenants; None: an open API.
+    pub api_keys: Option<Arc<specd_rpc::auth::ApiKeys>>,
 }
 
 struct AppState {
@@ -211,7 +217,25 @@ fn backend(s: &AppState) -> Result<Arc<dyn Backend>, ApiError> {
         .ok_or_else(|| ApiError::unavailable("the model is still loading; retry shortly"))
 }
 
-async fn models(State(s): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+/// The tenant the request's API key names (the default one on an open API).
+fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+    match &s.cfg.api_keys {
+        None => Ok(Tenant::default()),
+        Some(keys) => keys
+            .tenant(
+                headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            )
+            .map_err(|e| ApiError::unauthorized(e.message())),
+    }
+}
+
+async fn models(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authenticate(&s, &headers)?;
     let b = backend(&s)?;
     Ok(Json(json!({
         "object": "list",
@@ -351,7 +375,14 @@ async fn complete(s: Shared, endpoint: Endpoint, headers: &HeaderMap, body: Body
         endpoint = endpoint.path(),
         trace_id = %trace.trace_id_hex()
     );
-    let mut response = respond(s, endpoint, trace, body).instrument(span).await;
+    let mut response = match authenticate(&s, headers) {
+        Ok(tenant) => {
+            respond(s, endpoint, trace, tenant, body)
+                .instrument(span)
+                .await
+        }
+        Err(e) => e.into_response(),
+    };
     // The trace goes on with this server's span (the caller's trace id, a new parent id).
     if let Ok(v) = axum::http::HeaderValue::from_str(&trace.child().to_string()) {
         response
@@ -361,7 +392,13 @@ async fn complete(s: Shared, endpoint: Endpoint, headers: &HeaderMap, body: Body
     response
 }
 
-async fn respond(s: Shared, endpoint: Endpoint, trace: TraceContext, body: Body) -> Response {
+async fn respond(
+    s: Shared,
+    endpoint: Endpoint,
+    trace: TraceContext,
+    tenant: Tenant,
+    body: Body,
+) -> Response {
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => {
@@ -372,7 +409,7 @@ async fn respond(s: Shared, endpoint: Endpoint, trace: TraceContext, body: Body)
             .into_response()
         }
     };
-    match prepare(&s, endpoint, &body, trace).await {
+    match prepare(&s, endpoint, &body, trace, tenant).await {
         Err(e) => {
             tracing::info!(status = e.status.as_u16(), "refused: {}", e.message);
             e.into_response()
@@ -387,10 +424,12 @@ async fn prepare(
     endpoint: Endpoint,
     body: &[u8],
     trace: TraceContext,
+    tenant: Tenant,
 ) -> Result<(Arc<dyn Backend>, Parsed, Turn), ApiError> {
     let backend = backend(s)?;
     let mut parsed = request::parse(endpoint, body, &s.cfg.defaults)?;
     parsed.trace = Some(trace);
+    parsed.request.tenant = tenant.0;
     if parsed.model != backend.model_id() {
         return Err(ApiError::unknown_model(&parsed.model, backend.model_id()));
     }

@@ -285,6 +285,7 @@ pub fn parse(endpoint: Endpoint, bytes: &[u8], defaults: &Speculative) -> Result
             draft_sampling,
             policy,
             logprobs,
+            tenant: String::new(),
         },
         protect,
         stream,
@@ -754,7 +755,7 @@ mod tests {
                 "speculative.mode",
             ),
             (
-                serde_json::json!({"model": "m", "messages": m, "speculative": {"drafter": "suffix"}}),
+                serde_json::json!({"model": "m", "messages": m, "speculative": {"drafter": "lookahead"}}),
                 "speculative.drafter",
             ),
             (

@@ -2,8 +2,10 @@
 //! generated protocol of [`specd_proto`], which stays free of engine code so that a gRPC client
 //! need not compile a model: conversions between wire messages and engine types ([`convert`]),
 //! channels to peers reused across requests ([`peers`]), the W3C trace context carried in gRPC
-//! metadata ([`trace`]), and a node's listener and graceful shutdown ([`drain`]).
+//! metadata ([`trace`]), API keys and tenants of the public APIs ([`auth`]), and a node's listener
+//! and graceful shutdown ([`drain`]).
 
+pub mod auth;
 pub mod convert;
 pub mod drain;
 pub mod loading;

@@ -69,6 +69,7 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
         prompt: Prompt::user(p),
         stop: Vec::new(),
         logprobs: None,
+        tenant: String::new(),
         max_tokens: a.max_tokens,
         sampling: SamplingParams::default(),
         gamma: GammaPolicy::Fixed(a.gamma),

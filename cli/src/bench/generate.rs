@@ -96,6 +96,7 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         prompt: Prompt::new(p.to_owned(), chat),
         stop: Vec::new(),
         logprobs: None,
+        tenant: String::new(),
         max_tokens: a.max_tokens,
         sampling,
         gamma: GammaPolicy::Fixed(gamma),

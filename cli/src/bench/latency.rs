@@ -299,6 +299,7 @@ pub fn bench_latency(a: LatencyBenchArgs) -> Result<()> {
         prompt: Prompt::user(p),
         stop: Vec::new(),
         logprobs: None,
+        tenant: String::new(),
         max_tokens,
         sampling: SamplingParams::default(),
         gamma,

@@ -90,6 +90,7 @@ pub fn bench_rules(a: RulesBenchArgs) -> Result<()> {
             prompt: Prompt::user(p),
             stop: Vec::new(),
             logprobs: None,
+            tenant: String::new(),
             max_tokens: a.max_tokens,
             sampling,
             gamma: GammaPolicy::Fixed(if mode == Mode::TargetOnly { 0 } else { a.gamma }),

@@ -1,10 +1,17 @@
 //! The draft side: what proposes blocks. A [`Drafter`] is
 //! - [`model::ModelDrafter`]: the draft model, greedy or sampled (`--drafter model`);
-//! - [`ngram::NgramDrafter`]: prompt lookup, no model (`--drafter ngram`): greedy, its proposals
-//!   are one-hot, may be empty (the round is then a target-only step) and vary in length.
+//! - [`ngram::NgramDrafter`]: prompt lookup, no model (`--drafter ngram`);
+//! - [`suffix::SuffixDrafter`]: counts of what followed each context in the session and in the
+//!   node's earlier completions, no model (`--drafter suffix`);
+//! - hybrid (`--drafter hybrid`): the suffix drafter's proposal when it is confident, the draft
+//!   model's otherwise.
+//!
+//! The model-free drafters are greedy: their proposals are one-hot, may be empty (the round is
+//! then a target-only step) and vary in length.
 
 pub mod model;
 pub mod ngram;
+pub mod suffix;
 
 use std::sync::Arc;
 
@@ -16,6 +23,7 @@ use crate::model::Model;
 use crate::sampling::SamplingParams;
 use model::ModelDrafter;
 use ngram::{NgramConfig, NgramDrafter};
+use suffix::{SuffixConfig, SuffixDrafter, SuffixStores};
 
 /// Which drafter a request uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -26,16 +34,25 @@ pub enum DrafterSpec {
     Model,
     /// Prompt lookup over the committed sequence.
     Ngram(NgramConfig),
+    /// Suffix counts over the session and the node's earlier completions.
+    Suffix(SuffixConfig),
+    /// The suffix drafter when confident, else the draft model.
+    Hybrid(SuffixConfig),
 }
 
 impl std::str::FromStr for DrafterSpec {
     type Err = anyhow::Error;
 
-    /// `model`, `ngram` (default lengths) or `ngram:MIN-MAX`.
+    /// `model`, `ngram` (default lengths), `ngram:MIN-MAX`, `suffix[:MIN-MAX@P]`,
+    /// `hybrid[:MIN-MAX@P]`.
     fn from_str(v: &str) -> Result<Self> {
         Ok(match v.trim().split_once(':') {
             None if v.trim() == "model" => DrafterSpec::Model,
             None if v.trim() == "ngram" => DrafterSpec::Ngram(NgramConfig::default()),
+            None if v.trim() == "suffix" => DrafterSpec::Suffix(SuffixConfig::default()),
+            None if v.trim() == "hybrid" => DrafterSpec::Hybrid(SuffixConfig::default()),
+            Some(("suffix", knobs)) => DrafterSpec::Suffix(SuffixConfig::parse(knobs)?),
+            Some(("hybrid", knobs)) => DrafterSpec::Hybrid(SuffixConfig::parse(knobs)?),
             Some(("ngram", lengths)) => {
                 let Some((min, max)) = lengths
                     .split_once('-')
@@ -47,7 +64,9 @@ impl std::str::FromStr for DrafterSpec {
                 c.validate()?;
                 DrafterSpec::Ngram(c)
             }
-            _ => bail!("drafter {v:?}: use model, ngram or ngram:MIN-MAX"),
+            _ => bail!(
+                "drafter {v:?}: use model, ngram[:MIN-MAX], suffix[:MIN-MAX@P] or hybrid[:MIN-MAX@P]"
+            ),
         })
     }
 }
@@ -58,20 +77,26 @@ impl std::fmt::Display for DrafterSpec {
         match self {
             DrafterSpec::Model => write!(f, "model"),
             DrafterSpec::Ngram(c) => write!(f, "ngram:{}-{}", c.min, c.max),
+            DrafterSpec::Suffix(c) => write!(f, "{c}"),
+            DrafterSpec::Hybrid(c) => {
+                write!(f, "hybrid{}", c.to_string().trim_start_matches("suffix"))
+            }
         }
     }
 }
 
 impl DrafterSpec {
     pub fn needs_model(&self) -> bool {
-        matches!(self, DrafterSpec::Model)
+        matches!(self, DrafterSpec::Model | DrafterSpec::Hybrid(_))
     }
 
-    /// `model` or `ngram` (the CLI's `--drafter` value).
+    /// `model`, `ngram`, `suffix` or `hybrid` (the CLI's `--drafter` value).
     pub fn name(&self) -> &'static str {
         match self {
             DrafterSpec::Model => "model",
             DrafterSpec::Ngram(_) => "ngram",
+            DrafterSpec::Suffix(_) => "suffix",
+            DrafterSpec::Hybrid(_) => "hybrid",
         }
     }
 }
@@ -94,7 +119,13 @@ pub struct DraftTiming {
 pub enum Drafter {
     Model(ModelDrafter),
     Ngram(NgramDrafter),
+    Suffix(SuffixDrafter),
+    Hybrid(ModelDrafter, SuffixDrafter),
 }
+
+/// Hybrid drafting takes the suffix drafter's proposal when its expected accepted length is at
+/// least this many tokens; below it, the draft model's.
+pub const HYBRID_MIN_EXPECTED: f64 = 2.0;
 
 impl Drafter {
     /// The model drafter.
@@ -102,17 +133,29 @@ impl Drafter {
         Drafter::Model(ModelDrafter::new(model, sampling, mode))
     }
 
-    /// The drafter `spec` names; `model` is needed for [`DrafterSpec::Model`].
+    /// The drafter `spec` names for a request of `tenant`; `model` is needed for the model and
+    /// hybrid drafters.
     pub fn from_spec(
         spec: DrafterSpec,
         model: Option<Arc<Model>>,
         sampling: SamplingParams,
         mode: DraftSampling,
+        tenant: &str,
     ) -> Result<Self> {
+        // The node's earlier completions of this tenant.
+        let suffix = |c: SuffixConfig| {
+            SuffixDrafter::new(c, SuffixStores::node().tenant(tenant, c.max_depth))
+        };
         Ok(match (spec, model) {
             (DrafterSpec::Model, Some(m)) => Drafter::new(m, sampling, mode),
-            (DrafterSpec::Model, None) => bail!("the model drafter needs a draft model"),
+            (DrafterSpec::Model | DrafterSpec::Hybrid(_), None) => {
+                bail!("the {} drafter needs a draft model", spec.name())
+            }
             (DrafterSpec::Ngram(c), _) => Drafter::Ngram(NgramDrafter::new(c)?),
+            (DrafterSpec::Suffix(c), _) => Drafter::Suffix(suffix(c)?),
+            (DrafterSpec::Hybrid(c), Some(m)) => {
+                Drafter::Hybrid(ModelDrafter::new(m, sampling, mode), suffix(c)?)
+            }
         })
     }
 
@@ -126,6 +169,16 @@ impl Drafter {
         match self {
             Drafter::Model(d) => d.propose(committed, gamma),
             Drafter::Ngram(d) => Ok(d.propose(committed, gamma)),
+            Drafter::Suffix(d) => Ok(d.propose(committed, gamma)),
+            Drafter::Hybrid(model, suffix) => {
+                let (block, timing) = suffix.propose(committed, gamma);
+                if suffix.confidence >= HYBRID_MIN_EXPECTED.min(gamma as f64) {
+                    return Ok((block, timing));
+                }
+                let (block, mut t) = model.propose(committed, gamma)?;
+                t.seconds += timing.seconds;
+                Ok((block, t))
+            }
         }
     }
 }
@@ -142,6 +195,24 @@ mod tests {
             (
                 "ngram:1-3",
                 DrafterSpec::Ngram(NgramConfig { min: 1, max: 3 }),
+            ),
+            ("suffix", DrafterSpec::Suffix(SuffixConfig::default())),
+            (
+                "suffix:1-8@0.2",
+                DrafterSpec::Suffix(SuffixConfig {
+                    min_match: 1,
+                    max_depth: 8,
+                    min_prob: 0.2,
+                }),
+            ),
+            ("hybrid", DrafterSpec::Hybrid(SuffixConfig::default())),
+            (
+                "hybrid:3-6@0.5",
+                DrafterSpec::Hybrid(SuffixConfig {
+                    min_match: 3,
+                    max_depth: 6,
+                    min_prob: 0.5,
+                }),
             ),
         ] {
             let parsed: DrafterSpec = text.parse().unwrap();
@@ -160,6 +231,8 @@ mod tests {
             "ngram:0-2",
             "ngram:4-2",
             "model:1",
+            "suffix:9",
+            "hybrid:2-8@2",
         ] {
             assert!(bad.parse::<DrafterSpec>().is_err(), "{bad}");
         }

@@ -1,0 +1,207 @@
+//! API keys of the public APIs — the OpenAI-compatible HTTP API (`serve`, `coordinator
+//! --http-listen`) and the coordinator's gRPC service — each naming a tenant. A request presents
+//! its key as `Authorization: Bearer KEY` (an HTTP header, or gRPC metadata); the tenant it names
+//! scopes what the request shares with others (the suffix drafter's index of earlier completions).
+//!
+//! Keys come from `--api-key [TENANT:]KEY` (repeatable; tenant `default`) and `--api-key-file
+//! FILE` (one `TENANT KEY` or bare `KEY` per line, `#` comments). Only their SHA-256 is kept; a
+//! presented key is hashed and looked up, so no comparison runs over a key's bytes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+/// The tenant of requests when no keys are configured, and of keys given without one.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// Shortest key accepted: a short key is a guessable one.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// The tenant a request authenticated as (a request extension, HTTP and gRPC alike).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant(pub String);
+
+impl Default for Tenant {
+    fn default() -> Self {
+        Tenant(DEFAULT_TENANT.to_owned())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    by_hash: HashMap<[u8; 32], String>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Invalid,
+}
+
+impl AuthError {
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthError::Missing => {
+                "this server requires an API key: send `Authorization: Bearer KEY`"
+            }
+            AuthError::Invalid => "the API key presented is not one of this server's",
+        }
+    }
+}
+
+fn hash(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+impl ApiKeys {
+    /// The keys of `--api-key` values and an `--api-key-file`; None when neither gives any (the
+    /// API is then open, every request of the default tenant).
+    pub fn load(keys: &[String], file: Option<&Path>) -> Result<Option<ApiKeys>> {
+        let mut k = ApiKeys::default();
+        for (i, v) in keys.iter().enumerate() {
+            let (tenant, key) = match v.split_once(':') {
+                Some((t, key)) => (t.trim(), key.trim()),
+                None => (DEFAULT_TENANT, v.trim()),
+            };
+            k.add(tenant, key)
+                .with_context(|| format!("--api-key (the {}th)", i + 1))?;
+        }
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --api-key-file {}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let mut words = line.split_whitespace();
+                let (tenant, key) = match (words.next(), words.next(), words.next()) {
+                    (Some(key), None, _) => (DEFAULT_TENANT, key),
+                    (Some(t), Some(key), None) => (t, key),
+                    _ => bail!(
+                        "{}:{}: expected `TENANT KEY` or `KEY`",
+                        path.display(),
+                        n + 1
+                    ),
+                };
+                k.add(tenant, key)
+                    .with_context(|| format!("{}:{}", path.display(), n + 1))?;
+            }
+        }
+        Ok((!k.by_hash.is_empty()).then_some(k))
+    }
+
+    fn add(&mut self, tenant: &str, key: &str) -> Result<()> {
+        if tenant.is_empty()
+            || !tenant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!("tenant {tenant:?}: use letters, digits, '-', '_' or '.'");
+        }
+        if key.chars().count() < MIN_KEY_LEN || key.chars().any(char::is_whitespace) {
+            bail!("an API key needs at least {MIN_KEY_LEN} characters and no spaces");
+        }
+        if let Some(other) = self.by_hash.insert(hash(key), tenant.to_owned()) {
+            if other != tenant {
+                bail!("one key is given to two tenants ({other} and {tenant})");
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant of a request from its `Authorization` value.
+    pub fn tenant(&self, authorization: Option<&str>) -> Result<Tenant, AuthError> {
+        let value = authorization.ok_or(AuthError::Missing)?.trim();
+        let key = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or(AuthError::Missing)?
+            .trim();
+        self.by_hash
+            .get(&hash(key))
+            .map(|t| Tenant(t.clone()))
+            .ok_or(AuthError::Invalid)
+    }
+
+    /// A tonic interceptor for a public gRPC service: UNAUTHENTICATED without a valid key; the
+    /// request carries its [`Tenant`] on.
+    pub fn interceptor(
+        keys: Option<std::sync::Arc<ApiKeys>>,
+    ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+        move |mut req: tonic::Request<()>| {
+            let tenant = match &keys {
+                None => Tenant::default(),
+                Some(k) => {
+                    let value = req
+                        .metadata()
+                        .get("authorization")
+                        .and_then(|v| v.to_str().ok());
+                    k.tenant(value)
+                        .map_err(|e| tonic::Status::unauthenticated(e.message()))?
+                }
+            };
+            req.extensions_mut().insert(tenant);
+            Ok(req)
+        }
+    }
+}
+
+/// The tenant a gRPC request authenticated as (the default one on an open API).
+pub fn tenant_of<T>(req: &tonic::Request<T>) -> Tenant {
+    req.extensions()
+        .get::<Tenant>()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "sk-aaaaaaaaaaaaaaaaaaaa";
+    const B: &str = "sk-bbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn keys_name_their_tenants_and_nothing_else_passes() {
+        let dir = std::env::temp_dir().join(format!("specd-keys-{}", std::process::id()));
+        std::fs::write(&dir, format!("# tenants\nacme {B}\n\n{A}x\n")).unwrap();
+        let k = ApiKeys::load(&[format!("team-1:{A}")], Some(&dir))
+            .unwrap()
+            .unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        let bearer = |key: &str| format!("Bearer {key}");
+        assert_eq!(k.tenant(Some(&bearer(A))), Ok(Tenant("team-1".into())));
+        assert_eq!(k.tenant(Some(&bearer(B))), Ok(Tenant("acme".into())));
+        assert_eq!(
+            k.tenant(Some(&bearer(&format!("{A}x")))),
+            Ok(Tenant(DEFAULT_TENANT.into()))
+        );
+        assert_eq!(
+            k.tenant(Some(&bearer("sk-cccccccccccccccccccc"))),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(k.tenant(Some(A)), Err(AuthError::Missing));
+        assert_eq!(k.tenant(None), Err(AuthError::Missing));
+        assert_eq!(k.tenant(Some("Bearer ")), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn no_keys_is_an_open_api_and_bad_keys_are_refused() {
+        assert!(ApiKeys::load(&[], None).unwrap().is_none());
+        for bad in [
+            "short",
+            "bad tenant:sk-aaaaaaaaaaaaaaaaaaaa",
+            ":sk-aaaaaaaaaaaaaaaaaaaa",
+        ] {
+            assert!(ApiKeys::load(&[bad.into()], None).is_err(), "{bad}");
+        }
+        let e = ApiKeys::load(&[format!("a:{A}"), format!("b:{A}")], None).unwrap_err();
+        assert!(format!("{e:#}").contains("two tenants"), "{e:#}");
+        let e = ApiKeys::load(&[], Some(Path::new("/no/such/keys"))).unwrap_err();
+        assert!(format!("{e:#}").contains("/no/such/keys"), "{e:#}");
+    }
+}
