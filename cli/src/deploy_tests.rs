@@ -306,6 +306,8 @@ struct Pod {
     service_name: Option<String>,
     ports: BTreeMap<String, u16>,
     role: Role,
+    /// The Secret its node secret's file (SPECD_NODE_SECRET_FILE) is read from.
+    node_secret: Option<String>,
 }
 
 fn check_overlay(dir: &str) {
@@ -412,6 +414,27 @@ fn check_overlay(dir: &str) {
                     name(d)
                 );
             }
+            // The node secret's file is on a volume of a Secret, mounted where the env says.
+            let node_secret = env.get("SPECD_NODE_SECRET_FILE").map(|file| {
+                let mount = c["volumeMounts"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| file.starts_with(&format!("{}/", s(&m["mountPath"]))))
+                    .unwrap_or_else(|| panic!("{dir}: {}: {file} is on no volume", name(d)));
+                let volume = spec["volumes"]
+                    .as_sequence()
+                    .into_iter()
+                    .flatten()
+                    .find(|v| v["name"] == mount["name"])
+                    .unwrap_or_else(|| panic!("{dir}: {}: no volume {:?}", name(d), mount["name"]));
+                assert!(
+                    volume["secret"]["secretName"].is_string(),
+                    "{dir}: {}: the node secret is not read from a Secret",
+                    name(d)
+                );
+                s(&volume["secret"]["secretName"])
+            });
             let ports = container_ports(c);
             // Declared ports: what the process serves, under the names Services use.
             for (pname, want) in [("grpc", r.listen), ("metrics", r.metrics), ("http", r.http)] {
@@ -468,9 +491,21 @@ fn check_overlay(dir: &str) {
                 service_name: d["spec"].get("serviceName").map(s),
                 ports,
                 role: r,
+                node_secret,
             });
         }
     }
+    // Every node process holds the same node secret, or none does: a node with it refuses the
+    // others' calls.
+    let secrets: BTreeSet<Option<&String>> = pods
+        .iter()
+        .filter(|p| ["coordinator", "target-node", "draft-node"].contains(&p.role.name))
+        .map(|p| p.node_secret.as_ref())
+        .collect();
+    assert!(
+        secrets.len() <= 1,
+        "{dir}: some node processes have a node secret and others not: {secrets:?}"
+    );
     // Services select pods that declare their target ports.
     let mut services = BTreeMap::new();
     for d in docs.iter().filter(|d| kind(d) == "Service") {
@@ -673,4 +708,29 @@ fn a_wrong_port_or_flag_in_a_manifest_is_caught() {
     ])
     .unwrap();
     assert_eq!((r.listen, r.metrics), (Some(50052), Some(9100)));
+}
+
+#[test]
+fn a_node_secret_on_some_nodes_only_is_caught() {
+    // cpu-demo with the node secret on its target-node alone: the coordinator could not call it.
+    let dir = tempfile::tempdir().unwrap();
+    let up = "../".repeat(dir.path().components().count() - 1);
+    let base = root().join("deploy/k8s/overlays/cpu-demo");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {up}{}\npatches:\n  - path: target-node.yaml\n",
+            base.to_str().unwrap().trim_start_matches('/')
+        ),
+    )
+    .unwrap();
+    std::fs::copy(
+        root().join("deploy/k8s/components/node-secret/target-node.yaml"),
+        dir.path().join("target-node.yaml"),
+    )
+    .unwrap();
+    let dir = dir.path().to_str().unwrap().to_owned();
+    let e = std::panic::catch_unwind(|| check_overlay(&dir)).unwrap_err();
+    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("node secret"), "{msg}");
 }

@@ -119,6 +119,27 @@ impl DrainArgs {
     }
 }
 
+/// The secret the processes of one deployment share on their node RPCs (docs/distributed.md).
+#[derive(Args, Clone)]
+pub struct NodeSecretArgs {
+    /// A file holding the deployment's node secret (first line, ≥ 16 characters, e.g. `openssl
+    /// rand -hex 32`; a mounted Kubernetes Secret). A node given one refuses calls without it
+    /// (UNAUTHENTICATED; health stays open); the coordinator and draft-nodes send it. Give the
+    /// same file to every target-node, draft-node and coordinator. Without it node ports are
+    /// open to whoever reaches them.
+    #[arg(long, env = "SPECD_NODE_SECRET_FILE", value_name = "FILE")]
+    pub node_secret_file: Option<std::path::PathBuf>,
+}
+
+impl NodeSecretArgs {
+    pub fn load(&self) -> Result<Option<std::sync::Arc<specd_rpc::auth::NodeSecret>>> {
+        self.node_secret_file
+            .as_deref()
+            .map(|p| specd_rpc::auth::NodeSecret::load(p).map(std::sync::Arc::new))
+            .transpose()
+    }
+}
+
 pub fn parse_listen(s: &str) -> Result<SocketAddr> {
     s.parse()
         .with_context(|| format!("--listen {s:?}: expected HOST:PORT, e.g. 127.0.0.1:50051"))
@@ -145,6 +166,8 @@ pub struct TargetNodeArgs {
     #[arg(long, default_value_t = 32)]
     pub max_block: usize,
     #[command(flatten)]
+    pub node_secret: NodeSecretArgs,
+    #[command(flatten)]
     pub drain: DrainArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -163,6 +186,7 @@ impl TargetNodeArgs {
             idle_timeout: Duration::from_secs(self.session_idle_timeout),
             max_block: self.max_block,
             drain_timeout: self.drain.timeout(),
+            node_secret: self.node_secret.load()?,
         })
     }
 }
@@ -197,6 +221,8 @@ pub struct DraftNodeArgs {
     #[arg(long, value_delimiter = ',')]
     pub allow_target: Vec<String>,
     #[command(flatten)]
+    pub node_secret: NodeSecretArgs,
+    #[command(flatten)]
     pub drain: DrainArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -212,6 +238,7 @@ impl DraftNodeArgs {
             drafter: self.drafter.spec()?,
             drain_timeout: self.drain.timeout(),
             allowed_targets: self.allow_target.clone(),
+            node_secret: self.node_secret.load()?,
         })
     }
 }
@@ -249,6 +276,8 @@ pub struct CoordinatorArgs {
     #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
     pub target_wait: f64,
     #[command(flatten)]
+    pub node_secret: NodeSecretArgs,
+    #[command(flatten)]
     pub api: crate::serve::ApiArgs,
 }
 
@@ -271,6 +300,7 @@ impl CoordinatorArgs {
             model_name: self.api.served_model_name.clone(),
             drain_timeout: self.api.drain.timeout(),
             api_keys: self.api.api_keys()?,
+            node_secret: self.node_secret.load()?,
             target_wait: Duration::try_from_secs_f64(self.target_wait).map_err(|_| {
                 anyhow::anyhow!("--target-wait {}: give seconds ≥ 0", self.target_wait)
             })?,

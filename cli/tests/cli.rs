@@ -190,7 +190,10 @@ fn invalid_flag_values_are_named() {
     fails_with(&with(&["--rule", "bogus"]), &["--rule", "bogus"]);
     fails_with(&with(&["--mode", "fast"]), &["--mode"]);
     fails_with(&with(&["--seed", "abc"]), &["--seed"]);
-    fails_with(&with(&["--drafter", "trie"]), &["--drafter", "ngram", "suffix"]);
+    fails_with(
+        &with(&["--drafter", "trie"]),
+        &["--drafter", "ngram", "suffix"],
+    );
     fails_with(
         &with(&["--drafter", "suffix", "--suffix-min-prob", "1.5"]),
         &["--suffix-min-prob", "(0, 1]"],

@@ -1699,3 +1699,98 @@ fn the_coordinator_grpc_api_requires_its_key() {
         .unwrap();
     assert_eq!(json(&o)["token_ids"], expected["token_ids"]);
 }
+
+/// With `--node-secret-file`, a node refuses calls without the secret or with another
+/// (UNAUTHENTICATED, naming the flag), its health stays open, and a deployment whose processes
+/// share the file runs as without one.
+#[test]
+fn node_rpcs_require_the_node_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("node-secret");
+    std::fs::write(&secret, "3f6c0e0b5d1a4c2e9b7f8a6d5c4b3a29\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    let prompt = PROMPTS[0];
+    let expected = generate(prompt, &["--max-tokens", "24", "--mode", "target-only"]);
+    // Started by health alone: the probes need no secret.
+    let t = target_node(&["--node-secret-file", secret]);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let d = spawn_with(
+        &["draft-node", "--listen", &listen, "--drafter", "ngram"],
+        &[("SPECD_NODE_SECRET_FILE", secret)],
+        port,
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let c = spawn(
+        &[
+            "coordinator",
+            "--listen",
+            &listen,
+            "--target",
+            &t.url,
+            "--draft",
+            &d.url,
+            "--node-secret-file",
+            secret,
+        ],
+        port,
+    );
+    let o = run(&[
+        "generate",
+        "--prompt",
+        prompt,
+        "--chat",
+        "--json",
+        "--max-tokens",
+        "24",
+        "--drafter",
+        "ngram",
+        "--coordinator",
+        &c.url,
+    ]);
+    let out = json(&o);
+    assert_eq!(out["token_ids"], expected["token_ids"]);
+    // The draft-node reached the target with the secret (else it falls back to target-only).
+    assert_eq!(out["fallback"], false, "{out}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = TargetVerifierClient::connect(t.url.clone()).await.unwrap();
+        let open = || v1::OpenSessionRequest {
+            prompt: "Hello".into(),
+            max_tokens: 4,
+            ..Default::default()
+        };
+        let e = c.open_session(open()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        assert!(e.message().contains("--node-secret-file"), "{e:?}");
+        let mut wrong = tonic::Request::new(open());
+        wrong.metadata_mut().insert(
+            specd_rpc::auth::NODE_SECRET_HEADER,
+            "0000000000000000000000".parse().unwrap(),
+        );
+        let e = c.open_session(wrong).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        assert!(e.message().contains("wrong node secret"), "{e:?}");
+    });
+    let service = specd_proto::v1::target_verifier_server::SERVICE_NAME;
+    assert_eq!(
+        grpc_health(&rt, &t.url, service),
+        Some(ServingStatus::Serving)
+    );
+    // A coordinator without the secret is refused at start, naming why.
+    let port = free_port();
+    let o = run(&[
+        "coordinator",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--target",
+        &t.url,
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("node secret"), "{e}");
+}

@@ -44,6 +44,8 @@ pub struct CoordinatorConfig {
     pub drain_timeout: std::time::Duration,
     /// API keys of its gRPC service (its HTTP API takes them from `http`); None: open.
     pub api_keys: Option<std::sync::Arc<specd_rpc::auth::ApiKeys>>,
+    /// The node secret it presents to target- and draft-nodes.
+    pub node_secret: Option<std::sync::Arc<specd_rpc::auth::NodeSecret>>,
     /// At start, how long to wait for the first target-node that can be reached (zero: fail at
     /// once when none can). Targets not reached then are marked down and used once their health
     /// checks answer (a scaled-up StatefulSet's later pods).
@@ -349,7 +351,7 @@ pub async fn serve(
     if cfg.targets.is_empty() {
         bail!("--target: give at least one target-node URL");
     }
-    let peers = Peers::default();
+    let peers = Peers::with_secret(cfg.node_secret.clone());
     let (fingerprints, unreachable) = reach_targets(&peers, &cfg.targets, cfg.target_wait).await?;
     let model_id = fingerprints[0].2.clone();
     let fingerprints: Vec<(String, String)> =
@@ -587,6 +589,9 @@ async fn startup_info(
                 return Err(Unreachable(format!("{role} {url}: {}", s.message())).into())
             }
             Err(s) if s.code() == Code::InvalidArgument => bail!("{role} {url}: {}", s.message()),
+            Err(s) if s.code() == Code::Unauthenticated => {
+                bail!("{role} {url} refused the coordinator: {}", s.message())
+            }
             Err(s) => bail!(
                 "{role} {url} does not answer as a specd {role}-node: {}",
                 s.message()

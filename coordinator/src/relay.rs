@@ -7,12 +7,11 @@
 //! with no token lost, repeated or changed (every random draw is keyed by position, so at T = 0,
 //! and at T > 0 with the same seed, the text is the one an uninterrupted run gives).
 
-use specd_proto::v1::target_verifier_client::TargetVerifierClient;
 use specd_proto::v1::{self, TokenEvent};
+use specd_rpc::peers::TargetClient;
 use specd_rpc::trace;
 use specd_telemetry::trace::TraceContext;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::CoordinatorNode;
@@ -25,7 +24,7 @@ const MAX_FAILOVERS: u32 = 3;
 /// asks the target to detokenize (the new suffix of the decoded completion, holding back an
 /// incomplete UTF-8 sequence until the end).
 pub(crate) struct TextRelay {
-    pub(crate) client: TargetVerifierClient<Channel>,
+    pub(crate) client: TargetClient,
     pub(crate) ctx: TraceContext,
     /// The completion's tokens so far.
     pub(crate) ids: Vec<u32>,
@@ -33,7 +32,7 @@ pub(crate) struct TextRelay {
 }
 
 impl TextRelay {
-    pub(crate) fn new(client: TargetVerifierClient<Channel>, ctx: TraceContext) -> Self {
+    pub(crate) fn new(client: TargetClient, ctx: TraceContext) -> Self {
         TextRelay {
             client,
             ctx,
@@ -106,7 +105,7 @@ pub(crate) struct Relay {
     /// The coordinator's id of the request (its first target session's id).
     pub(crate) sid: String,
     pub(crate) target_url: String,
-    pub(crate) target: TargetVerifierClient<Channel>,
+    pub(crate) target: TargetClient,
     /// The session's id on its current target.
     pub(crate) target_sid: String,
     pub(crate) prompt_ids: Vec<u32>,

@@ -42,6 +42,9 @@ pub struct DraftConfig {
     /// The target URLs a request may name; empty: any (the node then connects wherever a
     /// caller asks).
     pub allowed_targets: Vec<String>,
+    /// The deployment's node secret: required on every call but health's, and sent to the
+    /// target-nodes; None: open.
+    pub node_secret: Option<Arc<specd_rpc::auth::NodeSecret>>,
 }
 
 #[derive(Clone)]
@@ -390,7 +393,7 @@ pub async fn serve(
         max_gamma: cfg.max_gamma,
         drain: Default::default(),
         running: Default::default(),
-        peers: Peers::default(),
+        peers: Peers::with_secret(cfg.node_secret.clone()),
         allowed_targets: Arc::new(cfg.allowed_targets.clone()),
     };
     if cfg.allowed_targets.is_empty() {
@@ -444,7 +447,10 @@ pub async fn serve(
             |stop| {
                 tonic::transport::Server::builder()
                     .add_service(health)
-                    .add_service(DrafterServer::new(node))
+                    .add_service(DrafterServer::with_interceptor(
+                        node,
+                        specd_rpc::auth::NodeSecret::interceptor(cfg.node_secret),
+                    ))
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
                         stop,

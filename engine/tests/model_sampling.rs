@@ -94,11 +94,26 @@ fn first_token_of_speculative_sampling_follows_the_target() {
         2,
         "the prompt repeats its template tokens"
     );
+    // The suffix drafter's there (the session's index alone): one-hot tokens too.
+    let suffix = {
+        use specd_engine::spec_decode::draft::suffix::{SuffixConfig, SuffixDrafter};
+        let config = SuffixConfig {
+            min_match: 1,
+            min_prob: 0.01,
+            ..SuffixConfig::default()
+        };
+        SuffixDrafter::new(config, None)
+            .unwrap()
+            .propose(&prompt, 2)
+            .0
+    };
+    assert!(!suffix.tokens.is_empty(), "the suffix drafter proposes");
     let n = 1500;
     for variant in [
         "sampled draft",
         "greedy draft",
         "ngram draft",
+        "suffix draft",
         "target-only",
     ] {
         let mut counts = std::collections::HashMap::new();
@@ -127,6 +142,7 @@ fn first_token_of_speculative_sampling_follows_the_target() {
                     successor: false,
                 },
                 "ngram draft" => lookup.clone(),
+                "suffix draft" => suffix.clone(),
                 _ => DraftBlock::empty(prompt.len()),
             };
             let v = s.verify(&block).unwrap();

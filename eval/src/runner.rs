@@ -262,7 +262,9 @@ impl<'a> Runner<'a> {
             prompt: Prompt::Text(prompt_text.clone()),
             stop: Vec::new(),
             logprobs: None,
-            tenant: String::new(),
+            // Each config is its own tenant: a suffix drafter's index of earlier completions holds
+            // only its own config's (never the same problem's output under another config).
+            tenant: config.map_or_else(String::new, |c| c.name.clone()),
             max_tokens: self.opts.max_tokens,
             sampling: SamplingParams {
                 temperature: self.opts.temperature,

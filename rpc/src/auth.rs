@@ -6,6 +6,10 @@
 //! Keys come from `--api-key [TENANT:]KEY` (repeatable; tenant `default`) and `--api-key-file
 //! FILE` (one `TENANT KEY` or bare `KEY` per line, `#` comments). Only their SHA-256 is kept; a
 //! presented key is hashed and looked up, so no comparison runs over a key's bytes.
+//!
+//! The node RPCs (target-node, draft-node) take a [`NodeSecret`] instead: one secret shared by
+//! the processes of a deployment (`--node-secret-file`), sent by every node client ([`NodeAuth`],
+//! which [`crate::peers::Peers`] adds to its clients) and required by the nodes' services.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -150,6 +154,79 @@ impl ApiKeys {
     }
 }
 
+/// The metadata key a node RPC carries the node secret in.
+pub const NODE_SECRET_HEADER: &str = "x-specd-node-secret";
+
+/// The secret the nodes of one deployment share: their services refuse calls without it, their
+/// clients send it.
+#[derive(Clone)]
+pub struct NodeSecret {
+    value: tonic::metadata::AsciiMetadataValue,
+    hash: [u8; 32],
+}
+
+impl std::fmt::Debug for NodeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSecret(..)")
+    }
+}
+
+impl NodeSecret {
+    /// The secret in `path`: its first line, at least [`MIN_KEY_LEN`] printable ASCII characters
+    /// without spaces (e.g. `openssl rand -hex 32`; a Kubernetes Secret mounted as a file).
+    pub fn load(path: &Path) -> Result<NodeSecret> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --node-secret-file {}", path.display()))?;
+        NodeSecret::new(text.lines().next().unwrap_or("").trim())
+            .with_context(|| format!("--node-secret-file {}", path.display()))
+    }
+
+    pub fn new(secret: &str) -> Result<NodeSecret> {
+        if secret.len() < MIN_KEY_LEN || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            bail!(
+                "a node secret needs at least {MIN_KEY_LEN} printable ASCII characters and no spaces (e.g. `openssl rand -hex 32`)"
+            );
+        }
+        Ok(NodeSecret {
+            value: secret.parse().context("not a valid gRPC metadata value")?,
+            hash: hash(secret),
+        })
+    }
+
+    /// A tonic interceptor for a node's service: UNAUTHENTICATED unless the call carries the
+    /// secret (None: an open node).
+    pub fn interceptor(
+        secret: Option<std::sync::Arc<NodeSecret>>,
+    ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+        move |req: tonic::Request<()>| {
+            let Some(s) = &secret else { return Ok(req) };
+            match req.metadata().get(NODE_SECRET_HEADER).map(|v| hash(v.to_str().unwrap_or(""))) {
+                Some(h) if h == s.hash => Ok(req),
+                Some(_) => Err(tonic::Status::unauthenticated(
+                    "wrong node secret: this node's --node-secret-file differs from the caller's",
+                )),
+                None => Err(tonic::Status::unauthenticated(
+                    "this node requires the deployment's node secret: give the caller the same --node-secret-file",
+                )),
+            }
+        }
+    }
+}
+
+/// The client side of [`NodeSecret`]: adds it to every call (nothing when None).
+#[derive(Clone, Default, Debug)]
+pub struct NodeAuth(pub Option<std::sync::Arc<NodeSecret>>);
+
+impl tonic::service::Interceptor for NodeAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(s) = &self.0 {
+            req.metadata_mut()
+                .insert(NODE_SECRET_HEADER, s.value.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// The tenant a gRPC request authenticated as (the default one on an open API).
 pub fn tenant_of<T>(req: &tonic::Request<T>) -> Tenant {
     req.extensions()
@@ -187,6 +264,39 @@ mod tests {
         assert_eq!(k.tenant(Some(A)), Err(AuthError::Missing));
         assert_eq!(k.tenant(None), Err(AuthError::Missing));
         assert_eq!(k.tenant(Some("Bearer ")), Err(AuthError::Missing));
+    }
+
+    #[test]
+    fn the_node_secret_is_required_and_compared() {
+        use tonic::service::Interceptor;
+        let s = std::sync::Arc::new(NodeSecret::new("0123456789abcdef0123").unwrap());
+        let mut check = NodeSecret::interceptor(Some(s.clone()));
+        let sent = NodeAuth(Some(s)).call(tonic::Request::new(())).unwrap();
+        assert!(check(sent).is_ok());
+        let e = check(tonic::Request::new(())).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(
+            e.message().contains("--node-secret-file"),
+            "{}",
+            e.message()
+        );
+        let other = NodeSecret::new("fedcba9876543210fedc").unwrap();
+        let sent = NodeAuth(Some(other.into()))
+            .call(tonic::Request::new(()))
+            .unwrap();
+        assert!(check(sent)
+            .unwrap_err()
+            .message()
+            .contains("wrong node secret"));
+        // An open node takes anything; an open client sends nothing.
+        assert!(NodeSecret::interceptor(None)(tonic::Request::new(())).is_ok());
+        let sent = NodeAuth(None).call(tonic::Request::new(())).unwrap();
+        assert!(sent.metadata().get(NODE_SECRET_HEADER).is_none());
+        for bad in ["short", "has a space in it 0123", "0123456789abcdéf0123"] {
+            assert!(NodeSecret::new(bad).is_err(), "{bad}");
+        }
+        let e = NodeSecret::load(Path::new("/no/such/secret")).unwrap_err();
+        assert!(format!("{e:#}").contains("/no/such/secret"), "{e:#}");
     }
 
     #[test]

@@ -7,8 +7,16 @@ use std::time::Duration;
 
 use specd_proto::v1::drafter_client::DrafterClient;
 use specd_proto::v1::target_verifier_client::TargetVerifierClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
+
+use crate::auth::{NodeAuth, NodeSecret};
+
+/// A client of a target-node (carrying the node secret, if any).
+pub type TargetClient = TargetVerifierClient<InterceptedService<Channel, NodeAuth>>;
+/// A client of a draft-node (carrying the node secret, if any).
+pub type DraftClient = DrafterClient<InterceptedService<Channel, NodeAuth>>;
 
 /// The largest message a node client accepts (a long prompt's token ids, a block's draft rows).
 pub const MAX_MESSAGE: usize = 64 << 20;
@@ -37,10 +45,11 @@ pub async fn connect(url: &str) -> Result<Channel, Status> {
         .map_err(|e| Status::unavailable(format!("cannot reach {url}: {e}")))
 }
 
-/// The channels of one process, by URL (cheap to clone).
+/// The channels of one process, by URL (cheap to clone), and the node secret its clients send.
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<Channels>>,
+    auth: NodeAuth,
 }
 
 #[derive(Default)]
@@ -51,6 +60,14 @@ struct Channels {
 }
 
 impl Peers {
+    /// Peers whose node clients send `secret` (None: nothing).
+    pub fn with_secret(secret: Option<Arc<NodeSecret>>) -> Peers {
+        Peers {
+            auth: NodeAuth(secret),
+            ..Peers::default()
+        }
+    }
+
     /// The channel to `url`, connected on first use.
     pub async fn channel(&self, url: &str) -> Result<Channel, Status> {
         if let Some(c) = self.channels.lock().unwrap().by_url.get(url) {
@@ -80,12 +97,17 @@ impl Peers {
         }
     }
 
-    pub async fn target(&self, url: &str) -> Result<TargetVerifierClient<Channel>, Status> {
-        Ok(TargetVerifierClient::new(self.channel(url).await?)
-            .max_decoding_message_size(MAX_MESSAGE))
+    pub async fn target(&self, url: &str) -> Result<TargetClient, Status> {
+        Ok(
+            TargetVerifierClient::with_interceptor(self.channel(url).await?, self.auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
     }
 
-    pub async fn drafter(&self, url: &str) -> Result<DrafterClient<Channel>, Status> {
-        Ok(DrafterClient::new(self.channel(url).await?).max_decoding_message_size(MAX_MESSAGE))
+    pub async fn drafter(&self, url: &str) -> Result<DraftClient, Status> {
+        Ok(
+            DrafterClient::with_interceptor(self.channel(url).await?, self.auth.clone())
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
     }
 }

@@ -25,6 +25,7 @@ use specd_rpc::trace;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 use tracing::Instrument;
@@ -39,6 +40,8 @@ pub struct TargetConfig {
     pub max_block: usize,
     /// On shutdown, how long open sessions may take to end (specd_rpc::drain).
     pub drain_timeout: Duration,
+    /// The deployment's node secret, required on every call but health's; None: open.
+    pub node_secret: Option<Arc<specd_rpc::auth::NodeSecret>>,
 }
 
 struct Slot {
@@ -646,10 +649,11 @@ pub async fn serve(
             |stop| {
                 tonic::transport::Server::builder()
                     .add_service(health)
-                    .add_service(
+                    .add_service(InterceptedService::new(
                         TargetVerifierServer::new(node)
                             .max_decoding_message_size(specd_rpc::peers::MAX_MESSAGE),
-                    )
+                        specd_rpc::auth::NodeSecret::interceptor(cfg.node_secret),
+                    ))
                     .serve_with_incoming_shutdown(
                         tokio_stream::wrappers::TcpListenerStream::new(listener),
                         stop,
