@@ -493,6 +493,7 @@ fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
         );
         c.close_session(v1::CloseSessionRequest {
             session_id: whole.session_id,
+            session_token: whole.session_token,
         })
         .await
         .unwrap();
@@ -527,6 +528,7 @@ fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
         let summary = c
             .close_session(v1::CloseSessionRequest {
                 session_id: r.session_id,
+                session_token: r.session_token,
             })
             .await
             .unwrap()
@@ -535,8 +537,17 @@ fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
         assert_eq!(summary.budget_spent, 0.5);
         let a = c.open_session(open(16)).await.unwrap().into_inner();
         let base = a.prompt_ids.len() as u64;
+        // A frame naming `a` carries its token.
+        let token = |sid: &str| {
+            if sid == a.session_id {
+                a.session_token.clone()
+            } else {
+                String::new()
+            }
+        };
         let frame = |sid: &str, base_len: u64, tokens: Vec<u32>, seq: u64| DraftFrame {
             session_id: sid.into(),
+            session_token: token(sid),
             block: Some(DraftBlock {
                 block_seq: seq,
                 base_len,
@@ -577,6 +588,58 @@ fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
             Code::InvalidArgument,
             "first frame without a session"
         );
+        // The session's token is required: without it, or with another, nothing is judged.
+        for bad in ["", "0123456789abcdef0123456789abcdef"] {
+            let mut f = frame(&a.session_id, base, vec![1], 1);
+            f.session_token = bad.into();
+            let e = verify_one(&mut c, f).await.unwrap_err();
+            assert_eq!(e.code(), Code::Unauthenticated, "token {bad:?}: {e:?}");
+            let e = c
+                .close_session(v1::CloseSessionRequest {
+                    session_id: a.session_id.clone(),
+                    session_token: bad.into(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::Unauthenticated, "close, token {bad:?}");
+        }
+        // One Verify stream per session at a time: a second is refused while the first is open,
+        // and taken once it ends.
+        {
+            let (first_tx, first_rx) = tokio::sync::mpsc::channel(1);
+            first_tx
+                .send(frame(&a.session_id, base + 7, vec![1], 1))
+                .await
+                .unwrap();
+            let mut first = c
+                .verify(tokio_stream::wrappers::ReceiverStream::new(first_rx))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(first.message().await.unwrap().unwrap().stale);
+            let e = verify_one(&mut c, frame(&a.session_id, base + 7, vec![1], 1))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::Aborted, "{e:?}");
+            drop(first_tx);
+            assert!(first.message().await.unwrap().is_none());
+        }
+        let mut again = None;
+        for _ in 0..50 {
+            match verify_one(&mut c, frame(&a.session_id, base + 7, vec![1], 1)).await {
+                Err(e) if e.code() == Code::Aborted => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                other => {
+                    again = Some(other);
+                    break;
+                }
+            }
+        }
+        assert!(
+            again.unwrap().unwrap().unwrap().stale,
+            "the claim was let go"
+        );
         // A stale block is answered in-band and the stream goes on.
         let frames = vec![
             frame(&a.session_id, base + 5, vec![1], 1),
@@ -616,19 +679,29 @@ fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
         let e = c
             .decode(v1::DecodeRequest {
                 session_id: "nope".into(),
-                from_len: 0,
+                ..Default::default()
             })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
+        let e = c
+            .decode(v1::DecodeRequest {
+                session_id: a.session_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "decode without the token");
         c.close_session(v1::CloseSessionRequest {
             session_id: a.session_id.clone(),
+            session_token: a.session_token.clone(),
         })
         .await
         .unwrap();
         assert_eq!(
             c.close_session(v1::CloseSessionRequest {
-                session_id: a.session_id
+                session_id: a.session_id,
+                session_token: a.session_token,
             })
             .await
             .unwrap_err()
@@ -777,6 +850,7 @@ fn eval_runs_through_a_coordinator_and_admin_rpcs_work() {
                 ..Default::default()
             }),
             allow_loosen,
+            session_token: s.session_token.clone(),
         };
         let e = tc.update_policy(loosen(false)).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
@@ -786,6 +860,7 @@ fn eval_runs_through_a_coordinator_and_admin_rpcs_work() {
         let sum = tc
             .update_policy(v1::UpdatePolicyRequest {
                 session_id: s.session_id,
+                session_token: s.session_token,
                 policy: Some(v1::Policy {
                     rule: "exact".into(),
                     ..Default::default()

@@ -60,6 +60,9 @@ pub struct CoordinatorNode {
     /// Sessions created so far (orders the admin table).
     created: Arc<AtomicU64>,
     sessions: Arc<Mutex<HashMap<String, v1::SessionRecord>>>,
+    /// The target's session token of each running request (kept out of the records, which
+    /// ListSessions shows).
+    tokens: Arc<Mutex<HashMap<String, String>>>,
     drain: specd_rpc::drain::Drain,
     /// Channels to the nodes, reused across requests.
     peers: Peers,
@@ -165,6 +168,10 @@ impl Coordinator for CoordinatorNode {
             .get(&r.session_id)
             .map(|s| (s.target_url.clone(), s.target_session_id.clone()))
             .ok_or_else(|| Status::not_found(format!("unknown session {:?}", r.session_id)))?;
+        let token = self.tokens.lock().unwrap().get(&r.session_id).cloned();
+        let token = token.ok_or_else(|| {
+            Status::failed_precondition(format!("session {} has ended", r.session_id))
+        })?;
         let mut t = self.peers.target(&url).await?;
         let mut summary = t
             .update_policy(trace::outgoing(
@@ -172,6 +179,7 @@ impl Coordinator for CoordinatorNode {
                     session_id: target_sid,
                     policy: r.policy,
                     allow_loosen: r.allow_loosen,
+                    session_token: token,
                 },
                 &ctx,
             ))
@@ -235,6 +243,10 @@ impl CoordinatorNode {
             .into_inner();
         let sid = opened.session_id.clone();
         tracing::Span::current().record("session_id", sid.as_str());
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(sid.clone(), opened.session_token.clone());
         let draft_url = if speculative && gamma.speculative() {
             self.pick_draft()
         } else {
@@ -279,6 +291,7 @@ impl CoordinatorNode {
                         pipeline: !r.no_pipeline,
                         drafter: r.drafter.clone(),
                         tenant: r.tenant.clone(),
+                        session_token: opened.session_token.clone(),
                     },
                     &ctx,
                 ))
@@ -297,11 +310,13 @@ impl CoordinatorNode {
                         .close_session(trace::outgoing(
                             v1::CloseSessionRequest {
                                 session_id: sid.clone(),
+                                session_token: opened.session_token.clone(),
                             },
                             &ctx,
                         ))
                         .await;
                     self.sessions.lock().unwrap().remove(&sid);
+                    self.tokens.lock().unwrap().remove(&sid);
                     tracing::info!(code = ?s.code(), "refused by the draft-node: {}", s.message());
                     return Err(s);
                 }
@@ -327,6 +342,7 @@ impl CoordinatorNode {
             target_url,
             target,
             target_sid: sid,
+            target_token: opened.session_token,
             prompt_ids: opened.prompt_ids,
             max_tokens: opened.max_tokens,
             draft_url,
@@ -395,6 +411,7 @@ pub async fn serve(
         next: Arc::new(AtomicUsize::new(0)),
         created: Arc::new(AtomicU64::new(0)),
         sessions: Arc::new(Mutex::new(HashMap::new())),
+        tokens: Default::default(),
         drain: Default::default(),
         peers,
         health: Default::default(),

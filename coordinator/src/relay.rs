@@ -106,8 +106,9 @@ pub(crate) struct Relay {
     pub(crate) sid: String,
     pub(crate) target_url: String,
     pub(crate) target: TargetClient,
-    /// The session's id on its current target.
+    /// The session's id on its current target, and its token there.
     pub(crate) target_sid: String,
+    pub(crate) target_token: String,
     pub(crate) prompt_ids: Vec<u32>,
     /// The session's max_tokens, as the target resolved it.
     pub(crate) max_tokens: u32,
@@ -156,10 +157,12 @@ impl Relay {
             .close_session(trace::outgoing(
                 v1::CloseSessionRequest {
                     session_id: self.target_sid.clone(),
+                    session_token: self.target_token.clone(),
                 },
                 &self.ctx,
             ))
             .await;
+        self.node.tokens.lock().unwrap().remove(&self.sid);
         let state = match end {
             End::Cancelled => "cancelled",
             End::Failed(_) => "failed",
@@ -249,6 +252,7 @@ impl Relay {
                 v1::DecodeRequest {
                     session_id: self.target_sid.clone(),
                     from_len,
+                    session_token: self.target_token.clone(),
                 },
                 &self.ctx,
             ))
@@ -351,6 +355,12 @@ impl Relay {
         self.text.client = target;
         self.target_url = url.clone();
         self.target_sid = opened.session_id.clone();
+        self.target_token = opened.session_token.clone();
+        self.node
+            .tokens
+            .lock()
+            .unwrap()
+            .insert(self.sid.clone(), opened.session_token.clone());
         self.carried = self.merged();
         self.stats = v1::Stats::default();
         let target_sid = self.target_sid.clone();
@@ -381,6 +391,7 @@ impl Relay {
                     pipeline: !r.no_pipeline,
                     drafter: r.drafter.clone(),
                     tenant: r.tenant.clone(),
+                    session_token: self.target_token.clone(),
                 },
                 &self.ctx,
             ))

@@ -83,6 +83,8 @@ impl Drop for Running {
 /// A `Verifier` over a gRPC `Verify` stream (called from a blocking thread).
 pub struct GrpcVerifier {
     session_id: String,
+    /// The session's token, presented on the stream's first frame.
+    session_token: String,
     frames: mpsc::Sender<DraftFrame>,
     verdicts: Streaming<v1::Verdict>,
     handle: tokio::runtime::Handle,
@@ -113,6 +115,11 @@ impl Verifier for GrpcVerifier {
         let frame = DraftFrame {
             session_id: if self.seq == 1 {
                 self.session_id.clone()
+            } else {
+                String::new()
+            },
+            session_token: if self.seq == 1 {
+                self.session_token.clone()
             } else {
                 String::new()
             },
@@ -313,6 +320,7 @@ impl DraftNode {
             let _running = running;
             let mut verifier = GrpcVerifier {
                 session_id: r.session_id.clone(),
+                session_token: r.session_token.clone(),
                 frames: frame_tx,
                 verdicts,
                 handle,

@@ -227,6 +227,38 @@ impl tonic::service::Interceptor for NodeAuth {
     }
 }
 
+/// A new session token: 128 bits from the operating system's random source, as hex.
+pub fn new_session_token() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the operating system's random source failed");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What a node keeps of a session token (its SHA-256), and the check of a presented one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SessionToken([u8; 32]);
+
+impl SessionToken {
+    pub fn of(token: &str) -> SessionToken {
+        SessionToken(hash(token))
+    }
+
+    /// Ok when `presented` is the token; UNAUTHENTICATED naming the session otherwise.
+    pub fn check(&self, session: &str, presented: &str) -> Result<(), tonic::Status> {
+        if presented.is_empty() {
+            Err(tonic::Status::unauthenticated(format!(
+                "session {session}: no session token (send the one OpenSession returned)"
+            )))
+        } else if hash(presented) != self.0 {
+            Err(tonic::Status::unauthenticated(format!(
+                "session {session}: wrong session token"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// The tenant a gRPC request authenticated as (the default one on an open API).
 pub fn tenant_of<T>(req: &tonic::Request<T>) -> Tenant {
     req.extensions()
@@ -297,6 +329,23 @@ mod tests {
         }
         let e = NodeSecret::load(Path::new("/no/such/secret")).unwrap_err();
         assert!(format!("{e:#}").contains("/no/such/secret"), "{e:#}");
+    }
+
+    #[test]
+    fn session_tokens_are_random_and_checked() {
+        let (a, b) = (new_session_token(), new_session_token());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+        let t = SessionToken::of(&a);
+        assert!(t.check("s1", &a).is_ok());
+        for (bad, why) in [
+            (b.as_str(), "wrong session token"),
+            ("", "no session token"),
+        ] {
+            let e = t.check("s1", bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::Unauthenticated);
+            assert!(e.message().contains(why), "{}", e.message());
+        }
     }
 
     #[test]

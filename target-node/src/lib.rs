@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use specd_engine::spec_decode::DraftBlock;
 use specd_proto::v1::target_verifier_server::SERVICE_NAME;
 use specd_proto::v1::target_verifier_server::{TargetVerifier, TargetVerifierServer};
 use specd_proto::v1::{self, DraftFrame, TokenEvent, Verdict};
+use specd_rpc::auth::SessionToken;
 use specd_rpc::convert::{self, block_from_wire};
 use specd_rpc::loading::{Loaded, Loading};
 use specd_rpc::set_health;
@@ -49,11 +50,35 @@ struct Slot {
     /// The completion's text as verdicts commit it (`Verdict.text`).
     text: Mutex<TextStream>,
     last_used: Mutex<Instant>,
+    /// What every call on the session must present (`SessionOpened.session_token`).
+    token: SessionToken,
+    /// A Verify stream drives the session now (one at a time).
+    verifying: AtomicBool,
 }
 
 impl Slot {
     fn touch(&self) {
         *self.last_used.lock().unwrap() = Instant::now();
+    }
+}
+
+/// A Verify stream's hold on its session: the only stream that may verify it, until dropped.
+struct VerifyClaim(Arc<Slot>);
+
+impl VerifyClaim {
+    fn take(slot: Arc<Slot>, id: &str) -> Result<VerifyClaim, Status> {
+        if slot.verifying.swap(true, Ordering::AcqRel) {
+            return Err(Status::aborted(format!(
+                "session {id} is already driven by another Verify stream (one at a time)"
+            )));
+        }
+        Ok(VerifyClaim(slot))
+    }
+}
+
+impl Drop for VerifyClaim {
+    fn drop(&mut self) {
+        self.0.verifying.store(false, Ordering::Release);
     }
 }
 
@@ -117,8 +142,10 @@ impl TargetService {
         }
     }
 
-    fn slot(&self, id: &str) -> Result<Arc<Slot>, Status> {
-        self.sessions
+    /// The session `id`, if `token` is its token.
+    fn slot(&self, id: &str, token: &str) -> Result<Arc<Slot>, Status> {
+        let slot = self
+            .sessions
             .lock()
             .unwrap()
             .get(id)
@@ -127,7 +154,9 @@ impl TargetService {
                 Status::not_found(format!(
                     "unknown session {id:?} (closed, expired, or never opened)"
                 ))
-            })
+            })?;
+        slot.token.check(id, token)?;
+        Ok(slot)
     }
 
     /// Removes sessions idle for longer than `timeout`.
@@ -248,12 +277,15 @@ impl TargetVerifier for TargetNode {
             svc.next_id.fetch_add(1, Ordering::Relaxed),
             svc.node_tag
         );
+        let token = specd_rpc::auth::new_session_token();
         svc.sessions.lock().unwrap().insert(
             id.clone(),
             Arc::new(Slot {
                 session: Mutex::new(session),
                 text: Mutex::new(text),
                 last_used: Mutex::new(Instant::now()),
+                token: SessionToken::of(&token),
+                verifying: AtomicBool::new(false),
             }),
         );
         specd_telemetry::metrics::target_sessions(svc.session_count());
@@ -269,6 +301,7 @@ impl TargetVerifier for TargetNode {
             prompt_ids: prompt,
             model: Some(svc.info()),
             max_tokens: max_tokens as u32,
+            session_token: token,
         }))
     }
 
@@ -290,7 +323,7 @@ impl TargetVerifier for TargetNode {
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(
             async move {
-                let mut slot: Option<Arc<Slot>> = None;
+                let mut slot: Option<VerifyClaim> = None;
                 let mut session_id = String::new();
                 loop {
                     let frame = match inbound.message().await {
@@ -312,11 +345,14 @@ impl TargetVerifier for TargetNode {
                                     "the first frame of a Verify stream must name its session",
                                 ));
                             }
-                            slot = Some(svc.slot(&frame.session_id)?);
+                            // Let go of the session it drove before claiming the next.
+                            drop(slot.take());
+                            let next = svc.slot(&frame.session_id, &frame.session_token)?;
+                            slot = Some(VerifyClaim::take(next, &frame.session_id)?);
                             session_id = frame.session_id.clone();
                             stream_span.record("session_id", session_id.as_str());
                         }
-                        let slot = slot.clone().expect("session resolved");
+                        let slot = slot.as_ref().expect("session resolved").0.clone();
                         let wire = frame
                             .block
                             .ok_or_else(|| Status::invalid_argument("frame without a block"))?;
@@ -399,7 +435,7 @@ impl TargetVerifier for TargetNode {
         let svc = self.svc()?;
         let ctx = trace::incoming(&req);
         let r = req.into_inner();
-        let slot = svc.slot(&r.session_id)?;
+        let slot = svc.slot(&r.session_id, &r.session_token)?;
         tracing::info!(trace_id = %ctx.trace_id_hex(), session_id = %r.session_id, from_len = r.from_len, "target-only decode");
         let (tx, rx) = mpsc::channel(16);
         let id = r.session_id.clone();
@@ -487,7 +523,7 @@ impl TargetVerifier for TargetNode {
     ) -> Result<Response<v1::SessionSummary>, Status> {
         let svc = self.svc()?;
         let r = req.into_inner();
-        let slot = svc.slot(&r.session_id)?;
+        let slot = svc.slot(&r.session_id, &r.session_token)?;
         let policy = convert::policy_from_wire(r.policy.as_ref(), &svc.protect)?;
         let mut s = slot.session.lock().unwrap();
         let live = s.params().policy.clone();
@@ -527,12 +563,15 @@ impl TargetVerifier for TargetNode {
     ) -> Result<Response<v1::SessionSummary>, Status> {
         let svc = self.svc()?;
         let ctx = trace::incoming(&req);
-        let id = req.into_inner().session_id;
+        let r = req.into_inner();
+        let id = r.session_id;
         let slot = {
             let mut sessions = svc.sessions.lock().unwrap();
             let slot = sessions
-                .remove(&id)
+                .get(&id)
                 .ok_or_else(|| Status::not_found(format!("unknown session {id:?}")))?;
+            slot.token.check(&id, &r.session_token)?;
+            let slot = sessions.remove(&id).expect("just found");
             specd_telemetry::metrics::target_sessions(sessions.len());
             slot
         };
