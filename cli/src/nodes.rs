@@ -140,6 +140,53 @@ impl NodeSecretArgs {
     }
 }
 
+/// TLS on the node's gRPC server and on its calls to https:// peers (docs/distributed.md).
+#[derive(Args, Clone)]
+pub struct TlsArgs {
+    /// Serve TLS with this certificate (PEM, chain first); it is also the certificate this
+    /// process presents to peers that require one. With --tls-key.
+    #[arg(
+        long,
+        env = "SPECD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(
+        long,
+        env = "SPECD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The CA that peers' certificates must chain to, for https:// peer URLs (default: the public
+    /// web roots). http:// URLs stay plaintext.
+    #[arg(long, env = "SPECD_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Mutual TLS: require every caller of this node's gRPC server to present a certificate that
+    /// chains to this CA (health probes included: use `specd health` with SPECD_TLS_* then).
+    #[arg(
+        long,
+        env = "SPECD_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn load(&self) -> Result<Option<std::sync::Arc<specd_rpc::tls::Tls>>> {
+        Ok(specd_rpc::tls::Tls::load(
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.tls_ca.as_deref(),
+            self.tls_client_ca.as_deref(),
+        )?
+        .map(std::sync::Arc::new))
+    }
+}
+
 pub fn parse_listen(s: &str) -> Result<SocketAddr> {
     s.parse()
         .with_context(|| format!("--listen {s:?}: expected HOST:PORT, e.g. 127.0.0.1:50051"))
@@ -168,6 +215,8 @@ pub struct TargetNodeArgs {
     #[command(flatten)]
     pub node_secret: NodeSecretArgs,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub drain: DrainArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -187,6 +236,7 @@ impl TargetNodeArgs {
             max_block: self.max_block,
             drain_timeout: self.drain.timeout(),
             node_secret: self.node_secret.load()?,
+            tls: self.tls.load()?,
         })
     }
 }
@@ -223,6 +273,8 @@ pub struct DraftNodeArgs {
     #[command(flatten)]
     pub node_secret: NodeSecretArgs,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub drain: DrainArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
@@ -239,6 +291,7 @@ impl DraftNodeArgs {
             drain_timeout: self.drain.timeout(),
             allowed_targets: self.allow_target.clone(),
             node_secret: self.node_secret.load()?,
+            tls: self.tls.load()?,
         })
     }
 }
@@ -278,6 +331,8 @@ pub struct CoordinatorArgs {
     #[command(flatten)]
     pub node_secret: NodeSecretArgs,
     #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
     pub api: crate::serve::ApiArgs,
 }
 
@@ -288,7 +343,10 @@ impl CoordinatorArgs {
             Some(h) => Some((
                 h.parse()
                     .with_context(|| format!("--http-listen {h:?}: expected HOST:PORT"))?,
-                self.api.config()?,
+                specd_openai::HttpConfig {
+                    tls: self.tls.load()?,
+                    ..self.api.config()?
+                },
             )),
             None => None,
         };
@@ -301,6 +359,7 @@ impl CoordinatorArgs {
             drain_timeout: self.api.drain.timeout(),
             api_keys: self.api.api_keys()?,
             node_secret: self.node_secret.load()?,
+            tls: self.tls.load()?,
             target_wait: Duration::try_from_secs_f64(self.target_wait).map_err(|_| {
                 anyhow::anyhow!("--target-wait {}: give seconds ≥ 0", self.target_wait)
             })?,

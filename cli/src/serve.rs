@@ -31,6 +31,22 @@ pub struct ServeArgs {
     /// Device of the draft.
     #[arg(long, default_value = "cpu")]
     pub draft_device: Device,
+    /// Serve HTTPS with this certificate (PEM, chain first); with --tls-key.
+    #[arg(
+        long,
+        env = "SPECD_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(
+        long,
+        env = "SPECD_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -117,6 +133,7 @@ impl ApiArgs {
             defaults,
             drain_timeout: self.drain.timeout(),
             api_keys: self.api_keys()?,
+            tls: None,
         })
     }
 
@@ -131,7 +148,10 @@ impl ApiArgs {
 
 pub fn run(a: ServeArgs) -> Result<()> {
     let listen = parse_listen(&a.listen)?;
-    let cfg = a.api.config()?;
+    let mut cfg = a.api.config()?;
+    cfg.tls = specd_rpc::tls::Tls::load(a.tls_cert.as_deref(), a.tls_key.as_deref(), None, None)?
+        .map(Arc::new);
+    let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let name = a.api.served_model_name.clone();
     let load = move || -> Result<Arc<dyn Backend>> {
         let target = LoadedModel::load_on(&a.target, a.target_device, &crate::log)?;
@@ -147,7 +167,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     run_server(async move {
         let listener = specd_openai::bind(listen).await?;
         crate::log(&format!(
-            "HTTP API on http://{} (loading the models)",
+            "HTTP API on {scheme}://{} (loading the models)",
             listener.local_addr()?
         ));
         specd_openai::serve(listener, cfg, load, shutdown_signal()).await

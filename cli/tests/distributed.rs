@@ -17,7 +17,7 @@ use tonic_health::pb::HealthCheckRequest;
 
 mod common;
 
-use common::{bin, free_port, Proc};
+use common::{bin, free_port, test_pki, Proc};
 
 /// A node process, killed on drop.
 struct Node {
@@ -1868,4 +1868,132 @@ fn node_rpcs_require_the_node_secret() {
     ]);
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("node secret"), "{e}");
+}
+
+/// `specd health URL` with the given environment: its exit status and stderr.
+fn health_cli(url: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let o = Command::new(bin())
+        .args(["health", url, "--timeout", "3"])
+        .env_remove("SPECD_TLS_CA")
+        .env_remove("SPECD_TLS_CERT")
+        .env_remove("SPECD_TLS_KEY")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// TLS on every gRPC link, mutual on the node links: the output equals target-only's through
+/// TLS; a plaintext client against a TLS node, and a client without a certificate against a
+/// node that requires one, are refused with a clear error.
+#[test]
+fn tls_on_every_grpc_link_with_mutual_tls_between_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki(dir.path());
+    let client_env = [
+        ("SPECD_TLS_CA", pki.ca.as_str()),
+        ("SPECD_TLS_CERT", pki.client_cert.as_str()),
+        ("SPECD_TLS_KEY", pki.client_key.as_str()),
+    ];
+    // Every node serves TLS with the node certificate, requires client certificates from the
+    // CA (the coordinator's public API does not), and checks its peers against the CA.
+    let node_tls = |mutual: bool| {
+        let mut a = vec![
+            "--tls-cert".to_owned(),
+            pki.cert.clone(),
+            "--tls-key".into(),
+            pki.key.clone(),
+            "--tls-ca".into(),
+            pki.ca.clone(),
+        ];
+        if mutual {
+            a.extend(["--tls-client-ca".into(), pki.ca.clone()]);
+        }
+        a
+    };
+    let start = |args: Vec<String>, port: u16| {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut proc = Proc::spawn(&refs, &[]);
+        let url = format!("https://localhost:{port}");
+        let t0 = Instant::now();
+        loop {
+            proc.check_running();
+            if health_cli(&url, &client_env).0 {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "{}", proc.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Node { proc, url }
+    };
+    let node = |role: &str, extra: &[&str], mutual: bool| {
+        let port = free_port();
+        let mut args: Vec<String> =
+            vec![role.into(), "--listen".into(), format!("127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(node_tls(mutual));
+        start(args, port)
+    };
+    let t = node("target-node", &[], true);
+    let d = node("draft-node", &["--drafter", "ngram"], true);
+    let c = node(
+        "coordinator",
+        &["--target", &t.url, "--draft", &d.url],
+        false,
+    );
+
+    let prompt = PROMPTS[0];
+    let expected = generate(prompt, &["--max-tokens", "24", "--mode", "target-only"]);
+    let o = Command::new(bin())
+        .args([
+            "generate",
+            "--prompt",
+            prompt,
+            "--chat",
+            "--json",
+            "--max-tokens",
+            "24",
+            "--drafter",
+            "ngram",
+            "--coordinator",
+            &c.url,
+        ])
+        .envs(client_env)
+        .output()
+        .unwrap();
+    let out = json(&o);
+    assert_eq!(out["token_ids"], expected["token_ids"]);
+    assert_eq!(
+        out["fallback"], false,
+        "the draft-node verified through TLS: {out}"
+    );
+
+    // A plaintext client against a TLS node: refused, pointing at https://.
+    let plain = t.url.replace("https://localhost", "http://127.0.0.1");
+    let (ok, e) = health_cli(&plain, &[]);
+    assert!(!ok && e.contains("https://"), "{e}");
+    // Without a client certificate the mutual-TLS target refuses; the coordinator's API does not
+    // ask for one.
+    let (ok, e) = health_cli(&t.url, &client_env[..1]);
+    assert!(!ok, "no client certificate, yet served: {e}");
+    assert!(health_cli(&c.url, &client_env[..1]).0);
+    // A CA that did not sign the node's certificate: refused.
+    let other = tempfile::tempdir().unwrap();
+    let other = test_pki(other.path());
+    let (ok, e) = health_cli(&c.url, &[("SPECD_TLS_CA", other.ca.as_str())]);
+    assert!(!ok, "a certificate of another CA was trusted: {e}");
+    // A coordinator told a plaintext URL for a TLS target fails at start, naming the fix.
+    let port = free_port();
+    let o = run(&[
+        "coordinator",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--target",
+        &plain,
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("https://"), "{e}");
 }

@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use common::{bin, free_port, http, openai_client_checks, wait_http_ready, Proc};
+use common::{bin, free_port, http, openai_client_checks, test_pki, wait_http_ready, Proc};
 
 /// A `specd serve` process, killed on drop.
 struct Server {
@@ -248,5 +248,101 @@ print("accepted", a1, a2, a3)
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// HTTPS: the official client with the test's CA gets the plain-HTTP run's text; without the CA
+/// (the public roots) it refuses the certificate; a plaintext request gets no answer;
+/// `specd health https://…/health` checks with $SPECD_TLS_CA.
+#[test]
+fn https_with_the_openai_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = test_pki(dir.path());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut proc = Proc::spawn(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--draft",
+            "none",
+            "--tls-cert",
+            &pki.cert,
+            "--tls-key",
+            &pki.key,
+        ],
+        &[],
+    );
+    let url = format!("https://localhost:{port}/health");
+    let start = std::time::Instant::now();
+    loop {
+        proc.check_running();
+        let o = Command::new(bin())
+            .args(["health", &url])
+            .env("SPECD_TLS_CA", &pki.ca)
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(300),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    // Plain HTTP to the HTTPS port: no answer (the handshake fails), and health says why.
+    let o = Command::new(bin())
+        .args(["health", &format!("http://127.0.0.1:{port}/health")])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("https://"), "{e}");
+    let script = r#"
+import sys, openai
+port, ca = sys.argv[1], sys.argv[2]
+base = f"https://localhost:{port}/v1"
+msgs = [{"role": "user", "content": "Name three colors."}]
+client = openai.OpenAI(base_url=base, api_key="none",
+                       http_client=openai.DefaultHttpxClient(verify=ca))
+r = client.chat.completions.create(model="smollm2-135m-q8_0", messages=msgs, temperature=0,
+                                   max_tokens=16, extra_body={"speculative": {"drafter": "ngram"}})
+print(r.choices[0].message.content)
+try:
+    openai.OpenAI(base_url=base, api_key="none", max_retries=0).models.list()
+    raise SystemExit("a certificate of the test's CA was trusted without it")
+except openai.APIConnectionError as e:
+    assert "CERTIFICATE_VERIFY_FAILED" in repr(e.__cause__), repr(e.__cause__)
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script, &port.to_string(), &pki.ca])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    // The same request over plain HTTP (another server) gives the same text.
+    let plain = serve(&["--draft", "none"]);
+    let body = serde_json::json!({
+        "model": "smollm2-135m-q8_0", "temperature": 0, "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Name three colors."}],
+        "speculative": {"drafter": "ngram"}
+    })
+    .to_string();
+    let (code, resp) = http(plain.port, "POST", "/v1/chat/completions", &body);
+    assert_eq!(code, 200, "{resp}");
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .trim(),
+        text
     );
 }

@@ -66,7 +66,9 @@ pub fn request_to_wire(req: &Request, protect: &str, pipeline: bool) -> Generate
 }
 
 /// Runs a request through a coordinator (`pipeline`: pipelined drafting on the draft-node),
-/// presenting the API key in `SPECD_API_KEY` if it is set.
+/// presenting the API key in `SPECD_API_KEY` if it is set; an `https://` URL is checked against
+/// `SPECD_TLS_CA` (or the public roots), with `SPECD_TLS_CERT`/`SPECD_TLS_KEY` as the client's
+/// certificate where the coordinator asks for one.
 pub fn generate(
     url: &str,
     req: &Request,
@@ -79,7 +81,8 @@ pub fn generate(
         .build()?;
     rt.block_on(async {
         let t0 = Instant::now();
-        let channel = specd_rpc::peers::connect(url)
+        let tls = specd_rpc::tls::Tls::from_env()?;
+        let channel = specd_rpc::peers::connect(url, tls.as_ref())
             .await
             .map_err(|s| anyhow!("coordinator {url}: {}", s.message()))?;
         let mut request = tonic::Request::new(request_to_wire(req, protect, pipeline));

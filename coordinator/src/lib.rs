@@ -46,6 +46,8 @@ pub struct CoordinatorConfig {
     pub api_keys: Option<std::sync::Arc<specd_rpc::auth::ApiKeys>>,
     /// The node secret it presents to target- and draft-nodes.
     pub node_secret: Option<std::sync::Arc<specd_rpc::auth::NodeSecret>>,
+    /// TLS: its gRPC server's certificate (and mutual TLS), the CA of its nodes; None: plaintext.
+    pub tls: Option<std::sync::Arc<specd_rpc::tls::Tls>>,
     /// At start, how long to wait for the first target-node that can be reached (zero: fail at
     /// once when none can). Targets not reached then are marked down and used once their health
     /// checks answer (a scaled-up StatefulSet's later pods).
@@ -367,7 +369,7 @@ pub async fn serve(
     if cfg.targets.is_empty() {
         bail!("--target: give at least one target-node URL");
     }
-    let peers = Peers::with_secret(cfg.node_secret.clone());
+    let peers = Peers::new(cfg.node_secret.clone(), cfg.tls.clone());
     let (fingerprints, unreachable) = reach_targets(&peers, &cfg.targets, cfg.target_wait).await?;
     let model_id = fingerprints[0].2.clone();
     let fingerprints: Vec<(String, String)> =
@@ -451,7 +453,12 @@ pub async fn serve(
     };
     let http = match (cfg.http, http_listener) {
         (Some((_, http_cfg)), Some(listener)) => {
-            tracing::info!("coordinator: HTTP API on http://{}", listener.local_addr()?);
+            let https = cfg.tls.as_ref().is_some_and(|t| t.serves());
+            let scheme = if https { "https" } else { "http" };
+            tracing::info!(
+                "coordinator: HTTP API on {scheme}://{}",
+                listener.local_addr()?
+            );
             let backend = http::Coordinated {
                 node: node.clone(),
                 model_id: cfg.model_name.unwrap_or(model_id),
@@ -478,6 +485,7 @@ pub async fn serve(
         )
         .await
     };
+    let mut builder = specd_rpc::tls::server_builder(cfg.tls.as_deref())?;
     drain
         .serve(
             "specd coordinator",
@@ -486,7 +494,7 @@ pub async fn serve(
             move || running(&busy),
             cfg.drain_timeout,
             |stop| {
-                tonic::transport::Server::builder()
+                builder
                     .add_service(health)
                     .add_service(CoordinatorServer::with_interceptor(
                         node,
@@ -603,15 +611,24 @@ async fn startup_info(
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
             Err(s) if s.code() == Code::Unavailable => {
-                return Err(Unreachable(format!("{role} {url}: {}", s.message())).into())
+                return Err(Unreachable(specd_rpc::tls::with_hint(
+                    format!("{role} {url}: {}", specd_rpc::peers::status_text(&s)),
+                    url,
+                ))
+                .into())
             }
             Err(s) if s.code() == Code::InvalidArgument => bail!("{role} {url}: {}", s.message()),
             Err(s) if s.code() == Code::Unauthenticated => {
                 bail!("{role} {url} refused the coordinator: {}", s.message())
             }
             Err(s) => bail!(
-                "{role} {url} does not answer as a specd {role}-node: {}",
-                s.message()
+                "{role} {url} does not answer as a specd {role}-node: {}{}",
+                specd_rpc::peers::status_text(&s),
+                if specd_rpc::peers::transport_failure(&s) {
+                    specd_rpc::tls::scheme_hint(url)
+                } else {
+                    ""
+                }
             ),
         }
     }

@@ -45,6 +45,8 @@ pub struct DraftConfig {
     /// The deployment's node secret: required on every call but health's, and sent to the
     /// target-nodes; None: open.
     pub node_secret: Option<Arc<specd_rpc::auth::NodeSecret>>,
+    /// TLS: its server's certificate (and mutual TLS), the CA of its peers; None: plaintext.
+    pub tls: Option<Arc<specd_rpc::tls::Tls>>,
 }
 
 #[derive(Clone)]
@@ -401,7 +403,7 @@ pub async fn serve(
         max_gamma: cfg.max_gamma,
         drain: Default::default(),
         running: Default::default(),
-        peers: Peers::with_secret(cfg.node_secret.clone()),
+        peers: Peers::new(cfg.node_secret.clone(), cfg.tls.clone()),
         allowed_targets: Arc::new(cfg.allowed_targets.clone()),
     };
     if cfg.allowed_targets.is_empty() {
@@ -445,6 +447,7 @@ pub async fn serve(
     let running = node.running.clone();
     let on_drain =
         async move { set_health(&reporter, SERVICE_NAME, ServingStatus::NotServing).await };
+    let mut builder = specd_rpc::tls::server_builder(cfg.tls.as_deref())?;
     drain
         .serve(
             "specd draft-node",
@@ -453,7 +456,7 @@ pub async fn serve(
             move || running.load(Ordering::Acquire),
             cfg.drain_timeout,
             |stop| {
-                tonic::transport::Server::builder()
+                builder
                     .add_service(health)
                     .add_service(DrafterServer::with_interceptor(
                         node,

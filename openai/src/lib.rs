@@ -13,6 +13,7 @@ pub mod error;
 pub mod metrics;
 pub mod request;
 pub mod response;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::ops::ControlFlow;
@@ -57,6 +58,8 @@ pub struct HttpConfig {
     pub drain_timeout: std::time::Duration,
     /// The API keys and their tenants; None: an open API.
     pub api_keys: Option<Arc<specd_rpc::auth::ApiKeys>>,
+    /// HTTPS with this certificate (`--tls-cert`); None or no certificate: plain HTTP.
+    pub tls: Option<Arc<specd_rpc::tls::Tls>>,
 }
 
 struct AppState {
@@ -130,6 +133,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     anyhow::ensure!(cfg.max_running >= 1, "--max-running must be at least 1");
+    let https = match &cfg.tls {
+        Some(t) => t.https()?,
+        None => None,
+    };
     metrics::handle();
     let drain_timeout = cfg.drain_timeout;
     let state = Arc::new(AppState {
@@ -144,11 +151,21 @@ pub async fn serve(
     // for at most the drain timeout; then the server stops taking connections and ends.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
+        let stop = async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        };
+        match https {
+            Some(c) => {
+                axum::serve(tls::TlsListener::new(listener, c)?, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop)
+                    .await
+            }
+        }
     });
     let draining = state.clone();
     let mut deadline = Box::pin(async move {

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod drain;
 pub mod loading;
 pub mod peers;
+pub mod tls;
 pub mod trace;
 
 pub use specd_proto::{v1, PROTOCOL_VERSION};

@@ -12,6 +12,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::auth::{NodeAuth, NodeSecret};
+use crate::tls::Tls;
 
 /// A client of a target-node (carrying the node secret, if any).
 pub type TargetClient = TargetVerifierClient<InterceptedService<Channel, NodeAuth>>;
@@ -25,10 +26,10 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 /// request) forgets the oldest rather than grow.
 const MAX_PEERS: usize = 64;
 
-/// Connects to a node URL with a bounded timeout; an unreachable peer is `UNAVAILABLE`, a
-/// malformed URL `INVALID_ARGUMENT`.
-pub async fn connect(url: &str) -> Result<Channel, Status> {
-    let ep = Endpoint::from_shared(url.to_owned())
+/// Connects to a node URL with a bounded timeout (TLS for an `https://` URL, with `tls`'s CA
+/// and certificate); an unreachable peer is `UNAVAILABLE`, a malformed URL `INVALID_ARGUMENT`.
+pub async fn connect(url: &str, tls: Option<&Tls>) -> Result<Channel, Status> {
+    let mut ep = Endpoint::from_shared(url.to_owned())
         .map_err(|e| {
             Status::invalid_argument(format!(
                 "invalid URL {url:?}: {e} (expected e.g. http://127.0.0.1:50051)"
@@ -40,9 +41,60 @@ pub async fn connect(url: &str) -> Result<Channel, Status> {
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
-    ep.connect()
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot reach {url}: {e}")))
+    if url.starts_with("https://") {
+        ep = ep
+            .tls_config(Tls::client(tls))
+            .map_err(|e| Status::invalid_argument(format!("TLS for {url}: {e}")))?;
+    }
+    ep.connect().await.map_err(|e| {
+        Status::unavailable(format!(
+            "cannot reach {url}: {}{}",
+            source_chain(&e),
+            crate::tls::scheme_hint(url)
+        ))
+    })
+}
+
+/// A failed call's message and its sources, as one line (transport failures keep their cause in
+/// the sources).
+pub fn status_text(s: &Status) -> String {
+    let mut t = s.message().to_owned();
+    let mut next = std::error::Error::source(s);
+    while let Some(c) = next {
+        let c_text = c.to_string();
+        if !t.contains(&c_text) {
+            t.push_str(": ");
+            t.push_str(&c_text);
+        }
+        next = c.source();
+    }
+    t
+}
+
+/// Whether a failed call's code says the connection itself failed (as a scheme that does not
+/// match the peer's — http:// to a TLS node, https:// to a plaintext one — makes it fail).
+pub fn transport_failure(s: &Status) -> bool {
+    use tonic::Code;
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    )
+}
+
+/// An error and its sources, as one line (a transport error's own text is often just "transport
+/// error").
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let c_text = c.to_string();
+        if !s.contains(&c_text) {
+            s.push_str(": ");
+            s.push_str(&c_text);
+        }
+        next = c.source();
+    }
+    s
 }
 
 /// The channels of one process, by URL (cheap to clone), and the node secret its clients send.
@@ -50,6 +102,7 @@ pub async fn connect(url: &str) -> Result<Channel, Status> {
 pub struct Peers {
     channels: Arc<Mutex<Channels>>,
     auth: NodeAuth,
+    tls: Option<Arc<Tls>>,
 }
 
 #[derive(Default)]
@@ -60,10 +113,12 @@ struct Channels {
 }
 
 impl Peers {
-    /// Peers whose node clients send `secret` (None: nothing).
-    pub fn with_secret(secret: Option<Arc<NodeSecret>>) -> Peers {
+    /// Peers whose node clients send `secret` (None: nothing) and connect to https:// URLs with
+    /// `tls` (None: the public web roots).
+    pub fn new(secret: Option<Arc<NodeSecret>>, tls: Option<Arc<Tls>>) -> Peers {
         Peers {
             auth: NodeAuth(secret),
+            tls,
             ..Peers::default()
         }
     }
@@ -73,7 +128,7 @@ impl Peers {
         if let Some(c) = self.channels.lock().unwrap().by_url.get(url) {
             return Ok(c.clone());
         }
-        let c = connect(url).await?;
+        let c = connect(url, self.tls.as_deref()).await?;
         let mut m = self.channels.lock().unwrap();
         if let Some(c) = m.by_url.get(url) {
             return Ok(c.clone());

@@ -43,6 +43,8 @@ pub struct TargetConfig {
     pub drain_timeout: Duration,
     /// The deployment's node secret, required on every call but health's; None: open.
     pub node_secret: Option<Arc<specd_rpc::auth::NodeSecret>>,
+    /// TLS: its server's certificate (and mutual TLS), the CA of its peers; None: plaintext.
+    pub tls: Option<Arc<specd_rpc::tls::Tls>>,
 }
 
 struct Slot {
@@ -678,6 +680,7 @@ pub async fn serve(
     let busy = node.clone();
     let on_drain =
         async move { set_health(&reporter, SERVICE_NAME, ServingStatus::NotServing).await };
+    let mut builder = specd_rpc::tls::server_builder(cfg.tls.as_deref())?;
     drain
         .serve(
             "specd target-node",
@@ -686,7 +689,7 @@ pub async fn serve(
             move || busy.svc().map_or(0, |s| s.session_count()),
             cfg.drain_timeout,
             |stop| {
-                tonic::transport::Server::builder()
+                builder
                     .add_service(health)
                     .add_service(InterceptedService::new(
                         TargetVerifierServer::new(node)

@@ -164,3 +164,49 @@ pub fn openai_client_checks(port: u16, model: &str, coordinator: bool) {
     );
     assert!(stdout.contains("passed, 0 failed"), "{stdout}");
 }
+
+/// Certificates made for the test: a CA, a server certificate for localhost signed by it, and
+/// a client certificate signed by it; written as PEM files into `dir`.
+pub struct TestPki {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+pub fn test_pki(dir: &std::path::Path) -> TestPki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL takes a leaf whose issuer name is its own for a self-signed one.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "specd test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names[0].as_str());
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, server_key) = leaf(vec!["localhost".into()]);
+    let (client, client_key) = leaf(vec!["specd-client".into()]);
+    let write = |name: &str, pem: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    TestPki {
+        ca: write("ca.pem", &ca.pem()),
+        cert: write("node.pem", &server),
+        key: write("node.key", &server_key),
+        client_cert: write("client.pem", &client),
+        client_key: write("client.key", &client_key),
+    }
+}
