@@ -58,17 +58,26 @@ pub async fn connect(url: &str, tls: Option<&Tls>) -> Result<Channel, Status> {
 /// A failed call's message and its sources, as one line (transport failures keep their cause in
 /// the sources).
 pub fn status_text(s: &Status) -> String {
-    let mut t = s.message().to_owned();
-    let mut next = std::error::Error::source(s);
+    with_sources(s.message().to_owned(), std::error::Error::source(s))
+}
+
+/// An error and its sources, as one line (a transport error's own text is often just "transport
+/// error").
+pub fn source_chain(e: &dyn std::error::Error) -> String {
+    with_sources(e.to_string(), e.source())
+}
+
+/// `text`, then each source's text that it does not hold already.
+fn with_sources(mut text: String, mut next: Option<&dyn std::error::Error>) -> String {
     while let Some(c) = next {
         let c_text = c.to_string();
-        if !t.contains(&c_text) {
-            t.push_str(": ");
-            t.push_str(&c_text);
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
         }
         next = c.source();
     }
-    t
+    text
 }
 
 /// Whether a failed call's code says the connection itself failed (as a scheme that does not
@@ -81,23 +90,8 @@ pub fn transport_failure(s: &Status) -> bool {
     )
 }
 
-/// An error and its sources, as one line (a transport error's own text is often just "transport
-/// error").
-pub fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut next = e.source();
-    while let Some(c) = next {
-        let c_text = c.to_string();
-        if !s.contains(&c_text) {
-            s.push_str(": ");
-            s.push_str(&c_text);
-        }
-        next = c.source();
-    }
-    s
-}
-
-/// The channels of one process, by URL (cheap to clone), and the node secret its clients send.
+/// The channels of one process, by URL (cheap to clone), with the node secret and the TLS
+/// settings of its clients.
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<Channels>>,
