@@ -1,0 +1,124 @@
+//! Processes of a distributed run on 127.0.0.1: nodes started and waited for (gRPC health), and
+//! `specd` commands whose JSON line is read.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use super::{bin, free_port, Proc};
+
+/// A node process, killed on drop.
+pub struct Node {
+    pub proc: Proc,
+    pub url: String,
+}
+
+/// Waits until the node's gRPC health answers SERVING (NOT_SERVING while its model loads).
+pub fn wait_ready(url: &str, proc: &mut Proc) {
+    let start = Instant::now();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    while start.elapsed() < Duration::from_secs(120) {
+        proc.check_running();
+        if grpc_health(&rt, url, "") == Some(ServingStatus::Serving) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} did not become ready: {}", proc.log());
+}
+
+/// A node's gRPC health for `service` ("" for the whole server); None when it cannot be asked.
+pub fn grpc_health(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    service: &str,
+) -> Option<ServingStatus> {
+    rt.block_on(async {
+        let ch = tonic::transport::Endpoint::from_shared(url.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .ok()?;
+        let r = HealthClient::new(ch)
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()?;
+        Some(r.into_inner().status())
+    })
+}
+
+pub fn spawn_with(args: &[&str], env: &[(&str, &str)], port: u16) -> Node {
+    let mut proc = Proc::spawn(args, env);
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url, &mut proc);
+    Node { proc, url }
+}
+
+pub fn spawn(args: &[&str], port: u16) -> Node {
+    spawn_with(args, &[], port)
+}
+
+pub fn target_node(extra: &[&str]) -> Node {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec!["target-node", "--listen", &listen];
+    args.extend_from_slice(extra);
+    spawn(&args, port)
+}
+
+pub fn draft_node(model: &str) -> Node {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    spawn(&["draft-node", "--listen", &listen, "--model", model], port)
+}
+
+pub fn coordinator(target: &Node, draft: Option<&Node>) -> Node {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "coordinator".to_owned(),
+        "--listen".into(),
+        listen,
+        "--target".into(),
+        target.url.clone(),
+    ];
+    if let Some(d) = draft {
+        args.push("--draft".into());
+        args.push(d.url.clone());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn(&refs, port)
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("run specd")
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "specd failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(String::from_utf8_lossy(&o.stdout).lines().last().unwrap()).unwrap()
+}
+
+pub fn generate(prompt: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["generate", "--prompt", prompt, "--chat", "--json"];
+    args.extend_from_slice(extra);
+    json(&run(&args))
+}
+
+pub const PROMPTS: &[&str] = &[
+    "Write a haiku about the sea.",
+    "Why do cats purr?",
+    "What is 12 times 7? Show your work.",
+];
