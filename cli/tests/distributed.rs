@@ -1613,3 +1613,78 @@ fn a_coordinator_waits_for_its_first_target_and_routes_around_absent_ones() {
         c.log()
     );
 }
+
+/// New sessions go to the least loaded target: while a long request runs on one of two targets,
+/// each short request lands on the other (round-robin would put one of three beside it).
+#[test]
+fn sessions_are_placed_on_the_least_loaded_target() {
+    let (a, b) = (target_node(&[]), target_node(&[]));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let target = format!("{},{}", a.url, b.url);
+    let c = spawn(
+        &["coordinator", "--listen", &listen, "--target", &target],
+        port,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut long = Command::new(bin())
+        .args([
+            "generate",
+            "--prompt",
+            "Count from 1 to 500, one number per line.",
+            "--chat",
+            "--max-tokens",
+            "3000",
+            "--mode",
+            "target-only",
+            "--coordinator",
+            &c.url,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let busy = loop {
+        let rows = ledger(&rt, &c.url);
+        if let Some(r) = rows.iter().find(|r| r.state == "running") {
+            break r.target_url.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the long request never ran"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for _ in 0..3 {
+        run(&[
+            "generate",
+            "--prompt",
+            "Hi",
+            "--max-tokens",
+            "2",
+            "--coordinator",
+            &c.url,
+        ]);
+    }
+    let rows = ledger(&rt, &c.url);
+    let _ = long.kill();
+    let _ = long.wait();
+    let short: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.state != "running")
+        .map(|r| r.target_url.as_str())
+        .collect();
+    assert_eq!(short.len(), 3, "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.state == "running"),
+        "the long request ended before the short ones: {rows:?}"
+    );
+    assert!(
+        short.iter().all(|u| *u != busy),
+        "a short request went to the busy target {busy}: {short:?}"
+    );
+}

@@ -75,24 +75,44 @@ pub struct CoordinatorNode {
 type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>>;
 
 impl CoordinatorNode {
-    /// The next node of `pool` in turn, skipping those whose health check fails (all of them
-    /// are tried when none passes: the check may lag a node that came back).
-    fn pick(&self, pool: &[String]) -> Option<String> {
+    /// The node of `pool` with the fewest running requests of this coordinator (`load`: a
+    /// running record's node of that role), in turn among equals, skipping those whose health
+    /// check fails (all of them are tried when none passes: the check may lag a node that came
+    /// back).
+    fn pick(&self, pool: &[String], load: impl Fn(&v1::SessionRecord) -> &str) -> Option<String> {
         if pool.is_empty() {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let running: HashMap<&str, usize> = {
+            let t = self.sessions.lock().unwrap();
+            let mut m = HashMap::new();
+            for r in t.values().filter(|r| r.state == "running") {
+                if let Some(url) = pool.iter().find(|u| u.as_str() == load(r)) {
+                    *m.entry(url.as_str()).or_default() += 1;
+                }
+            }
+            m
+        };
         (0..pool.len())
             .map(|i| &pool[(start + i) % pool.len()])
-            .find(|url| self.health.is_up(url))
+            .filter(|url| self.health.is_up(url))
+            // min_by_key keeps the first of equals: the turn decides among them.
+            .min_by_key(|url| running.get(url.as_str()).copied().unwrap_or(0))
             .or_else(|| pool.get(start % pool.len()))
             .cloned()
     }
 
-    /// A draft-node that answers, in turn; None when none does (a draft that is down or still
-    /// loading would only add a failed call before the target decodes alone).
+    /// The target-node for a new session (or a moved one): the least loaded that answers.
+    fn pick_target(&self, pool: &[String]) -> Option<String> {
+        self.pick(pool, |r| r.target_url.as_str())
+    }
+
+    /// A draft-node that answers, the least loaded; None when none does (a draft that is down
+    /// or still loading would only add a failed call before the target decodes alone).
     fn pick_draft(&self) -> Option<String> {
-        self.pick(&self.drafts).filter(|url| self.health.is_up(url))
+        self.pick(&self.drafts, |r| r.draft_url.as_str())
+            .filter(|url| self.health.is_up(url))
     }
 
     /// Keeps the session table bounded: beyond `MAX_FINISHED` ended (finished or cancelled)
@@ -217,7 +237,7 @@ impl CoordinatorNode {
         let gamma =
             convert::gamma_from_wire(r.gamma, &r.gamma_policy, r.gamma_max, MAX_GAMMA as usize)?;
         let target_url = self
-            .pick(&self.targets)
+            .pick_target(&self.targets)
             .ok_or_else(|| Status::unavailable("no target-node configured"))?;
         let mut target = self.peers.target(&target_url).await?;
         let opened = target

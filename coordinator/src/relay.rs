@@ -319,7 +319,7 @@ impl Relay {
             .filter(|u| !self.lost.contains(u))
             .cloned()
             .collect();
-        let url = self.node.pick(&others).ok_or_else(|| {
+        let url = self.node.pick_target(&others).ok_or_else(|| {
             Status::unavailable(format!(
                 "target {lost} was lost mid-request ({}) and no other target-node is configured",
                 why.message()
