@@ -115,7 +115,8 @@ pub struct DraftTiming {
     pub prefill_s: f64,
 }
 
-#[derive(Clone)]
+/// The drafter of one request. Not `Clone`: a suffix drafter adds its completion to the node's
+/// store when it is dropped, and must do so once.
 pub enum Drafter {
     Model(ModelDrafter),
     Ngram(NgramDrafter),

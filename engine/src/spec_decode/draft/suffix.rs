@@ -294,11 +294,20 @@ impl SuffixStore {
     }
 }
 
-/// The stores of this process (one node), one per tenant and context depth.
+/// The stores of this process (one node), one per tenant and context depth: at most
+/// [`MAX_STORES`], the least recently used forgotten first (a caller that names ever new tenants
+/// cannot grow the node without bound).
 pub struct SuffixStores {
     capacity: usize,
-    stores: Mutex<HashMap<(String, usize), Arc<SuffixStore>>>,
+    /// By (tenant, depth): the store and when it was last asked for.
+    stores: Mutex<HashMap<StoreKey, (Arc<SuffixStore>, u64)>>,
+    uses: std::sync::atomic::AtomicU64,
 }
+
+type StoreKey = (String, usize);
+
+/// Stores (tenant, depth) a node keeps at most.
+pub const MAX_STORES: usize = 64;
 
 /// Bytes each tenant's store may hold by default (`SPECD_SUFFIX_STORE_MB` overrides it; 0 turns
 /// the node's index off).
@@ -309,6 +318,7 @@ impl SuffixStores {
         SuffixStores {
             capacity,
             stores: Mutex::new(HashMap::new()),
+            uses: Default::default(),
         }
     }
 
@@ -328,17 +338,28 @@ impl SuffixStores {
         if self.capacity == 0 {
             return None;
         }
+        let used = self.uses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut m = self.stores.lock().unwrap();
-        Some(
-            m.entry((tenant.to_owned(), depth))
-                .or_insert_with(|| Arc::new(SuffixStore::new(depth, self.capacity)))
-                .clone(),
-        )
+        let key = (tenant.to_owned(), depth);
+        if !m.contains_key(&key) && m.len() >= MAX_STORES {
+            let oldest = m
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                m.remove(&k);
+            }
+        }
+        let entry = m
+            .entry(key)
+            .or_insert_with(|| (Arc::new(SuffixStore::new(depth, self.capacity)), used));
+        entry.1 = used;
+        Some(entry.0.clone())
     }
 }
 
 /// The drafter of one request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SuffixDrafter {
     config: SuffixConfig,
     local: Index,
@@ -495,6 +516,22 @@ mod tests {
         let mut d = SuffixDrafter::new(cfg(2, 4, 0.1), stores.tenant("a", 4)).unwrap();
         assert!(propose(&mut d, &[100, 101], 2).is_empty());
         assert!(SuffixStores::new(0).tenant("a", 4).is_none());
+    }
+
+    #[test]
+    fn a_node_keeps_a_bounded_number_of_tenant_stores() {
+        let stores = SuffixStores::new(1 << 20);
+        stores.tenant("kept", 4).unwrap().add(&[1, 2, 3]);
+        stores.tenant("first", 4).unwrap().add(&[5, 6, 7]);
+        for i in 0..3 * MAX_STORES {
+            stores.tenant(&format!("t{i}"), 4);
+            // "kept" is used all along: never the least recently used.
+            stores.tenant("kept", 4);
+        }
+        assert_eq!(stores.stores.lock().unwrap().len(), MAX_STORES);
+        assert_eq!(stores.tenant("kept", 4).unwrap().completions(), 1);
+        // "first" was forgotten: its store is new and empty.
+        assert_eq!(stores.tenant("first", 4).unwrap().completions(), 0);
     }
 
     #[test]
