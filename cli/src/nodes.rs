@@ -140,11 +140,11 @@ impl NodeSecretArgs {
     }
 }
 
-/// TLS on the node's gRPC server and on its calls to https:// peers (docs/distributed.md).
+/// The certificate a process serves TLS with: its gRPC server's, or HTTPS on an HTTP API.
 #[derive(Args, Clone)]
-pub struct TlsArgs {
-    /// Serve TLS with this certificate (PEM, chain first); it is also the certificate this
-    /// process presents to peers that require one. With --tls-key.
+pub struct TlsIdentityArgs {
+    /// Serve TLS with this certificate (PEM, chain first): gRPC on a node, HTTPS on an HTTP API;
+    /// a node also presents it to peers that require one. With --tls-key.
     #[arg(
         long,
         env = "SPECD_TLS_CERT",
@@ -160,6 +160,25 @@ pub struct TlsArgs {
         requires = "tls_cert"
     )]
     pub tls_key: Option<std::path::PathBuf>,
+}
+
+impl TlsIdentityArgs {
+    /// The certificate alone (`serve`: no peers to check).
+    pub fn load(&self) -> Result<Option<std::sync::Arc<specd_rpc::tls::Tls>>> {
+        TlsArgs {
+            identity: self.clone(),
+            tls_ca: None,
+            tls_client_ca: None,
+        }
+        .load()
+    }
+}
+
+/// TLS on the node's gRPC server and on its calls to https:// peers (docs/distributed.md).
+#[derive(Args, Clone)]
+pub struct TlsArgs {
+    #[command(flatten)]
+    pub identity: TlsIdentityArgs,
     /// The CA that peers' certificates must chain to, for https:// peer URLs (default: the public
     /// web roots). http:// URLs stay plaintext.
     #[arg(long, env = "SPECD_TLS_CA", value_name = "FILE")]
@@ -178,8 +197,8 @@ pub struct TlsArgs {
 impl TlsArgs {
     pub fn load(&self) -> Result<Option<std::sync::Arc<specd_rpc::tls::Tls>>> {
         Ok(specd_rpc::tls::Tls::load(
-            self.tls_cert.as_deref(),
-            self.tls_key.as_deref(),
+            self.identity.tls_cert.as_deref(),
+            self.identity.tls_key.as_deref(),
             self.tls_ca.as_deref(),
             self.tls_client_ca.as_deref(),
         )?
@@ -339,16 +358,22 @@ pub struct CoordinatorArgs {
 impl CoordinatorArgs {
     /// The coordinator's settings, checked as it checks them.
     pub fn config(&self) -> Result<specd_coordinator::CoordinatorConfig> {
+        // Each file is read once: the HTTP API and the gRPC service share the TLS and the keys.
+        let tls = self.tls.load()?;
         let http = match &self.http_listen {
             Some(h) => Some((
                 h.parse()
                     .with_context(|| format!("--http-listen {h:?}: expected HOST:PORT"))?,
                 specd_openai::HttpConfig {
-                    tls: self.tls.load()?,
+                    tls: tls.clone(),
                     ..self.api.config()?
                 },
             )),
             None => None,
+        };
+        let api_keys = match &http {
+            Some((_, c)) => c.api_keys.clone(),
+            None => self.api.api_keys()?,
         };
         Ok(specd_coordinator::CoordinatorConfig {
             listen: parse_listen(&self.listen)?,
@@ -357,9 +382,9 @@ impl CoordinatorArgs {
             http,
             model_name: self.api.served_model_name.clone(),
             drain_timeout: self.api.drain.timeout(),
-            api_keys: self.api.api_keys()?,
+            api_keys,
             node_secret: self.node_secret.load()?,
-            tls: self.tls.load()?,
+            tls,
             target_wait: Duration::try_from_secs_f64(self.target_wait).map_err(|_| {
                 anyhow::anyhow!("--target-wait {}: give seconds ≥ 0", self.target_wait)
             })?,

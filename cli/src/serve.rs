@@ -31,22 +31,8 @@ pub struct ServeArgs {
     /// Device of the draft.
     #[arg(long, default_value = "cpu")]
     pub draft_device: Device,
-    /// Serve HTTPS with this certificate (PEM, chain first); with --tls-key.
-    #[arg(
-        long,
-        env = "SPECD_TLS_CERT",
-        value_name = "FILE",
-        requires = "tls_key"
-    )]
-    pub tls_cert: Option<std::path::PathBuf>,
-    /// The private key of --tls-cert (PEM).
-    #[arg(
-        long,
-        env = "SPECD_TLS_KEY",
-        value_name = "FILE",
-        requires = "tls_cert"
-    )]
-    pub tls_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub tls: crate::nodes::TlsIdentityArgs,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -149,8 +135,7 @@ impl ApiArgs {
 pub fn run(a: ServeArgs) -> Result<()> {
     let listen = parse_listen(&a.listen)?;
     let mut cfg = a.api.config()?;
-    cfg.tls = specd_rpc::tls::Tls::load(a.tls_cert.as_deref(), a.tls_key.as_deref(), None, None)?
-        .map(Arc::new);
+    cfg.tls = a.tls.load()?;
     let scheme = if cfg.tls.is_some() { "https" } else { "http" };
     let name = a.api.served_model_name.clone();
     let load = move || -> Result<Arc<dyn Backend>> {
