@@ -19,7 +19,7 @@ use common::cluster::{
     coordinator, draft_node, generate, grpc_health, run, spawn, spawn_with, target_node,
     wait_ready, Node, PROMPTS,
 };
-use common::{bin, free_port, Proc};
+use common::{bin, free_port, run_python, Proc};
 
 /// A model-free draft-node (`--drafter ngram`: no model file loaded) drafts by prompt lookup for
 /// the target: the output equals the embedded lookup run and target-only, text included (the
@@ -1324,17 +1324,8 @@ text = urllib.request.urlopen(sys.argv[1]).read().decode()
 print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value
                   for f in text_string_to_metric_families(text) for s in f.samples}))
 "#;
-    let python = std::env::var("SPECD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(python)
-        .args(["-c", code, &format!("http://127.0.0.1:{port}/metrics")])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let out = run_python(code, &[&format!("http://127.0.0.1:{port}/metrics")]);
+    serde_json::from_str(&out).unwrap()
 }
 
 /// A request traced end to end: an HTTP request with a W3C `traceparent` leaves its trace id in

@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::Command;
 
-use common::{bin, free_port, http, openai_client_checks, test_pki, wait_http_ready, Proc};
+use common::{
+    bin, free_port, http, openai_client_checks, run_python, test_pki, wait_http_ready, Proc,
+};
 
 /// A `specd serve` process, killed on drop.
 struct Server {
@@ -239,16 +241,7 @@ assert first == other == again, (first, other, again)
 assert a2 == a1 and a3 >= 40 and a3 >= a1 + 12, ("accepted", a1, a2, a3)
 print("accepted", a1, a2, a3)
 "#;
-    let o = Command::new("python3")
-        .args(["-c", script, &server.port.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    run_python(script, &[&server.port.to_string()]);
 }
 
 /// HTTPS: the official client with the test's CA gets the plain-HTTP run's text; without the CA
@@ -316,17 +309,9 @@ try:
 except openai.APIConnectionError as e:
     assert "CERTIFICATE_VERIFY_FAILED" in repr(e.__cause__), repr(e.__cause__)
 "#;
-    let o = Command::new("python3")
-        .args(["-c", script, &port.to_string(), &pki.ca])
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let text = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    let text = run_python(script, &[&port.to_string(), &pki.ca])
+        .trim()
+        .to_owned();
     // The same request over plain HTTP (another server) gives the same text.
     let plain = serve(&["--draft", "none"]);
     let body = serde_json::json!({

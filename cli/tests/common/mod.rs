@@ -150,14 +150,13 @@ pub fn openai_client_checks(port: u16, model: &str, coordinator: bool) {
         .to_string(),
     )
     .unwrap();
-    let python = std::env::var("SPECD_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py");
     let base = format!("http://127.0.0.1:{port}/v1");
     let mut args = vec![script, &base, model, expected.to_str().unwrap()];
     if coordinator {
         args.push("coordinator");
     }
-    let out = Command::new(python).args(&args).output().unwrap();
+    let out = python().args(&args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -165,6 +164,23 @@ pub fn openai_client_checks(port: u16, model: &str, coordinator: bool) {
         "openai client checks failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("passed, 0 failed"), "{stdout}");
+}
+
+/// The Python the tests check the servers with ($SPECD_TEST_PYTHON, default python3).
+pub fn python() -> Command {
+    Command::new(std::env::var("SPECD_TEST_PYTHON").unwrap_or_else(|_| "python3".into()))
+}
+
+/// Runs the Python `code` with `args`: its stdout, the test failing with both streams if it fails.
+pub fn run_python(code: &str, args: &[&str]) -> String {
+    let o = python().arg("-c").arg(code).args(args).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// Certificates made for the test: a CA, a server certificate for localhost signed by it, and

@@ -184,6 +184,20 @@ impl Drafter {
     }
 }
 
+/// A model-free drafter's proposal after `base_len` committed tokens, checked for what every
+/// such proposal is (one-hot tokens, no forwards): its tokens.
+#[cfg(test)]
+fn model_free_tokens((b, t): (DraftBlock, DraftTiming), base_len: usize) -> Vec<u32> {
+    assert_eq!(b.base_len, base_len);
+    assert_eq!(b.dists.len(), b.tokens.len());
+    assert!(b
+        .dists
+        .iter()
+        .all(|d| *d == crate::spec_decode::DraftDist::Greedy));
+    assert_eq!(t.steps, 0, "no forwards");
+    b.tokens
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
