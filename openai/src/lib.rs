@@ -236,16 +236,11 @@ fn backend(s: &AppState) -> Result<Arc<dyn Backend>, ApiError> {
 
 /// The tenant the request's API key names (the default one on an open API).
 fn authenticate(s: &AppState, headers: &HeaderMap) -> Result<Tenant, ApiError> {
-    match &s.cfg.api_keys {
-        None => Ok(Tenant::default()),
-        Some(keys) => keys
-            .tenant(
-                headers
-                    .get(axum::http::header::AUTHORIZATION)
-                    .and_then(|v| v.to_str().ok()),
-            )
-            .map_err(|e| ApiError::unauthorized(e.message())),
-    }
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    specd_rpc::auth::authenticate(s.cfg.api_keys.as_deref(), value)
+        .map_err(|e| ApiError::unauthorized(e.message()))
 }
 
 async fn models(

@@ -137,20 +137,27 @@ impl ApiKeys {
         keys: Option<std::sync::Arc<ApiKeys>>,
     ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
         move |mut req: tonic::Request<()>| {
-            let tenant = match &keys {
-                None => Tenant::default(),
-                Some(k) => {
-                    let value = req
-                        .metadata()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok());
-                    k.tenant(value)
-                        .map_err(|e| tonic::Status::unauthenticated(e.message()))?
-                }
-            };
+            let value = req
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            let tenant = authenticate(keys.as_deref(), value)
+                .map_err(|e| tonic::Status::unauthenticated(e.message()))?;
             req.extensions_mut().insert(tenant);
             Ok(req)
         }
+    }
+}
+
+/// The tenant of a request that presents `authorization` to an API with `keys` (HTTP and gRPC
+/// alike); an open API (no keys) takes every request as the default tenant's.
+pub fn authenticate(
+    keys: Option<&ApiKeys>,
+    authorization: Option<&str>,
+) -> Result<Tenant, AuthError> {
+    match keys {
+        None => Ok(Tenant::default()),
+        Some(k) => k.tenant(authorization),
     }
 }
 
