@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -347,6 +348,20 @@ pub struct CoordinatorArgs {
     /// name pods that do not exist yet (a StatefulSet's ordinals up to its HPA's maximum).
     #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
     pub target_wait: f64,
+    /// A tenant's budget pool, TENANT=P (repeatable; `*=P`: each tenant not named gets a pool of
+    /// P): the expected number of the tenant's outputs that differ from the exact run stays ≤ P
+    /// over the coordinator's lifetime. Each lossy session's budget is reserved from the pool
+    /// (what is left when it asks for more; the exact rule once it is dry) and what it did not
+    /// spend returns when it ends. ListSessions and the metrics show each pool.
+    #[arg(long = "tenant-pool", value_name = "TENANT=P")]
+    pub tenant_pools: Vec<String>,
+    /// A draft-node stream that sends no event for this many seconds is given up: another
+    /// draft-node, or the target alone, finishes the request (a network partition sends no reset;
+    /// HTTP/2 keepalives alone notice it within about 15 s).
+    #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
+    pub stall_timeout: f64,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
     #[command(flatten)]
     pub node_secret: NodeSecretArgs,
     #[command(flatten)]
@@ -388,12 +403,20 @@ impl CoordinatorArgs {
             target_wait: Duration::try_from_secs_f64(self.target_wait).map_err(|_| {
                 anyhow::anyhow!("--target-wait {}: give seconds ≥ 0", self.target_wait)
             })?,
+            pools: specd_coordinator::pools::Pools::parse(&self.tenant_pools)?.map(Arc::new),
+            stall_timeout: Duration::try_from_secs_f64(self.stall_timeout)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--stall-timeout {}: give seconds > 0", self.stall_timeout)
+                })?,
         })
     }
 }
 
 pub fn coordinator(a: CoordinatorArgs) -> Result<()> {
-    run_server(specd_coordinator::serve(a.config()?, shutdown_signal()))
+    let cfg = a.config()?;
+    run_node(&a.metrics, |stop| specd_coordinator::serve(cfg, stop))
 }
 
 #[derive(Args)]

@@ -16,10 +16,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 mod common;
 
 use common::cluster::{
-    coordinator, draft_node, generate, grpc_health, run, spawn, spawn_with, target_node,
-    wait_ready, Node, PROMPTS,
+    chat_stream, coordinator, draft_node, ended_row, generate, grpc_health, ledger, run, spawn,
+    spawn_with, stream_cut_midway, target_node, token_ids, wait_ready, Node, PROMPTS,
 };
-use common::{bin, free_port, run_python, Proc};
+use common::{bin, free_port, prometheus, Proc};
 
 /// A model-free draft-node (`--drafter ngram`: no model file loaded) drafts by prompt lookup for
 /// the target: the output equals the embedded lookup run and target-only, text included (the
@@ -496,10 +496,11 @@ fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
                 .unwrap_err();
             assert_eq!(e.code(), Code::Unauthenticated, "close, token {bad:?}");
         }
-        // One Verify stream per session at a time: a second is refused while the first is open,
-        // and taken once it ends.
-        {
-            let (first_tx, first_rx) = tokio::sync::mpsc::channel(1);
+        // One Verify stream drives a session at a time: a newer one presenting the token (a
+        // re-attached draft) takes over, and the earlier one's next frame is refused; a Decode
+        // (here replay-only, as a coordinator re-attaching a draft sends it) takes over too.
+        for by_decode in [false, true] {
+            let (first_tx, first_rx) = tokio::sync::mpsc::channel(2);
             first_tx
                 .send(frame(&a.session_id, base + 7, vec![1], 1))
                 .await
@@ -510,29 +511,39 @@ fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
                 .unwrap()
                 .into_inner();
             assert!(first.message().await.unwrap().unwrap().stale);
-            let e = verify_one(&mut c, frame(&a.session_id, base + 7, vec![1], 1))
-                .await
-                .unwrap_err();
-            assert_eq!(e.code(), Code::Aborted, "{e:?}");
-            drop(first_tx);
-            assert!(first.message().await.unwrap().is_none());
-        }
-        let mut again = None;
-        for _ in 0..50 {
-            match verify_one(&mut c, frame(&a.session_id, base + 7, vec![1], 1)).await {
-                Err(e) if e.code() == Code::Aborted => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
-                }
-                other => {
-                    again = Some(other);
-                    break;
-                }
+            if by_decode {
+                let mut replay = c
+                    .decode(v1::DecodeRequest {
+                        session_id: a.session_id.clone(),
+                        from_len: base,
+                        session_token: a.session_token.clone(),
+                        replay_only: true,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(
+                    replay.message().await.unwrap().is_none(),
+                    "nothing committed past {base}: a replay-only Decode sends nothing"
+                );
+            } else {
+                let newer = verify_one(&mut c, frame(&a.session_id, base + 7, vec![1], 1))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(newer.stale, "the newer stream is judged");
             }
+            first_tx
+                .send(frame("", base + 7, vec![1], 2))
+                .await
+                .unwrap();
+            let e = first.message().await.unwrap_err();
+            assert_eq!(e.code(), Code::Aborted, "by decode {by_decode}: {e:?}");
+            assert!(
+                e.message().contains("newer Verify stream or a Decode"),
+                "{e:?}"
+            );
         }
-        assert!(
-            again.unwrap().unwrap().unwrap().stale,
-            "the claim was let go"
-        );
         // A stale block is answered in-band and the stream goes on.
         let frames = vec![
             frame(&a.session_id, base + 5, vec![1], 1),
@@ -956,45 +967,6 @@ fn coordinator_with_http(target: &Node, draft: &Node, extra: &[&str]) -> (Node, 
     (node, http_port)
 }
 
-/// A coordinator's `Generate` stream for a chat prompt, with the client it runs on.
-async fn chat_stream(
-    url: &str,
-    prompt: &str,
-    max_tokens: u32,
-) -> (
-    specd_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
-    tonic::Streaming<v1::TokenEvent>,
-) {
-    let mut client =
-        specd_proto::v1::coordinator_client::CoordinatorClient::connect(url.to_owned())
-            .await
-            .unwrap();
-    let stream = client
-        .generate(v1::GenerateRequest {
-            prompt: prompt.into(),
-            chat: true,
-            max_tokens,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    (client, stream)
-}
-
-fn ledger(rt: &tokio::runtime::Runtime, url: &str) -> Vec<v1::SessionRecord> {
-    rt.block_on(async {
-        specd_proto::v1::coordinator_client::CoordinatorClient::connect(url.to_owned())
-            .await
-            .unwrap()
-            .list_sessions(v1::ListSessionsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .sessions
-    })
-}
-
 #[test]
 fn openai_python_client_against_the_coordinator() {
     let t = target_node(&[]);
@@ -1316,18 +1288,6 @@ fn health_follows_loading_and_the_nodes() {
 
 /// GET url/metrics through the Prometheus project's own text parser (prometheus-client):
 /// {"name{labels}": value}.
-fn prometheus(port: u16) -> std::collections::HashMap<String, f64> {
-    let code = r#"
-import json, sys, urllib.request
-from prometheus_client.parser import text_string_to_metric_families
-text = urllib.request.urlopen(sys.argv[1]).read().decode()
-print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value
-                  for f in text_string_to_metric_families(text) for s in f.samples}))
-"#;
-    let out = run_python(code, &[&format!("http://127.0.0.1:{port}/metrics")]);
-    serde_json::from_str(&out).unwrap()
-}
-
 /// A request traced end to end: an HTTP request with a W3C `traceparent` leaves its trace id in
 /// the JSON log lines of all three processes (coordinator, draft-node, target-node), and the
 /// nodes' `--metrics-listen` endpoints, read with a real Prometheus parser, count its rounds.
@@ -1504,62 +1464,93 @@ fn a_target_lost_mid_request_is_replaced_with_nothing_lost() {
         .enable_all()
         .build()
         .unwrap();
-    let (mut ids, mut text) = (Vec::new(), String::new());
-    let lost = rt.block_on(async {
-        let (mut client, mut stream) = chat_stream(&c.url, prompt, 200).await;
-        while ids.len() < 24 {
-            let ev = stream.message().await.unwrap().unwrap();
-            assert!(
-                !ev.finished,
-                "the request ended before the target could be killed"
-            );
-            ids.extend(ev.token_ids);
-            text.push_str(&ev.text);
-        }
-        let row = client
-            .list_sessions(v1::ListSessionsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .sessions
-            .into_iter()
-            .find(|r| r.state == "running")
-            .expect("the running session");
+    let mut lost = None;
+    let (ids, text, _) = stream_cut_midway(&rt, &c.url, prompt, |row| {
         let i = urls.iter().position(|u| *u == row.target_url).unwrap();
         drop(targets[i].take());
-        let mut finished = false;
-        while let Some(ev) = stream.message().await.unwrap() {
-            ids.extend(ev.token_ids);
-            text.push_str(&ev.text);
-            if ev.finished {
-                finished = true;
-                break;
-            }
-        }
-        assert!(finished, "the stream ended without its last event");
-        i
+        lost = Some(i);
     });
-    let want: Vec<u32> = expected["token_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
-    assert_eq!(ids, want, "no token lost, repeated or changed");
+    assert_eq!(
+        ids,
+        token_ids(&expected),
+        "no token lost, repeated or changed"
+    );
     assert_eq!(text, expected["text"].as_str().unwrap());
-    // The row is marked once the target session is closed, just after the last event.
-    let start = Instant::now();
-    let row = loop {
-        let row = ledger(&rt, &c.url).into_iter().next().unwrap();
-        if row.state != "running" || start.elapsed() > Duration::from_secs(10) {
-            break row;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let row = ended_row(&rt, &c.url);
     assert_eq!(row.state, "finished");
     assert_eq!(row.failovers, 1);
-    assert_eq!(row.target_url, urls[1 - lost], "moved to the other target");
+    assert_eq!(
+        row.target_url,
+        urls[1 - lost.unwrap()],
+        "moved to the other target"
+    );
     assert_ne!(row.target_session_id, row.session_id);
+}
+
+/// A draft-node lost mid-request is replaced by another: the coordinator takes the session back
+/// (a replay-only Decode), relays what the lost draft had committed, and starts the other
+/// draft-node from there; the text equals an uninterrupted run's and stays speculative.
+#[test]
+fn a_draft_lost_mid_request_is_replaced_with_nothing_lost() {
+    let prompt = "Count from 1 to 1000, separated by commas.";
+    let expected = generate(prompt, &["--max-tokens", "200"]);
+    let t = target_node(&[]);
+    let mut drafts = [
+        Some(draft_node("smollm2-135m-q4_1")),
+        Some(draft_node("smollm2-135m-q4_1")),
+    ];
+    let urls: Vec<String> = drafts
+        .iter()
+        .map(|d| d.as_ref().unwrap().url.clone())
+        .collect();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let both = urls.join(",");
+    let c = spawn(
+        &[
+            "coordinator",
+            "--listen",
+            &listen,
+            "--target",
+            &t.url,
+            "--draft",
+            &both,
+        ],
+        port,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut lost = None;
+    let (ids, text, last) = stream_cut_midway(&rt, &c.url, prompt, |row| {
+        let i = (urls.iter().position(|u| *u == row.draft_url))
+            .unwrap_or_else(|| panic!("{row:?} drafts on none of {urls:?}"));
+        drafts[i].as_mut().unwrap().proc.child.kill().unwrap();
+        lost = Some(i);
+    });
+    assert_eq!(
+        ids,
+        token_ids(&expected),
+        "no token lost, repeated or changed"
+    );
+    assert_eq!(text, expected["text"].as_str().unwrap());
+    assert!(!last.fallback, "another draft-node drafted on: no fallback");
+    let row = ended_row(&rt, &c.url);
+    assert_eq!(row.state, "finished");
+    assert_eq!((row.draft_failovers, row.failovers), (1, 0));
+    assert!(!row.fallback);
+    assert_eq!(
+        row.draft_url,
+        urls[1 - lost.unwrap()],
+        "the other draft-node"
+    );
+    // A draft-node reports its statistics in its last event: the lost one never did.
+    let drafted = last.stats.unwrap().drafted_tokens;
+    assert!(
+        drafted > 16,
+        "the other draft-node drafted {drafted} tokens"
+    );
 }
 
 /// A coordinator may start before its targets (a Kubernetes rollout, a StatefulSet whose HPA has
@@ -1639,10 +1630,10 @@ fn sessions_are_placed_on_the_least_loaded_target() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    let busy = loop {
+    let (busy, long_id) = loop {
         let rows = ledger(&rt, &c.url);
         if let Some(r) = rows.iter().find(|r| r.state == "running") {
-            break r.target_url.clone();
+            break (r.target_url.clone(), r.session_id.clone());
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
@@ -1661,17 +1652,29 @@ fn sessions_are_placed_on_the_least_loaded_target() {
             &c.url,
         ]);
     }
-    let rows = ledger(&rt, &c.url);
+    // A row is marked ended just after its last event: wait for the short ones' marks.
+    let start = Instant::now();
+    let rows = loop {
+        let rows = ledger(&rt, &c.url);
+        let short_running = rows
+            .iter()
+            .any(|r| r.session_id != long_id && r.state == "running");
+        if !short_running || start.elapsed() > Duration::from_secs(10) {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let _ = long.kill();
     let _ = long.wait();
     let short: Vec<&str> = rows
         .iter()
-        .filter(|r| r.state != "running")
+        .filter(|r| r.session_id != long_id && r.state == "finished")
         .map(|r| r.target_url.as_str())
         .collect();
     assert_eq!(short.len(), 3, "{rows:?}");
     assert!(
-        rows.iter().any(|r| r.state == "running"),
+        rows.iter()
+            .any(|r| r.session_id == long_id && r.state == "running"),
         "the long request ended before the short ones: {rows:?}"
     );
     assert!(

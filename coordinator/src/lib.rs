@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 pub mod client;
 pub mod health;
 pub mod http;
+pub mod pools;
 mod relay;
 use specd_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use specd_proto::v1::{self, TokenEvent};
@@ -52,6 +53,11 @@ pub struct CoordinatorConfig {
     /// once when none can). Targets not reached then are marked down and used once their health
     /// checks answer (a scaled-up StatefulSet's later pods).
     pub target_wait: std::time::Duration,
+    /// Per-tenant budget pools (`--tenant-pool`); None: each session's budget is its own bound.
+    pub pools: Option<Arc<pools::Pools>>,
+    /// A draft stream that sends nothing for this long is given up (another draft-node, or the
+    /// target alone, goes on): a partition sends no reset.
+    pub stall_timeout: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -70,6 +76,8 @@ pub struct CoordinatorNode {
     peers: Peers,
     /// Which nodes answer their health checks.
     health: health::PeerHealth,
+    pools: Option<Arc<pools::Pools>>,
+    stall_timeout: std::time::Duration,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<TokenEvent, Status>> + Send>>;
@@ -108,10 +116,10 @@ impl CoordinatorNode {
         self.pick(pool, |r| r.target_url.as_str())
     }
 
-    /// A draft-node that answers, the least loaded; None when none does (a draft that is down
-    /// or still loading would only add a failed call before the target decodes alone).
-    fn pick_draft(&self) -> Option<String> {
-        self.pick(&self.drafts, |r| r.draft_url.as_str())
+    /// A draft-node of `pool` that answers, the least loaded; None when none does (a draft that
+    /// is down or still loading would only add a failed call before the target decodes alone).
+    fn pick_draft(&self, pool: &[String]) -> Option<String> {
+        self.pick(pool, |r| r.draft_url.as_str())
             .filter(|url| self.health.is_up(url))
     }
 
@@ -174,7 +182,8 @@ impl Coordinator for CoordinatorNode {
         let mut sessions: Vec<v1::SessionRecord> =
             self.sessions.lock().unwrap().values().cloned().collect();
         sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        Ok(Response::new(v1::ListSessionsResponse { sessions }))
+        let pools = self.pools.as_ref().map(|p| p.list()).unwrap_or_default();
+        Ok(Response::new(v1::ListSessionsResponse { sessions, pools }))
     }
 
     async fn set_session_policy(
@@ -183,13 +192,23 @@ impl Coordinator for CoordinatorNode {
     ) -> Result<Response<v1::SessionSummary>, Status> {
         let ctx = trace::incoming(&req);
         let r = req.into_inner();
-        let (url, target_sid) = self
+        let (url, target_sid, tenant, granted) = self
             .sessions
             .lock()
             .unwrap()
             .get(&r.session_id)
-            .map(|s| (s.target_url.clone(), s.target_session_id.clone()))
+            .map(|s| {
+                let (url, sid) = (s.target_url.clone(), s.target_session_id.clone());
+                (url, sid, s.tenant.clone(), s.budget)
+            })
             .ok_or_else(|| Status::not_found(format!("unknown session {:?}", r.session_id)))?;
+        let asked = r.policy.as_ref().map_or(0.0, |p| p.budget);
+        if asked > granted && self.pools.as_ref().is_some_and(|p| p.pooled(&tenant)) {
+            return Err(Status::failed_precondition(format!(
+                "session {} draws on tenant {tenant:?}'s budget pool, which granted it {granted}: a budget of {asked} is refused (tightening is allowed)",
+                r.session_id
+            )));
+        }
         let token = self.tokens.lock().unwrap().get(&r.session_id).cloned();
         let token = token.ok_or_else(|| {
             Status::failed_precondition(format!("session {} has ended", r.session_id))
@@ -222,7 +241,7 @@ impl CoordinatorNode {
     /// request's span).
     async fn start(
         &self,
-        r: v1::GenerateRequest,
+        mut r: v1::GenerateRequest,
         ctx: specd_telemetry::trace::TraceContext,
     ) -> Result<Response<EventStream>, Status> {
         let speculative = match r.mode.as_str() {
@@ -236,6 +255,44 @@ impl CoordinatorNode {
         };
         let gamma =
             convert::gamma_from_wire(r.gamma, &r.gamma_policy, r.gamma_max, MAX_GAMMA as usize)?;
+        let grant = self.reserve(&mut r);
+        let tenant = r.tenant.clone();
+        let started = self
+            .open(r, ctx, speculative && gamma.speculative(), grant)
+            .await;
+        if let (Err(_), Some(granted), Some(p)) = (&started, grant, &self.pools) {
+            p.release(&tenant, granted, 0.0);
+        }
+        started
+    }
+
+    /// Reserves a lossy request's budget from its tenant's pool, tightening its policy to what
+    /// the pool granted (the exact rule when it is dry); None when no pool applies.
+    fn reserve(&self, r: &mut v1::GenerateRequest) -> Option<f64> {
+        let policy = r.policy.as_mut()?;
+        if policy.rule.is_empty() || policy.rule == "exact" || policy.budget <= 0.0 {
+            return None;
+        }
+        let granted = self.pools.as_ref()?.reserve(&r.tenant, policy.budget)?;
+        if granted < policy.budget {
+            tracing::info!(tenant = %r.tenant, asked = policy.budget, granted, "budget pool: the session gets what is left");
+            policy.budget = granted;
+            if granted == 0.0 {
+                policy.rule = "exact".into();
+            }
+        }
+        Some(granted)
+    }
+
+    /// Opens the request's session on a target and starts its relay (`grant`: the budget its
+    /// tenant's pool reserved for it, returned if it does not start).
+    async fn open(
+        &self,
+        r: v1::GenerateRequest,
+        ctx: specd_telemetry::trace::TraceContext,
+        speculative: bool,
+        grant: Option<f64>,
+    ) -> Result<Response<EventStream>, Status> {
         let target_url = self
             .pick_target(&self.targets)
             .ok_or_else(|| Status::unavailable("no target-node configured"))?;
@@ -269,8 +326,8 @@ impl CoordinatorNode {
             .lock()
             .unwrap()
             .insert(sid.clone(), opened.session_token.clone());
-        let draft_url = if speculative && gamma.speculative() {
-            self.pick_draft()
+        let draft_url = if speculative {
+            self.pick_draft(&self.drafts)
         } else {
             None
         };
@@ -283,6 +340,7 @@ impl CoordinatorNode {
                 draft_url: draft_url.clone().unwrap_or_default(),
                 state: "running".into(),
                 seq: self.created.fetch_add(1, Ordering::Relaxed),
+                tenant: r.tenant.clone(),
                 budget: r.policy.as_ref().map_or(0.0, |p| p.budget),
                 rule: r.policy.as_ref().map_or("exact".into(), |p| {
                     if p.rule.is_empty() {
@@ -294,34 +352,33 @@ impl CoordinatorNode {
                 ..Default::default()
             },
         );
+        let (tx, rx) = mpsc::channel(32);
+        let relay = relay::Relay {
+            node: self.clone(),
+            text: relay::TextRelay::new(target.clone(), ctx),
+            ctx,
+            sid: sid.clone(),
+            target_url: target_url.clone(),
+            target: target.clone(),
+            target_sid: sid.clone(),
+            target_token: opened.session_token.clone(),
+            prompt_ids: opened.prompt_ids,
+            max_tokens: opened.max_tokens,
+            draft_url: draft_url.clone(),
+            tx,
+            spent: 0.0,
+            carried: Default::default(),
+            stats: Default::default(),
+            lost: Vec::new(),
+            lost_drafts: Vec::new(),
+            grant,
+            req: r,
+        };
         // A draft that cannot start (e.g. another vocabulary) fails the request with its reason.
         let mut draft_stream = None;
         if let Some(url) = &draft_url {
-            let started = async {
-                let mut d = self.peers.drafter(url).await?;
-                d.run(trace::outgoing(
-                    v1::RunRequest {
-                        target_url: target_url.clone(),
-                        session_id: sid.clone(),
-                        prompt_ids: opened.prompt_ids.clone(),
-                        gamma: r.gamma,
-                        gamma_policy: r.gamma_policy.clone(),
-                        gamma_max: r.gamma_max,
-                        max_tokens: opened.max_tokens,
-                        sampling: r.sampling,
-                        draft_sampling: r.draft_sampling.clone(),
-                        pipeline: !r.no_pipeline,
-                        drafter: r.drafter.clone(),
-                        tenant: r.tenant.clone(),
-                        session_token: opened.session_token.clone(),
-                    },
-                    &ctx,
-                ))
-                .await
-            }
-            .await;
-            match started {
-                Ok(s) => draft_stream = Some(s.into_inner()),
+            match relay.start_draft(url).await {
+                Ok(s) => draft_stream = Some(s),
                 Err(s)
                     if matches!(
                         s.code(),
@@ -352,29 +409,9 @@ impl CoordinatorNode {
         tracing::info!(
             target_url = %target_url,
             draft_url = draft_url.as_deref().unwrap_or("none"),
-            prompt_tokens = opened.prompt_ids.len(),
+            prompt_tokens = relay.prompt_ids.len(),
             "session started"
         );
-        let (tx, rx) = mpsc::channel(32);
-        let relay = relay::Relay {
-            node: self.clone(),
-            text: relay::TextRelay::new(target.clone(), ctx),
-            ctx,
-            sid: sid.clone(),
-            target_url,
-            target,
-            target_sid: sid,
-            target_token: opened.session_token,
-            prompt_ids: opened.prompt_ids,
-            max_tokens: opened.max_tokens,
-            draft_url,
-            tx,
-            spent: 0.0,
-            carried: Default::default(),
-            stats: Default::default(),
-            lost: Vec::new(),
-            req: r,
-        };
         tokio::spawn(relay.run(draft_stream).instrument(tracing::Span::current()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -437,6 +474,8 @@ pub async fn serve(
         drain: Default::default(),
         peers,
         health: Default::default(),
+        pools: cfg.pools,
+        stall_timeout: cfg.stall_timeout,
     };
     for url in loading.iter().chain(&unreachable) {
         node.health.set(url, false);

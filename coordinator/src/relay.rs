@@ -81,8 +81,10 @@ enum End {
     Done,
     /// The client went away.
     Cancelled,
-    /// The draft stream ended early: the target finishes alone.
+    /// The draft stream ended early: another draft-node, or the target alone, finishes.
     DraftGone,
+    /// A replay-only Decode relayed what the session had committed: a draft may go on from it.
+    CaughtUp,
     /// The target (or its session) was lost: move the session.
     Lost(Status),
     /// Anything else: the request fails with it.
@@ -120,6 +122,11 @@ pub(crate) struct Relay {
     pub(crate) carried: v1::Stats,
     pub(crate) stats: v1::Stats,
     pub(crate) lost: Vec<String>,
+    /// Draft-nodes lost mid-request (and replaced).
+    pub(crate) lost_drafts: Vec<String>,
+    /// The budget the tenant's pool reserved for the session (returned, less what it spent,
+    /// when it ends).
+    pub(crate) grant: Option<f64>,
 }
 
 impl Relay {
@@ -132,10 +139,17 @@ impl Relay {
         let end = loop {
             let end = match draft.take() {
                 Some(s) => match self.relay_draft(s).await {
-                    End::DraftGone => self.decode().await,
+                    End::DraftGone => match self.reattach().await {
+                        Ok(Some(s)) => {
+                            draft = Some(s);
+                            continue;
+                        }
+                        Ok(None) => self.decode(false).await,
+                        Err(end) => end,
+                    },
                     other => other,
                 },
-                None => self.decode().await,
+                None => self.decode(false).await,
             };
             match end {
                 End::Lost(e) if (self.lost.len() as u32) < MAX_FAILOVERS => {
@@ -152,7 +166,7 @@ impl Relay {
             tracing::warn!(code = ?e.code(), "request failed: {}", e.message());
             let _ = self.tx.send(Err(e.clone())).await;
         }
-        let _ = self
+        let closed = self
             .target
             .close_session(trace::outgoing(
                 v1::CloseSessionRequest {
@@ -163,6 +177,15 @@ impl Relay {
             ))
             .await;
         self.node.tokens.lock().unwrap().remove(&self.sid);
+        if let (Some(granted), Some(pools)) = (self.grant, &self.node.pools) {
+            // What the target says was spent (it may have judged past the last relayed event);
+            // when it cannot say, the whole grant counts as spent.
+            let spent = match &closed {
+                Ok(s) => s.get_ref().budget_spent.max(self.spent),
+                Err(_) => granted,
+            };
+            pools.release(&self.req.tenant, granted, spent);
+        }
         let state = match end {
             End::Cancelled => "cancelled",
             End::Failed(_) => "failed",
@@ -220,14 +243,23 @@ impl Relay {
     }
 
     /// Relays a draft-node's events until the last one, the client leaves, or the stream ends
-    /// early (the draft-node, or the target it drafts for, went away).
+    /// early (the draft-node, or the target it drafts for, went away, or nothing came for the
+    /// stall timeout).
     async fn relay_draft(&mut self, mut stream: Streaming<TokenEvent>) -> End {
+        let stall = self.node.stall_timeout;
         loop {
-            let ev = match stream.message().await {
-                Ok(Some(ev)) => ev,
-                Ok(None) => return End::DraftGone,
-                Err(e) => {
+            let ev = match tokio::time::timeout(stall, stream.message()).await {
+                Ok(Ok(Some(ev))) => ev,
+                Ok(Ok(None)) => return End::DraftGone,
+                Ok(Err(e)) => {
                     tracing::warn!(code = ?e.code(), "the draft stream ended: {}", e.message());
+                    return End::DraftGone;
+                }
+                // A link cut without a reset (a partition) sends nothing: the draft is given up.
+                Err(_) => {
+                    tracing::warn!(
+                        "no event from the draft-node for {stall:?} (--stall-timeout): it is given up"
+                    );
                     return End::DraftGone;
                 }
             };
@@ -242,8 +274,9 @@ impl Relay {
         }
     }
 
-    /// The target decodes the rest alone (no draft, or the draft went away).
-    async fn decode(&mut self) -> End {
+    /// The target decodes the rest alone (no draft, or the draft went away); `replay_only`: only
+    /// relays what the session committed past what was relayed (End::CaughtUp once it has).
+    async fn decode(&mut self, replay_only: bool) -> End {
         let from_len = self.committed_len();
         let prompt_len = self.prompt_ids.len() as u64;
         let stream = self
@@ -253,6 +286,7 @@ impl Relay {
                     session_id: self.target_sid.clone(),
                     from_len,
                     session_token: self.target_token.clone(),
+                    replay_only,
                 },
                 &self.ctx,
             ))
@@ -262,7 +296,7 @@ impl Relay {
             Err(e) if target_lost(&e) => return End::Lost(e),
             Err(e) => return End::Failed(e),
         };
-        if self.draft_url.is_some() {
+        if self.draft_url.is_some() && !replay_only {
             tracing::warn!(
                 committed_len = from_len,
                 "the draft went away: the target finishes alone"
@@ -277,6 +311,7 @@ impl Relay {
         loop {
             let mut ev = match stream.message().await {
                 Ok(Some(ev)) => ev,
+                Ok(None) if replay_only => return End::CaughtUp,
                 Ok(None) => return End::Done,
                 Err(e) if target_lost(&e) => return End::Lost(e),
                 Err(e) => return End::Failed(e),
@@ -295,7 +330,7 @@ impl Relay {
             } else {
                 self.text.sent(&ev.token_ids, &ev.text);
             }
-            ev.fallback = self.draft_url.is_some();
+            ev.fallback = self.draft_url.is_some() && !replay_only;
             if self.send(ev).await.is_err() {
                 return End::Cancelled;
             }
@@ -372,38 +407,81 @@ impl Relay {
         let Some(draft_url) = self.draft_url.clone() else {
             return Ok(None);
         };
-        // The draft sees the committed tokens as its prompt.
-        let mut prompt = self.prompt_ids.clone();
-        prompt.extend_from_slice(&self.text.ids);
-        let started = async {
-            let mut d = self.node.peers.drafter(&draft_url).await?;
-            d.run(trace::outgoing(
-                v1::RunRequest {
-                    target_url: url.clone(),
-                    session_id: self.target_sid.clone(),
-                    prompt_ids: prompt,
-                    gamma: r.gamma,
-                    gamma_policy: r.gamma_policy.clone(),
-                    gamma_max: r.gamma_max,
-                    max_tokens: self.max_tokens.saturating_sub(self.text.ids.len() as u32),
-                    sampling: r.sampling,
-                    draft_sampling: r.draft_sampling.clone(),
-                    pipeline: !r.no_pipeline,
-                    drafter: r.drafter.clone(),
-                    tenant: r.tenant.clone(),
-                    session_token: self.target_token.clone(),
-                },
-                &self.ctx,
-            ))
-            .await
-        }
-        .await;
+        let started = self.start_draft(&draft_url).await;
         match started {
-            Ok(s) => Ok(Some(s.into_inner())),
+            Ok(s) => Ok(Some(s)),
             Err(e) => {
                 tracing::warn!(draft_url = %draft_url, "no draft after the move, the target decodes alone: {}", e.message());
                 Ok(None)
             }
         }
+    }
+
+    /// After the draft's stream ended early, another draft-node that answers (none this request
+    /// lost) drafts on. First a replay-only Decode takes the session back from the lost draft's
+    /// Verify stream, should it still be open (it can commit nothing more), and relays what it
+    /// committed that the relay never saw. Ok(None): no other draft-node, the target decodes
+    /// alone; Err: how the request ended meanwhile (e.g. the target was lost too).
+    async fn reattach(&mut self) -> Result<Option<Streaming<TokenEvent>>, End> {
+        let Some(lost) = self.draft_url.clone() else {
+            return Ok(None);
+        };
+        if self.lost_drafts.len() as u32 >= MAX_FAILOVERS {
+            return Ok(None);
+        }
+        let others: Vec<String> = (self.node.drafts.iter())
+            .filter(|u| **u != lost && !self.lost_drafts.contains(u))
+            .cloned()
+            .collect();
+        let Some(url) = self.node.pick_draft(&others) else {
+            return Ok(None);
+        };
+        match self.decode(true).await {
+            End::CaughtUp => {}
+            end => return Err(end),
+        }
+        self.node.peers.forget(&lost);
+        self.lost_drafts.push(lost.clone());
+        self.carried = self.merged();
+        self.stats = v1::Stats::default();
+        match self.start_draft(&url).await {
+            Ok(s) => {
+                tracing::warn!(lost = %lost, draft_url = %url, committed_len = self.committed_len(), "draft-node lost: another drafts on");
+                self.draft_url = Some(url.clone());
+                self.node.update(&self.sid, |rec| {
+                    rec.draft_url = url;
+                    rec.draft_failovers += 1;
+                });
+                Ok(Some(s))
+            }
+            Err(e) => {
+                tracing::warn!(draft_url = %url, "draft-node lost and no other could start, the target decodes alone: {}", e.message());
+                Ok(None)
+            }
+        }
+    }
+
+    /// Starts the draft-node at `url` on the session's current target, from what is committed.
+    pub(crate) async fn start_draft(&self, url: &str) -> Result<Streaming<TokenEvent>, Status> {
+        let r = &self.req;
+        let mut prompt = self.prompt_ids.clone();
+        prompt.extend_from_slice(&self.text.ids);
+        let run = v1::RunRequest {
+            target_url: self.target_url.clone(),
+            session_id: self.target_sid.clone(),
+            prompt_ids: prompt,
+            gamma: r.gamma,
+            gamma_policy: r.gamma_policy.clone(),
+            gamma_max: r.gamma_max,
+            max_tokens: self.max_tokens.saturating_sub(self.text.ids.len() as u32),
+            sampling: r.sampling,
+            draft_sampling: r.draft_sampling.clone(),
+            pipeline: !r.no_pipeline,
+            drafter: r.drafter.clone(),
+            tenant: r.tenant.clone(),
+            session_token: self.target_token.clone(),
+        };
+        let mut d = self.node.peers.drafter(url).await?;
+        Ok(d.run(trace::outgoing(run, &self.ctx)).await?.into_inner())
     }
 }

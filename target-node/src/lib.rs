@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,33 +54,47 @@ struct Slot {
     last_used: Mutex<Instant>,
     /// What every call on the session must present (`SessionOpened.session_token`).
     token: SessionToken,
-    /// A Verify stream drives the session now (one at a time).
-    verifying: AtomicBool,
+    /// Which Verify stream may drive the session: the latest to claim it (numbered from 1; 0:
+    /// none yet). A newer stream, or a Decode, supersedes the one before.
+    driver: AtomicU64,
 }
 
 impl Slot {
     fn touch(&self) {
         *self.last_used.lock().unwrap() = Instant::now();
     }
-}
 
-/// A Verify stream's hold on its session: the only stream that may verify it, until dropped.
-struct VerifyClaim(Arc<Slot>);
-
-impl VerifyClaim {
-    fn take(slot: Arc<Slot>, id: &str) -> Result<VerifyClaim, Status> {
-        if slot.verifying.swap(true, Ordering::AcqRel) {
-            return Err(Status::aborted(format!(
-                "session {id} is already driven by another Verify stream (one at a time)"
-            )));
-        }
-        Ok(VerifyClaim(slot))
+    /// Supersedes the session's Verify stream (its next frame is refused); returns the new
+    /// driver's number.
+    fn take_over(&self) -> u64 {
+        self.driver.fetch_add(1, Ordering::AcqRel) + 1
     }
 }
 
-impl Drop for VerifyClaim {
-    fn drop(&mut self) {
-        self.0.verifying.store(false, Ordering::Release);
+/// A Verify stream's claim on its session: it may drive the session until a newer stream or a
+/// Decode takes it over (a draft re-attached after a loss presents the same session token; the
+/// lost draft's stream, should it still be open, is then refused).
+#[derive(Clone)]
+struct VerifyClaim {
+    slot: Arc<Slot>,
+    driver: u64,
+}
+
+impl VerifyClaim {
+    fn take(slot: Arc<Slot>) -> VerifyClaim {
+        let driver = slot.take_over();
+        VerifyClaim { slot, driver }
+    }
+
+    /// Checked with the session locked, so that no frame of a superseded stream is judged after
+    /// the take-over.
+    fn check(&self, id: &str) -> Result<(), Status> {
+        if self.slot.driver.load(Ordering::Acquire) != self.driver {
+            return Err(Status::aborted(format!(
+                "session {id} is now driven by a newer Verify stream or a Decode (one at a time)"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -287,7 +301,7 @@ impl TargetVerifier for TargetNode {
                 text: Mutex::new(text),
                 last_used: Mutex::new(Instant::now()),
                 token: SessionToken::of(&token),
-                verifying: AtomicBool::new(false),
+                driver: AtomicU64::new(0),
             }),
         );
         specd_telemetry::metrics::target_sessions(svc.session_count());
@@ -347,14 +361,12 @@ impl TargetVerifier for TargetNode {
                                     "the first frame of a Verify stream must name its session",
                                 ));
                             }
-                            // Let go of the session it drove before claiming the next.
-                            drop(slot.take());
                             let next = svc.slot(&frame.session_id, &frame.session_token)?;
-                            slot = Some(VerifyClaim::take(next, &frame.session_id)?);
+                            slot = Some(VerifyClaim::take(next));
                             session_id = frame.session_id.clone();
                             stream_span.record("session_id", session_id.as_str());
                         }
-                        let slot = slot.as_ref().expect("session resolved").0.clone();
+                        let claim = slot.clone().expect("session resolved");
                         let wire = frame
                             .block
                             .ok_or_else(|| Status::invalid_argument("frame without a block"))?;
@@ -363,11 +375,14 @@ impl TargetVerifier for TargetNode {
                             svc.model.model.config.vocab_size,
                             svc.max_block,
                         )?;
-                        slot.touch();
+                        claim.slot.touch();
                         let seq = wire.block_seq;
                         let tokenizer = svc.model.tokenizer.clone();
+                        let id = session_id.clone();
                         let verdict = tokio::task::spawn_blocking(move || {
+                            let slot = &claim.slot;
                             let mut s = slot.session.lock().unwrap();
+                            claim.check(&id)?;
                             if s.finished().is_some() {
                                 return Err(Status::failed_precondition(
                                     "the session has finished",
@@ -438,13 +453,16 @@ impl TargetVerifier for TargetNode {
         let ctx = trace::incoming(&req);
         let r = req.into_inner();
         let slot = svc.slot(&r.session_id, &r.session_token)?;
-        tracing::info!(trace_id = %ctx.trace_id_hex(), session_id = %r.session_id, from_len = r.from_len, "target-only decode");
+        tracing::info!(trace_id = %ctx.trace_id_hex(), session_id = %r.session_id, from_len = r.from_len, replay_only = r.replay_only, "target-only decode");
         let (tx, rx) = mpsc::channel(16);
         let id = r.session_id.clone();
         let model = svc.model.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let mut s = slot.session.lock().unwrap();
+            // The session is the caller's now: a Verify stream still open (a lost draft's) is
+            // refused from here on.
+            slot.take_over();
             let (mut calls, mut verify_ms) = (0u64, 0f64);
             let prompt_len = s.tokens().len() - s.completion().len();
             let from = (r.from_len as usize).clamp(prompt_len, s.tokens().len());
@@ -488,6 +506,9 @@ impl TargetVerifier for TargetNode {
                     .blocking_send(Ok(event(&s, replay, Vec::new(), 0, 0.0)))
                     .is_err()
             {
+                return;
+            }
+            if r.replay_only {
                 return;
             }
             while s.finished().is_none() {

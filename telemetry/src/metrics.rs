@@ -141,6 +141,22 @@ fn describe() {
         Unit::Seconds,
         "A draft-node's time to draft one block."
     );
+    describe_gauge!(
+        "specd_tenant_pool_capacity",
+        "A tenant's budget pool: the bound on the expected number of its outputs that differ from the exact run (coordinator)."
+    );
+    describe_gauge!(
+        "specd_tenant_pool_reserved",
+        "Budget of a tenant's pool held by its running sessions (coordinator)."
+    );
+    describe_gauge!(
+        "specd_tenant_pool_spent",
+        "Budget of a tenant's pool spent by its ended sessions (coordinator)."
+    );
+    describe_gauge!(
+        "specd_tenant_pool_available",
+        "Budget a tenant's next session may get from its pool; 0: its sessions run the exact rule (coordinator)."
+    );
     describe_histogram!(
         "specd_draft_target_round_trip_seconds",
         Unit::Seconds,
@@ -214,6 +230,15 @@ pub fn draft_loops(n: usize) {
 
 pub fn drafted(seconds: f64) {
     histogram!("specd_draft_duration_seconds").record(seconds);
+}
+
+/// A tenant's budget pool at the coordinator (`--tenant-pool`).
+pub fn tenant_pool(tenant: &str, capacity: f64, reserved: f64, spent: f64, available: f64) {
+    let t = tenant.to_owned();
+    gauge!("specd_tenant_pool_capacity", "tenant" => t.clone()).set(capacity);
+    gauge!("specd_tenant_pool_reserved", "tenant" => t.clone()).set(reserved);
+    gauge!("specd_tenant_pool_spent", "tenant" => t.clone()).set(spent);
+    gauge!("specd_tenant_pool_available", "tenant" => t).set(available);
 }
 
 pub fn round_trip(seconds: f64) {

@@ -4,6 +4,8 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use specd_proto::v1;
+
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -122,3 +124,104 @@ pub const PROMPTS: &[&str] = &[
     "Why do cats purr?",
     "What is 12 times 7? Show your work.",
 ];
+
+/// A coordinator's `Generate` stream for a greedy chat prompt (γ 4), with the client it runs on.
+pub async fn chat_stream(
+    url: &str,
+    prompt: &str,
+    max_tokens: u32,
+) -> (
+    specd_proto::v1::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    tonic::Streaming<v1::TokenEvent>,
+) {
+    let mut client =
+        specd_proto::v1::coordinator_client::CoordinatorClient::connect(url.to_owned())
+            .await
+            .unwrap();
+    let stream = client
+        .generate(v1::GenerateRequest {
+            prompt: prompt.into(),
+            chat: true,
+            max_tokens,
+            // Speculative where the coordinator has a draft-node (γ 0 would decode target-only).
+            gamma: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (client, stream)
+}
+
+pub fn ledger(rt: &tokio::runtime::Runtime, url: &str) -> Vec<v1::SessionRecord> {
+    rt.block_on(async {
+        specd_proto::v1::coordinator_client::CoordinatorClient::connect(url.to_owned())
+            .await
+            .unwrap()
+            .list_sessions(v1::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+    })
+}
+
+/// Streams a chat `prompt` (200 tokens at most) through the coordinator at `url`, calling `cut`
+/// with the running session's row after 24 tokens: the tokens, the text and the last event.
+pub fn stream_cut_midway(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    prompt: &str,
+    cut: impl FnOnce(&v1::SessionRecord),
+) -> (Vec<u32>, String, v1::TokenEvent) {
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    rt.block_on(async {
+        let (mut client, mut stream) = chat_stream(url, prompt, 200).await;
+        while ids.len() < 24 {
+            let ev = stream.message().await.unwrap().unwrap();
+            assert!(!ev.finished, "the request ended before the cut");
+            ids.extend(ev.token_ids);
+            text.push_str(&ev.text);
+        }
+        let row = client
+            .list_sessions(v1::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+            .into_iter()
+            .find(|r| r.state == "running")
+            .expect("the running session");
+        cut(&row);
+        while let Some(ev) = stream.message().await.unwrap() {
+            ids.extend_from_slice(&ev.token_ids);
+            text.push_str(&ev.text);
+            if ev.finished {
+                return (ids, text, ev);
+            }
+        }
+        panic!("the stream ended without its last event");
+    })
+}
+
+/// The coordinator's latest session row, once it has ended (it is marked once the target
+/// session is closed, just after the last event).
+pub fn ended_row(rt: &tokio::runtime::Runtime, url: &str) -> v1::SessionRecord {
+    let start = Instant::now();
+    loop {
+        let row = ledger(rt, url).into_iter().max_by_key(|r| r.seq).unwrap();
+        if row.state != "running" || start.elapsed() > Duration::from_secs(10) {
+            return row;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn token_ids(out: &serde_json::Value) -> Vec<u32> {
+    out["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}

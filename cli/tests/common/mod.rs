@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod netns;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -49,7 +50,20 @@ pub struct Proc {
 impl Proc {
     /// Starts `specd ARGS` with the extra environment `env`.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(bin())
+        Proc::spawn_under(&[], args, env)
+    }
+
+    /// Starts `WRAPPER… specd ARGS` (e.g. `ip netns exec NS`, which becomes the specd process).
+    pub fn spawn_under(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut cmd = match wrapper {
+            [] => Command::new(bin()),
+            [program, rest @ ..] => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+        };
+        let mut child = cmd
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -227,4 +241,23 @@ pub fn test_pki(dir: &std::path::Path) -> TestPki {
         client_cert: write("client.pem", &client),
         client_key: write("client.key", &client_key),
     }
+}
+
+/// The samples at http://127.0.0.1:PORT/metrics as a real Prometheus parser
+/// (`prometheus_client`) reads them, keyed by name and labels (`name{"label": "value"}`).
+pub fn prometheus(port: u16) -> std::collections::HashMap<String, f64> {
+    prometheus_at(&format!("127.0.0.1:{port}"))
+}
+
+/// [`prometheus`] of a host's `ADDR:PORT`.
+pub fn prometheus_at(addr: &str) -> std::collections::HashMap<String, f64> {
+    let code = r#"
+import json, sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen(sys.argv[1]).read().decode()
+print(json.dumps({s.name + json.dumps(s.labels, sort_keys=True): s.value
+                  for f in text_string_to_metric_families(text) for s in f.samples}))
+"#;
+    let out = run_python(code, &[&format!("http://{addr}/metrics")]);
+    serde_json::from_str(&out).unwrap()
 }
