@@ -286,8 +286,9 @@ pub struct DraftNodeArgs {
     #[arg(long, default_value_t = 32)]
     pub max_gamma: usize,
     /// Target-node URLs a request may name (comma-separated, as the coordinator's --target
-    /// lists them); others are refused with PERMISSION_DENIED. Default: any, which lets whoever
-    /// reaches this node make it connect anywhere.
+    /// lists them; a `dns:///NAME:PORT` allows every address NAME resolves to); others are
+    /// refused with PERMISSION_DENIED. Default: any, which lets whoever reaches this node make
+    /// it connect anywhere.
     #[arg(long, value_delimiter = ',')]
     pub allow_target: Vec<String>,
     #[command(flatten)]
@@ -333,9 +334,14 @@ pub struct CoordinatorArgs {
     /// Address to serve on, e.g. 0.0.0.0:50050.
     #[arg(long)]
     pub listen: String,
-    /// Target-node URLs, comma-separated (e.g. http://10.0.0.5:50051).
+    /// Target-node URLs, comma-separated (e.g. http://10.0.0.5:50051), or `dns:///NAME:PORT`:
+    /// every address NAME resolves to is a target (a Kubernetes headless Service: one per ready
+    /// pod), resolved again every --dns-refresh seconds.
     #[arg(long, value_delimiter = ',', required = true)]
     pub target: Vec<String>,
+    /// Seconds between resolutions of `dns:///` targets.
+    #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+    pub dns_refresh: f64,
     /// Draft-node URLs, comma-separated. None: target-only decoding.
     #[arg(long, value_delimiter = ',')]
     pub draft: Vec<String>,
@@ -393,6 +399,12 @@ impl CoordinatorArgs {
         Ok(specd_coordinator::CoordinatorConfig {
             listen: parse_listen(&self.listen)?,
             targets: self.target.clone(),
+            dns_refresh: Duration::try_from_secs_f64(self.dns_refresh)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--dns-refresh {}: give seconds > 0", self.dns_refresh)
+                })?,
             drafts: self.draft.clone(),
             http,
             model_name: self.api.served_model_name.clone(),

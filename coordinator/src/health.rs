@@ -88,16 +88,24 @@ fn status(up: bool) -> ServingStatus {
 }
 
 /// Checks the nodes forever, keeping `health` and the coordinator's own health current (except
-/// while `draining`, when it stays NOT_SERVING).
+/// while `draining`, when it stays NOT_SERVING); resolves `dns:///` targets again every
+/// `dns_refresh`.
 pub async fn watch(
     health: PeerHealth,
     peers: Peers,
-    targets: Arc<Vec<String>>,
+    all_targets: Arc<crate::targets::Targets>,
+    dns_refresh: Duration,
     drafts: Arc<Vec<String>>,
     reporter: HealthReporter,
     drain: specd_rpc::drain::Drain,
 ) {
+    let mut resolved = tokio::time::Instant::now();
     loop {
+        if all_targets.has_names() && resolved.elapsed() >= dns_refresh {
+            all_targets.refresh(&peers).await;
+            resolved = tokio::time::Instant::now();
+        }
+        let targets = all_targets.list();
         // Every node at once: one that hangs does not delay the others.
         let mut checks = tokio::task::JoinSet::new();
         for (role, urls) in [("target", &targets), ("draft", &drafts)] {

@@ -120,12 +120,12 @@ impl Backend for Coordinated {
     }
 
     fn ready(&self) -> Result<(), String> {
-        if self.node.health.any_up(&self.node.targets) {
+        if self.node.health.any_up(&self.node.targets.list()) {
             Ok(())
         } else {
             Err(format!(
                 "no target-node answers ({})",
-                self.node.targets.join(", ")
+                self.node.targets.describe()
             ))
         }
     }

@@ -16,6 +16,7 @@ pub mod health;
 pub mod http;
 pub mod pools;
 mod relay;
+pub mod targets;
 use specd_proto::v1::coordinator_server::{Coordinator, CoordinatorServer};
 use specd_proto::v1::{self, TokenEvent};
 use specd_rpc::convert;
@@ -35,7 +36,10 @@ const MAX_FINISHED: usize = 1024;
 
 pub struct CoordinatorConfig {
     pub listen: SocketAddr,
+    /// Target-node URLs, or `dns:///NAME:PORT` names standing for every address they resolve to.
     pub targets: Vec<String>,
+    /// How often `dns:///` targets are resolved again.
+    pub dns_refresh: std::time::Duration,
     pub drafts: Vec<String>,
     /// The OpenAI-compatible HTTP API: its address and settings.
     pub http: Option<(SocketAddr, specd_openai::HttpConfig)>,
@@ -62,7 +66,7 @@ pub struct CoordinatorConfig {
 
 #[derive(Clone)]
 pub struct CoordinatorNode {
-    targets: Arc<Vec<String>>,
+    targets: Arc<targets::Targets>,
     drafts: Arc<Vec<String>>,
     next: Arc<AtomicUsize>,
     /// Sessions created so far (orders the admin table).
@@ -294,7 +298,7 @@ impl CoordinatorNode {
         grant: Option<f64>,
     ) -> Result<Response<EventStream>, Status> {
         let target_url = self
-            .pick_target(&self.targets)
+            .pick_target(&self.targets.list())
             .ok_or_else(|| Status::unavailable("no target-node configured"))?;
         let mut target = self.peers.target(&target_url).await?;
         let opened = target
@@ -423,11 +427,10 @@ pub async fn serve(
     cfg: CoordinatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    if cfg.targets.is_empty() {
-        bail!("--target: give at least one target-node URL");
-    }
+    let dials_tls = cfg.tls.as_ref().is_some_and(|t| t.dials());
+    let targets = Arc::new(targets::Targets::parse(&cfg.targets, dials_tls)?);
     let peers = Peers::new(cfg.node_secret.clone(), cfg.tls.clone());
-    let (fingerprints, unreachable) = reach_targets(&peers, &cfg.targets, cfg.target_wait).await?;
+    let (fingerprints, unreachable) = reach_targets(&peers, &targets, cfg.target_wait).await?;
     let model_id = fingerprints[0].2.clone();
     let fingerprints: Vec<(String, String)> =
         fingerprints.into_iter().map(|(u, fp, _)| (u, fp)).collect();
@@ -465,7 +468,7 @@ pub async fn serve(
         None => None,
     };
     let node = CoordinatorNode {
-        targets: Arc::new(cfg.targets),
+        targets,
         drafts: Arc::new(cfg.drafts),
         next: Arc::new(AtomicUsize::new(0)),
         created: Arc::new(AtomicU64::new(0)),
@@ -488,6 +491,7 @@ pub async fn serve(
         node.health.clone(),
         node.peers.clone(),
         node.targets.clone(),
+        cfg.dns_refresh,
         node.drafts.clone(),
         reporter.clone(),
         node.drain.clone(),
@@ -578,16 +582,19 @@ pub async fn serve(
 /// waiting up to `wait` for the first; and the urls that could not be reached.
 async fn reach_targets(
     peers: &Peers,
-    targets: &[String],
+    targets: &targets::Targets,
     wait: std::time::Duration,
 ) -> Result<(Vec<(String, String, String)>, Vec<String>)> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut said = false;
     loop {
+        if targets.has_names() {
+            targets.refresh(peers).await;
+        }
         let mut reached = Vec::new();
         let mut unreachable = Vec::new();
         let mut last_error = None;
-        for url in targets {
+        for url in targets.list().iter() {
             match startup_info(peers, "target", url, true).await {
                 Ok(Some(info)) => {
                     reached.push((url.clone(), info.vocab_fingerprint, info.model_id))
@@ -608,7 +615,12 @@ async fn reach_targets(
             }
             return Ok((reached, unreachable));
         }
-        let e = last_error.expect("no target reached, none failed");
+        let e = last_error.unwrap_or_else(|| {
+            anyhow::anyhow!(
+                "no target-node: {} resolves to no address",
+                targets.describe()
+            )
+        });
         if tokio::time::Instant::now() >= deadline {
             return Err(e);
         }

@@ -347,10 +347,7 @@ impl Relay {
         tracing::warn!(target_url = %lost, code = ?why.code(), "target lost: {}", why.message());
         self.node.peers.forget(&lost);
         self.lost.push(lost.clone());
-        let others: Vec<String> = self
-            .node
-            .targets
-            .iter()
+        let others: Vec<String> = (self.node.targets.list().iter())
             .filter(|u| !self.lost.contains(u))
             .cloned()
             .collect();
@@ -480,6 +477,7 @@ impl Relay {
             drafter: r.drafter.clone(),
             tenant: r.tenant.clone(),
             session_token: self.target_token.clone(),
+            target_server_name: (self.node.peers.server_name(&self.target_url)).unwrap_or_default(),
         };
         let mut d = self.node.peers.drafter(url).await?;
         Ok(d.run(trace::outgoing(run, &self.ctx)).await?.into_inner())

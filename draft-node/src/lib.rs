@@ -241,6 +241,20 @@ impl DrafterRpc for DraftNode {
 }
 
 impl DraftNode {
+    /// Whether `--allow-target` lets it connect to `url`: listed as such, or one of the
+    /// addresses a listed `dns:///NAME:PORT` resolves to now (as the coordinator expands it).
+    async fn target_allowed(&self, url: &str) -> bool {
+        if self.allowed_targets.is_empty() || self.allowed_targets.iter().any(|a| a == url) {
+            return true;
+        }
+        for a in self.allowed_targets.iter() {
+            if specd_rpc::dns::names(a, url).await {
+                return true;
+            }
+        }
+        false
+    }
+
     async fn start(
         &self,
         r: v1::RunRequest,
@@ -276,10 +290,14 @@ impl DraftNode {
             (true, Some(m)) => Some(m.clone()),
             (false, _) => None,
         };
-        if !self.allowed_targets.is_empty() && !self.allowed_targets.contains(&r.target_url) {
+        if !self.target_allowed(&r.target_url).await {
             return Err(Status::permission_denied(
                 "target_url is not one this draft-node may connect to (its --allow-target list)",
             ));
+        }
+        if !r.target_server_name.is_empty() {
+            self.peers
+                .set_server_name(&r.target_url, &r.target_server_name);
         }
         let mut client = self.peers.target(&r.target_url).await?;
         let info = match client.info(trace::outgoing(v1::InfoRequest {}, &ctx)).await {
@@ -406,6 +424,11 @@ pub async fn serve(
         peers: Peers::new(cfg.node_secret.clone(), cfg.tls.clone()),
         allowed_targets: Arc::new(cfg.allowed_targets.clone()),
     };
+    for a in &cfg.allowed_targets {
+        if let Some(Err(e)) = specd_rpc::dns::parse(a) {
+            return Err(e.context("--allow-target"));
+        }
+    }
     if cfg.allowed_targets.is_empty() {
         tracing::warn!(
             "no --allow-target: this draft-node connects to any target URL a caller names; list the targets to refuse others"

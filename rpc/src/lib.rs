@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod dns;
 pub mod drain;
 pub mod loading;
 pub mod peers;

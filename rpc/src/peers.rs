@@ -29,6 +29,16 @@ const MAX_PEERS: usize = 64;
 /// Connects to a node URL with a bounded timeout (TLS for an `https://` URL, with `tls`'s CA
 /// and certificate); an unreachable peer is `UNAVAILABLE`, a malformed URL `INVALID_ARGUMENT`.
 pub async fn connect(url: &str, tls: Option<&Tls>) -> Result<Channel, Status> {
+    connect_named(url, tls, None).await
+}
+
+/// [`connect`], the peer's certificate checked against `server_name` rather than the URL's host
+/// (a URL made of an address a DNS name resolved to).
+pub async fn connect_named(
+    url: &str,
+    tls: Option<&Tls>,
+    server_name: Option<&str>,
+) -> Result<Channel, Status> {
     let mut ep = Endpoint::from_shared(url.to_owned())
         .map_err(|e| {
             Status::invalid_argument(format!(
@@ -42,8 +52,12 @@ pub async fn connect(url: &str, tls: Option<&Tls>) -> Result<Channel, Status> {
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     if url.starts_with("https://") {
+        let mut config = Tls::client(tls);
+        if let Some(name) = server_name {
+            config = config.domain_name(name);
+        }
         ep = ep
-            .tls_config(Tls::client(tls))
+            .tls_config(config)
             .map_err(|e| Status::invalid_argument(format!("TLS for {url}: {e}")))?;
     }
     ep.connect().await.map_err(|e| {
@@ -95,6 +109,8 @@ pub fn transport_failure(s: &Status) -> bool {
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<Channels>>,
+    /// The name a URL's certificate must carry when it is not the URL's host (by URL).
+    server_names: Arc<Mutex<HashMap<String, String>>>,
     auth: NodeAuth,
     tls: Option<Arc<Tls>>,
 }
@@ -122,7 +138,8 @@ impl Peers {
         if let Some(c) = self.channels.lock().unwrap().by_url.get(url) {
             return Ok(c.clone());
         }
-        let c = connect(url, self.tls.as_deref()).await?;
+        let name = self.server_name(url);
+        let c = connect_named(url, self.tls.as_deref(), name.as_deref()).await?;
         let mut m = self.channels.lock().unwrap();
         if let Some(c) = m.by_url.get(url) {
             return Ok(c.clone());
@@ -136,6 +153,20 @@ impl Peers {
         m.order.push_back(url.to_owned());
         m.by_url.insert(url.to_owned(), c.clone());
         Ok(c)
+    }
+
+    /// Checks `url`'s certificate against `name` (a URL made of an address `name` resolved to).
+    pub fn set_server_name(&self, url: &str, name: &str) {
+        let mut m = self.server_names.lock().unwrap();
+        if m.len() >= MAX_PEERS * 4 && !m.contains_key(url) {
+            m.clear();
+        }
+        m.insert(url.to_owned(), name.to_owned());
+    }
+
+    /// The name `url`'s certificate is checked against, when it is not the URL's host.
+    pub fn server_name(&self, url: &str) -> Option<String> {
+        self.server_names.lock().unwrap().get(url).cloned()
     }
 
     /// Forgets `url`'s channel (its peer failed in a way a new connection may fix).

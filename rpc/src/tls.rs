@@ -133,6 +133,11 @@ impl Tls {
         Ok(Arc::new(c))
     }
 
+    /// Whether it dials its peers with TLS (a CA for their certificates was given).
+    pub fn dials(&self) -> bool {
+        self.ca.is_some()
+    }
+
     /// Whether it has a certificate to serve with (else its servers stay plaintext).
     pub fn serves(&self) -> bool {
         self.identity.is_some()
