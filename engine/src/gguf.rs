@@ -216,6 +216,20 @@ impl GgufFile {
             .with_context(|| format!("invalid GGUF model file {}", path.display()))
     }
 
+    /// Parses and validates a GGUF image held in memory (`path` only names it in errors and in
+    /// the result): what the fuzzing targets feed.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        if bytes.is_empty() {
+            bail!("invalid GGUF model file {}: it is empty", path.display());
+        }
+        let mut map = memmap2::MmapMut::map_anon(bytes.len())
+            .context("cannot allocate memory for a GGUF image")?;
+        map.copy_from_slice(bytes);
+        let map = map.make_read_only()?;
+        Self::parse(path, map)
+            .with_context(|| format!("invalid GGUF model file {}", path.display()))
+    }
+
     fn parse(path: &Path, mmap: memmap2::Mmap) -> Result<Self> {
         let mut c = Cursor {
             buf: &mmap[..],
@@ -282,8 +296,11 @@ impl GgufFile {
                     ggml_type.block_size()
                 );
             }
-            let n_bytes = n_el / ggml_type.block_size() as u64 * ggml_type.block_bytes() as u64;
-            let start = data_start + offset;
+            let n_bytes = (n_el / ggml_type.block_size() as u64)
+                .checked_mul(ggml_type.block_bytes() as u64)
+                .ok_or_else(|| anyhow!("tensor {name:?} has an impossible shape {dims:?}"))?;
+            // An offset near 2^64 must not wrap around to the start of the file.
+            let start = data_start.saturating_add(offset);
             if start
                 .checked_add(n_bytes)
                 .is_none_or(|end| end > mmap.len() as u64)
@@ -485,5 +502,65 @@ impl<W: Write> Write for Counting<'_, W> {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 image with no metadata and one tensor `t` of type id `ty` and shape `dims` at
+    /// `offset`, followed by 128 bytes of data.
+    fn one_tensor(dims: &[u64], ty: u32, offset: u64) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes()); // tensors
+        b.extend(0u64.to_le_bytes()); // metadata
+        b.extend(1u64.to_le_bytes());
+        b.push(b't');
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(ty.to_le_bytes());
+        b.extend(offset.to_le_bytes());
+        b.resize(b.len().div_ceil(32) * 32 + 128, 0);
+        b
+    }
+
+    /// The error an image is refused with (panics if it is accepted).
+    fn refusal(name: &str, bytes: &[u8]) -> String {
+        match GgufFile::from_bytes(Path::new(name), bytes) {
+            Ok(_) => panic!("{name} was accepted"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
+    #[test]
+    fn a_tensor_offset_near_2_64_is_refused_not_wrapped() {
+        let f32 = |offset| one_tensor(&[32], 0, offset);
+        let ok = GgufFile::from_bytes(Path::new("t.gguf"), &f32(0)).unwrap();
+        assert_eq!(ok.tensors[0].n_bytes, 128);
+        // data_start + offset wrapped to 0 once, and the tensor "fitted" at the file's start.
+        let data_start = (f32(0).len() - 128) as u64;
+        let e = refusal("t.gguf", &f32(0u64.wrapping_sub(data_start)));
+        assert!(e.contains("past the end of the file"), "{e}");
+    }
+
+    /// Found by `scripts/fuzz.sh` (target gguf): 2^63 F32 values count in a u64, their 2^65
+    /// bytes do not — an overflow panic with overflow checks, a wrapped size (and a tensor that
+    /// "fits") without.
+    #[test]
+    fn a_tensor_too_large_to_count_in_bytes_is_refused() {
+        let e = refusal("t.gguf", &one_tensor(&[2, 1 << 62], 0, 0));
+        assert!(e.contains("impossible shape"), "{e}");
+    }
+
+    #[test]
+    fn empty_and_foreign_images_are_named() {
+        let e = refusal("x.gguf", b"");
+        assert!(e.contains("x.gguf") && e.contains("empty"), "{e}");
+        let e = refusal("x.gguf", b"PK\x03\x04zip");
+        assert!(e.contains("not a GGUF file"), "{e}");
     }
 }
