@@ -1,15 +1,17 @@
 //! Partitions between hosts with their own addresses: a target-node and a draft-node each in a
-//! network namespace of its own, joined by a bridge to the coordinator's (common::netns). The
-//! link between draft and target is cut mid-request with no reset, as a partition cuts it: the
-//! request finishes with the uninterrupted run's text within a deadline, and neither node keeps a
-//! session or a loop once it has. Needs root for the namespaces (CI runs as root);
+//! network namespace of its own, joined by a bridge to the coordinator's (common::netns). A link
+//! — draft ↔ target, or coordinator ↔ target — is cut mid-request with no reset, as a partition
+//! cuts it: the request finishes with the uninterrupted run's text within a deadline, and neither
+//! node keeps a session or a loop once it has. Needs root for the namespaces (CI runs as root);
 //! SPECD_TEST_NETNS=skip skips it elsewhere, saying so.
 
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::cluster::{ended_row, generate, stream_cut_midway, token_ids, wait_ready, Node};
+use common::cluster::{
+    ended_row, ended_row_within, generate, stream_cut_midway, token_ids, wait_ready, Node,
+};
 use common::netns::Lab;
 use common::{free_port, prometheus_at, Proc};
 
@@ -59,7 +61,12 @@ fn a_draft_target_partition_mid_request_loses_nothing_and_leaks_nothing() {
     let expected = generate(PROMPT, &["--max-tokens", "200"]);
     let (t_ns, t_addr) = lab.host();
     let (d_ns, d_addr) = lab.host();
-    let (target, t_metrics) = node_in(&t_ns, &t_addr, &["target-node"]);
+    // Sessions a coordinator could not close (its link cut) expire after 3 idle seconds.
+    let (target, t_metrics) = node_in(
+        &t_ns,
+        &t_addr,
+        &["target-node", "--session-idle-timeout", "3"],
+    );
     let (draft, d_metrics) = node_in(
         &d_ns,
         &d_addr,
@@ -138,4 +145,29 @@ fn a_draft_target_partition_mid_request_loses_nothing_and_leaks_nothing() {
         Duration::from_secs(40),
     );
     lab.heal(t, d);
+
+    // Coordinator ↔ target cut: the draft-node, which still reaches the target, carries the
+    // request to its end; closing the session then fails within the short-call deadline (10 s)
+    // and the target drops it when it has been idle for its timeout.
+    let own = lab.own();
+    let c = (own.0.as_str(), own.1.as_str());
+    let start = Instant::now();
+    let (ids, text, last) = stream_cut_midway(&rt, &url, PROMPT, |_| lab.cut(c, t));
+    assert_eq!(ids, token_ids(&expected), "no token lost or changed");
+    assert_eq!(text, expected["text"].as_str().unwrap());
+    assert!(!last.fallback, "the draft finished it");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    let row = ended_row_within(&rt, &url, Duration::from_secs(20));
+    assert_eq!(row.state, "finished");
+    lab.heal(c, t);
+    drains_to_zero(&t_metrics, "specd_target_sessions", Duration::from_secs(20));
+    drains_to_zero(
+        &d_metrics,
+        "specd_draft_loops_running",
+        Duration::from_secs(20),
+    );
 }

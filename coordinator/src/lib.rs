@@ -219,7 +219,7 @@ impl Coordinator for CoordinatorNode {
         })?;
         let mut t = self.peers.target(&url).await?;
         let mut summary = t
-            .update_policy(trace::outgoing(
+            .update_policy(trace::unary(
                 v1::UpdatePolicyRequest {
                     session_id: target_sid,
                     policy: r.policy,
@@ -227,6 +227,7 @@ impl Coordinator for CoordinatorNode {
                     session_token: token,
                 },
                 &ctx,
+                trace::SHORT_CALL,
             ))
             .await?
             .into_inner();
@@ -302,7 +303,7 @@ impl CoordinatorNode {
             .ok_or_else(|| Status::unavailable("no target-node configured"))?;
         let mut target = self.peers.target(&target_url).await?;
         let opened = target
-            .open_session(trace::outgoing(
+            .open_session(trace::unary(
                 v1::OpenSessionRequest {
                     prompt: r.prompt.clone(),
                     chat: r.chat,
@@ -316,6 +317,7 @@ impl CoordinatorNode {
                     ..Default::default()
                 },
                 &ctx,
+                trace::OPEN_CALL,
             ))
             .await
             .inspect_err(|e| {
@@ -390,12 +392,13 @@ impl CoordinatorNode {
                     ) =>
                 {
                     let _ = target
-                        .close_session(trace::outgoing(
+                        .close_session(trace::unary(
                             v1::CloseSessionRequest {
                                 session_id: sid.clone(),
                                 session_token: opened.session_token.clone(),
                             },
                             &ctx,
+                            trace::SHORT_CALL,
                         ))
                         .await;
                     self.sessions.lock().unwrap().remove(&sid);

@@ -54,11 +54,12 @@ impl TextRelay {
         }
         let text = self
             .client
-            .detokenize(trace::outgoing(
+            .detokenize(trace::unary(
                 v1::DetokenizeRequest {
                     token_ids: self.ids.clone(),
                 },
                 &self.ctx,
+                trace::SHORT_CALL,
             ))
             .await?
             .into_inner()
@@ -168,12 +169,13 @@ impl Relay {
         }
         let closed = self
             .target
-            .close_session(trace::outgoing(
+            .close_session(trace::unary(
                 v1::CloseSessionRequest {
                     session_id: self.target_sid.clone(),
                     session_token: self.target_token.clone(),
                 },
                 &self.ctx,
+                trace::SHORT_CALL,
             ))
             .await;
         self.node.tokens.lock().unwrap().remove(&self.sid);
@@ -360,7 +362,7 @@ impl Relay {
         let mut target = self.node.peers.target(&url).await?;
         let r = &self.req;
         let opened = target
-            .open_session(trace::outgoing(
+            .open_session(trace::unary(
                 v1::OpenSessionRequest {
                     prompt_ids: self.prompt_ids.clone(),
                     max_tokens: self.max_tokens,
@@ -373,6 +375,7 @@ impl Relay {
                     ..Default::default()
                 },
                 &self.ctx,
+                trace::OPEN_CALL,
             ))
             .await?
             .into_inner();

@@ -300,14 +300,15 @@ impl DraftNode {
                 .set_server_name(&r.target_url, &r.target_server_name);
         }
         let mut client = self.peers.target(&r.target_url).await?;
-        let info = match client.info(trace::outgoing(v1::InfoRequest {}, &ctx)).await {
-            Ok(i) => i.into_inner(),
-            Err(e) => {
-                // A peer that failed may need a new connection next time.
-                self.peers.forget(&r.target_url);
-                return Err(e);
-            }
-        };
+        let info =
+            match (client.info(trace::unary(v1::InfoRequest {}, &ctx, trace::SHORT_CALL))).await {
+                Ok(i) => i.into_inner(),
+                Err(e) => {
+                    // A peer that failed may need a new connection next time.
+                    self.peers.forget(&r.target_url);
+                    return Err(e);
+                }
+            };
         if let Some(m) = &model {
             let mine = m.tokenizer.fingerprint();
             if info.vocab_fingerprint != mine {

@@ -23,6 +23,21 @@ pub fn outgoing<T>(msg: T, ctx: &TraceContext) -> tonic::Request<T> {
     req
 }
 
+/// How long a short call between nodes (closing a session, detokenizing, a policy change, `Info`)
+/// may take: a partitioned peer answers nothing, and the caller must not wait for keepalives.
+pub const SHORT_CALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long opening a session may take: the target prefills the prompt first.
+pub const OPEN_CALL: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// [`outgoing`] with a deadline: the call ends with DEADLINE_EXCEEDED after `timeout` (sent as
+/// `grpc-timeout`, so the peer knows it too).
+pub fn unary<T>(msg: T, ctx: &TraceContext, timeout: std::time::Duration) -> tonic::Request<T> {
+    let mut req = outgoing(msg, ctx);
+    req.set_timeout(timeout);
+    req
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

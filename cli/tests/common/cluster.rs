@@ -207,10 +207,19 @@ pub fn stream_cut_midway(
 /// The coordinator's latest session row, once it has ended (it is marked once the target
 /// session is closed, just after the last event).
 pub fn ended_row(rt: &tokio::runtime::Runtime, url: &str) -> v1::SessionRecord {
+    ended_row_within(rt, url, Duration::from_secs(10))
+}
+
+/// [`ended_row`], waiting up to `within`.
+pub fn ended_row_within(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    within: Duration,
+) -> v1::SessionRecord {
     let start = Instant::now();
     loop {
         let row = ledger(rt, url).into_iter().max_by_key(|r| r.seq).unwrap();
-        if row.state != "running" || start.elapsed() > Duration::from_secs(10) {
+        if row.state != "running" || start.elapsed() > within {
             return row;
         }
         std::thread::sleep(Duration::from_millis(50));

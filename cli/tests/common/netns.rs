@@ -34,6 +34,17 @@ fn must(args: &[&str]) {
     ip(args).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Adds or deletes, in namespace `ns` ("": this one), a route dropping what goes to `addr`.
+fn blackhole(op: &str, ns: &str, addr: &str) {
+    let dest = format!("{addr}/32");
+    let mut args = Vec::new();
+    if !ns.is_empty() {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["route", op, "blackhole", &dest]);
+    must(&args);
+}
+
 impl Lab {
     /// The lab, or why it cannot be made here (not root, no `ip`).
     pub fn new() -> Result<Lab, String> {
@@ -106,45 +117,22 @@ impl Lab {
         (ns, addr)
     }
 
-    /// Cuts the link between two hosts both ways: their packets to each other are dropped
-    /// silently (no reset, no error), as in a partition.
+    /// This process's namespace as a host ("" for `ip -n`: the current one).
+    pub fn own(&self) -> (String, String) {
+        (String::new(), self.own_addr())
+    }
+
+    /// Cuts the link between two hosts (namespace, address) both ways: their packets to each
+    /// other are dropped silently (no reset, no error), as in a partition.
     pub fn cut(&self, a: (&str, &str), b: (&str, &str)) {
-        must(&[
-            "-n",
-            a.0,
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", b.1),
-        ]);
-        must(&[
-            "-n",
-            b.0,
-            "route",
-            "add",
-            "blackhole",
-            &format!("{}/32", a.1),
-        ]);
+        blackhole("add", a.0, b.1);
+        blackhole("add", b.0, a.1);
     }
 
     /// Heals a cut.
     pub fn heal(&self, a: (&str, &str), b: (&str, &str)) {
-        must(&[
-            "-n",
-            a.0,
-            "route",
-            "del",
-            "blackhole",
-            &format!("{}/32", b.1),
-        ]);
-        must(&[
-            "-n",
-            b.0,
-            "route",
-            "del",
-            "blackhole",
-            &format!("{}/32", a.1),
-        ]);
+        blackhole("del", a.0, b.1);
+        blackhole("del", b.0, a.1);
     }
 }
 
