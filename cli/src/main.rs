@@ -7,6 +7,7 @@ mod health;
 mod nodes;
 mod score;
 mod serve;
+mod sessions;
 
 #[cfg(test)]
 mod deploy_tests;
@@ -47,6 +48,9 @@ enum Command {
     Coordinator(nodes::CoordinatorArgs),
     /// Is a node serving? gRPC health of a node, or GET /health of an HTTP API (exit 0 if so).
     Health(health::HealthArgs),
+    /// A coordinator's sessions (tenant, state, rule, budget spent, nodes, failovers) and its
+    /// tenants' budget pools.
+    Sessions(sessions::SessionsArgs),
     /// Emulate a WAN link: a TCP proxy adding delay, jitter and a bandwidth limit per direction.
     Link(nodes::LinkArgs),
     /// Teacher-force a continuation through a model: per-token NLL and argmax agreement.
@@ -192,6 +196,7 @@ fn main() -> ExitCode {
         Command::TargetNode(a) => nodes::target_node(a),
         Command::DraftNode(a) => nodes::draft_node(a),
         Command::Coordinator(a) => nodes::coordinator(a),
+        Command::Sessions(a) => sessions::run(a),
         Command::Link(a) => nodes::link(a),
         Command::Health(a) => health::run(a),
         Command::Models(cmd) => models(cmd),

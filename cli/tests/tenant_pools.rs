@@ -17,7 +17,16 @@ use common::{bin, free_port, prometheus};
 
 const ACME: &str = "sk-acme-0123456789abcdef";
 const BETA: &str = "sk-beta-0123456789abcdef";
+const ADMIN: &str = "sk-admin-0123456789abcdef";
 const POOL: f64 = 1.5;
+
+/// `m` as a request presenting `key`.
+fn authed<T>(key: &str, m: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(m);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
 
 #[test]
 fn a_tenant_pool_bounds_the_budget_its_sessions_spend() {
@@ -29,7 +38,11 @@ fn a_tenant_pool_bounds_the_budget_its_sessions_spend() {
         format!("127.0.0.1:{port}"),
         format!("127.0.0.1:{metrics_port}"),
     );
-    let (acme, beta) = (format!("acme:{ACME}"), format!("beta:{BETA}"));
+    let (acme, beta, admin) = (
+        format!("acme:{ACME}"),
+        format!("beta:{BETA}"),
+        format!("admin:{ADMIN}"),
+    );
     let pool = format!("acme={POOL}");
     let c = spawn(
         &[
@@ -44,6 +57,8 @@ fn a_tenant_pool_bounds_the_budget_its_sessions_spend() {
             &acme,
             "--api-key",
             &beta,
+            "--api-key",
+            &admin,
             "--tenant-pool",
             &pool,
             "--metrics-listen",
@@ -86,13 +101,19 @@ fn a_tenant_pool_bounds_the_budget_its_sessions_spend() {
         .enable_all()
         .build()
         .unwrap();
-    let list = rt.block_on(async {
-        let mut client = CoordinatorClient::connect(c.url.clone()).await.unwrap();
-        let mut req = tonic::Request::new(v1::ListSessionsRequest {});
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {ACME}").parse().unwrap());
-        client.list_sessions(req).await.unwrap().into_inner()
-    });
+    // Each key sees its own tenant's sessions and pool; the admin tenant's sees them all.
+    let list_as = |key: &str| {
+        rt.block_on(async {
+            let mut client = CoordinatorClient::connect(c.url.clone()).await.unwrap();
+            let req = authed(key, v1::ListSessionsRequest {});
+            client.list_sessions(req).await.unwrap().into_inner()
+        })
+    };
+    let (of_acme, of_beta, list) = (list_as(ACME), list_as(BETA), list_as(ADMIN));
+    assert!(of_acme.sessions.iter().all(|r| r.tenant == "acme") && of_acme.sessions.len() == 4);
+    assert!(of_beta.sessions.iter().all(|r| r.tenant == "beta") && of_beta.sessions.len() == 1);
+    assert!(of_beta.pools.is_empty(), "beta sees no other tenant's pool");
+    assert_eq!(of_acme.pools, list.pools);
     let mut rows: Vec<v1::SessionRecord> = list.sessions.clone();
     rows.sort_by_key(|r| r.seq);
     let (acme_rows, beta_rows): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r.tenant == "acme");
@@ -134,16 +155,36 @@ fn a_tenant_pool_bounds_the_budget_its_sessions_spend() {
     assert!((gauge("specd_tenant_pool_spent") - paid).abs() < 1e-9);
     assert!((gauge("specd_tenant_pool_available") - (POOL - paid)).abs() < 1e-9);
     assert_eq!(gauge("specd_tenant_pool_reserved"), 0.0);
+    // `specd sessions` shows the same pool to an operator, as JSON and as a table.
+    let sessions = |json: bool| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["sessions", &c.url]).env("SPECD_API_KEY", ACME);
+        if json {
+            cmd.arg("--json");
+        }
+        let o = cmd.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let shown: serde_json::Value = serde_json::from_str(&sessions(true)).unwrap();
+    assert_eq!(shown["sessions"].as_array().unwrap().len(), 4, "acme's");
+    let pool = &shown["pools"][0];
+    assert_eq!(
+        (pool["tenant"].as_str(), pool["capacity"].as_f64()),
+        (Some("acme"), Some(POOL))
+    );
+    assert!((pool["spent"].as_f64().unwrap() - paid).abs() < 1e-9);
+    assert_eq!(pool["tightened"].as_u64(), Some(tightened));
+    let table = sessions(false);
+    assert!(
+        table.contains("tightened") && table.lines().any(|l| l.starts_with("acme ")),
+        "{table}"
+    );
 
-    // A pooled session's budget may be tightened live, never raised past its grant.
+    // A pooled session's budget may be tightened live, never raised past its grant; another
+    // tenant cannot touch it at all.
     rt.block_on(async {
         let mut client = CoordinatorClient::connect(c.url.clone()).await.unwrap();
-        let authed = |m| {
-            let mut r = tonic::Request::new(m);
-            r.metadata_mut()
-                .insert("authorization", format!("Bearer {ACME}").parse().unwrap());
-            r
-        };
         let raise = v1::SetSessionPolicyRequest {
             session_id: acme_rows[0].session_id.clone(),
             policy: Some(v1::Policy {
@@ -153,7 +194,13 @@ fn a_tenant_pool_bounds_the_budget_its_sessions_spend() {
             }),
             allow_loosen: true,
         };
-        let e = client.set_session_policy(authed(raise)).await.unwrap_err();
+        let e = (client.set_session_policy(authed(BETA, raise.clone())))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "another tenant's session: {e:?}");
+        let e = (client.set_session_policy(authed(ACME, raise)))
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
         assert!(e.message().contains("budget pool"), "{e:?}");
     });

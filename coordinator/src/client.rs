@@ -65,6 +65,46 @@ pub fn request_to_wire(req: &Request, protect: &str, pipeline: bool) -> Generate
     }
 }
 
+/// A client of the coordinator at `url`: an `https://` URL is checked against `SPECD_TLS_CA` (or
+/// the public roots), with `SPECD_TLS_CERT`/`SPECD_TLS_KEY` as the client's certificate where the
+/// coordinator asks for one.
+async fn connect(url: &str) -> Result<CoordinatorClient<tonic::transport::Channel>> {
+    let tls = specd_rpc::tls::Tls::from_env()?;
+    let channel = specd_rpc::peers::connect(url, tls.as_ref())
+        .await
+        .map_err(|s| anyhow!("coordinator {url}: {}", s.message()))?;
+    Ok(CoordinatorClient::new(channel))
+}
+
+/// `msg` as a request presenting the API key in `SPECD_API_KEY`, if it is set (`--api-key` on
+/// the coordinator).
+fn with_key<T>(msg: T) -> Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(msg);
+    if let Ok(key) = std::env::var("SPECD_API_KEY") {
+        let value = format!("Bearer {}", key.trim())
+            .parse()
+            .map_err(|_| anyhow!("SPECD_API_KEY is not a valid header value"))?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    Ok(request)
+}
+
+/// The coordinator's sessions and tenant budget pools (`ListSessions`), as `specd sessions`
+/// prints them.
+pub fn list_sessions(url: &str) -> Result<v1::ListSessionsResponse> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut client = connect(url).await?;
+        Ok(client
+            .list_sessions(with_key(v1::ListSessionsRequest {})?)
+            .await
+            .map_err(|s| anyhow!("coordinator {url}: {}: {}", s.code(), s.message()))?
+            .into_inner())
+    })
+}
+
 /// Runs a request through a coordinator (`pipeline`: pipelined drafting on the draft-node),
 /// presenting the API key in `SPECD_API_KEY` if it is set; an `https://` URL is checked against
 /// `SPECD_TLS_CA` (or the public roots), with `SPECD_TLS_CERT`/`SPECD_TLS_KEY` as the client's
@@ -81,19 +121,9 @@ pub fn generate(
         .build()?;
     rt.block_on(async {
         let t0 = Instant::now();
-        let tls = specd_rpc::tls::Tls::from_env()?;
-        let channel = specd_rpc::peers::connect(url, tls.as_ref())
-            .await
-            .map_err(|s| anyhow!("coordinator {url}: {}", s.message()))?;
-        let mut request = tonic::Request::new(request_to_wire(req, protect, pipeline));
-        // The key of an API that requires one (`--api-key` on the coordinator).
-        if let Ok(key) = std::env::var("SPECD_API_KEY") {
-            let value = format!("Bearer {}", key.trim())
-                .parse()
-                .map_err(|_| anyhow!("SPECD_API_KEY is not a valid header value"))?;
-            request.metadata_mut().insert("authorization", value);
-        }
-        let mut stream = CoordinatorClient::new(channel)
+        let mut client = connect(url).await?;
+        let request = with_key(request_to_wire(req, protect, pipeline))?;
+        let mut stream = client
             .generate(request)
             .await
             .map_err(|s| anyhow!("{}: {}", s.code(), s.message()))

@@ -181,12 +181,17 @@ impl Coordinator for CoordinatorNode {
 
     async fn list_sessions(
         &self,
-        _: Request<v1::ListSessionsRequest>,
+        req: Request<v1::ListSessionsRequest>,
     ) -> Result<Response<v1::ListSessionsResponse>, Status> {
-        let mut sessions: Vec<v1::SessionRecord> =
-            self.sessions.lock().unwrap().values().cloned().collect();
+        let only = tenant_scope(&req);
+        let mine = |tenant: &str| only.as_deref().is_none_or(|t| t == tenant);
+        let mut sessions: Vec<v1::SessionRecord> = (self.sessions.lock().unwrap().values())
+            .filter(|r| mine(&r.tenant))
+            .cloned()
+            .collect();
         sessions.sort_by(|a, b| a.session_id.cmp(&b.session_id));
-        let pools = self.pools.as_ref().map(|p| p.list()).unwrap_or_default();
+        let mut pools = self.pools.as_ref().map(|p| p.list()).unwrap_or_default();
+        pools.retain(|p| mine(&p.tenant));
         Ok(Response::new(v1::ListSessionsResponse { sessions, pools }))
     }
 
@@ -195,12 +200,15 @@ impl Coordinator for CoordinatorNode {
         req: Request<v1::SetSessionPolicyRequest>,
     ) -> Result<Response<v1::SessionSummary>, Status> {
         let ctx = trace::incoming(&req);
+        let only = tenant_scope(&req);
         let r = req.into_inner();
         let (url, target_sid, tenant, granted) = self
             .sessions
             .lock()
             .unwrap()
             .get(&r.session_id)
+            // Another tenant's session is not shown to the caller: as if unknown.
+            .filter(|s| only.as_deref().is_none_or(|t| t == s.tenant))
             .map(|s| {
                 let (url, sid) = (s.target_url.clone(), s.target_session_id.clone());
                 (url, sid, s.tenant.clone(), s.budget)
@@ -238,6 +246,16 @@ impl Coordinator for CoordinatorNode {
             rec.budget = summary.budget;
         });
         Ok(Response::new(summary))
+    }
+}
+
+/// Whose sessions an admin RPC's caller may see and change: its own tenant's (Some), or every
+/// tenant's (None) for the `admin` tenant's key.
+fn tenant_scope<T>(req: &Request<T>) -> Option<String> {
+    match req.extensions().get::<specd_rpc::auth::Tenant>() {
+        Some(t) if t.0 == specd_rpc::auth::ADMIN_TENANT => None,
+        Some(t) => Some(t.0.clone()),
+        None => Some(specd_rpc::auth::DEFAULT_TENANT.to_owned()),
     }
 }
 
@@ -298,9 +316,12 @@ impl CoordinatorNode {
         speculative: bool,
         grant: Option<f64>,
     ) -> Result<Response<EventStream>, Status> {
-        let target_url = self
-            .pick_target(&self.targets.list())
-            .ok_or_else(|| Status::unavailable("no target-node configured"))?;
+        let target_url = self.pick_target(&self.targets.list()).ok_or_else(|| {
+            Status::unavailable(format!(
+                "no target-node to open a session on: {} resolves to no address",
+                self.targets.describe()
+            ))
+        })?;
         let mut target = self.peers.target(&target_url).await?;
         let opened = target
             .open_session(trace::unary(

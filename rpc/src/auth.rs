@@ -20,6 +20,10 @@ use sha2::{Digest, Sha256};
 /// The tenant of requests when no keys are configured, and of keys given without one.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// The tenant whose key sees and may change every tenant's sessions at the coordinator (its
+/// admin RPCs); any other key sees its own tenant's only.
+pub const ADMIN_TENANT: &str = "admin";
+
 /// Shortest key accepted: a short key is a guessable one.
 pub const MIN_KEY_LEN: usize = 16;
 
