@@ -267,6 +267,41 @@ fn tls_on_every_grpc_link_with_mutual_tls_between_nodes() {
         "the draft-node verified through TLS: {out}"
     );
 
+    // The target as a DNS name: the coordinator dials https://127.0.0.1:PORT, an address the
+    // certificate does not carry, and checks it against the name (localhost); so does the
+    // draft-node it tells the name, whose --allow-target allows the name's addresses.
+    let name = t.url.replace("https://localhost", "dns:///localhost");
+    let d2 = node(
+        "draft-node",
+        &["--drafter", "ngram", "--allow-target", &name],
+        true,
+    );
+    let c2 = node(
+        "coordinator",
+        &["--target", &name, "--draft", &d2.url],
+        false,
+    );
+    let o = Command::new(bin())
+        .args([
+            "generate",
+            "--prompt",
+            prompt,
+            "--chat",
+            "--json",
+            "--max-tokens",
+            "24",
+            "--drafter",
+            "ngram",
+            "--coordinator",
+            &c2.url,
+        ])
+        .envs(client_env)
+        .output()
+        .unwrap();
+    let out = json(&o);
+    assert_eq!(out["token_ids"], expected["token_ids"]);
+    assert_eq!(out["fallback"], false, "the draft verified by name: {out}");
+
     // A plaintext client against a TLS node: refused, pointing at https://.
     let plain = t.url.replace("https://localhost", "http://127.0.0.1");
     let (ok, e) = health_cli(&plain, &[]);
