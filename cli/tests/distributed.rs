@@ -16,8 +16,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 mod common;
 
 use common::cluster::{
-    chat_stream, coordinator, draft_node, ended_row, generate, grpc_health, ledger, run, spawn,
-    spawn_with, stream_cut_midway, target_node, token_ids, wait_ready, Node, PROMPTS,
+    chat_stream, coordinator, coordinator_with, draft_node, ended_row, generate, grpc_health,
+    ledger, run, spawn, spawn_with, stream_cut_midway, target_node, token_ids, wait_ready, Node,
+    PROMPTS,
 };
 use common::{bin, free_port, prometheus, Proc};
 
@@ -1445,21 +1446,7 @@ fn a_target_lost_mid_request_is_replaced_with_nothing_lost() {
         .iter()
         .map(|t| t.as_ref().unwrap().url.clone())
         .collect();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let both = urls.join(",");
-    let c = spawn(
-        &[
-            "coordinator",
-            "--listen",
-            &listen,
-            "--target",
-            &both,
-            "--draft",
-            &d.url,
-        ],
-        port,
-    );
+    let c = coordinator_with(&urls.join(","), &d.url, &[]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1503,21 +1490,7 @@ fn a_draft_lost_mid_request_is_replaced_with_nothing_lost() {
         .iter()
         .map(|d| d.as_ref().unwrap().url.clone())
         .collect();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let both = urls.join(",");
-    let c = spawn(
-        &[
-            "coordinator",
-            "--listen",
-            &listen,
-            "--target",
-            &t.url,
-            "--draft",
-            &both,
-        ],
-        port,
-    );
+    let c = coordinator_with(&t.url, &urls.join(","), &[]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -1601,13 +1574,7 @@ fn a_coordinator_waits_for_its_first_target_and_routes_around_absent_ones() {
 #[test]
 fn sessions_are_placed_on_the_least_loaded_target() {
     let (a, b) = (target_node(&[]), target_node(&[]));
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let target = format!("{},{}", a.url, b.url);
-    let c = spawn(
-        &["coordinator", "--listen", &listen, "--target", &target],
-        port,
-    );
+    let c = coordinator_with(&format!("{},{}", a.url, b.url), "", &[]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::cluster::{generate, json, ledger, run, wait_ready, Node};
+use common::cluster::{generate, ledger, wait_ready, Node};
 use common::{free_port, Proc};
 
 fn hosts(path: &std::path::Path, addrs: &[&str]) {
@@ -81,17 +81,7 @@ fn a_dns_name_stands_for_every_target_it_resolves_to() {
     let ask = |n: usize| -> BTreeSet<String> {
         let before = ledger(&rt, &url).len();
         for _ in 0..n {
-            let out = json(&run(&[
-                "generate",
-                "--prompt",
-                prompt,
-                "--chat",
-                "--json",
-                "--max-tokens",
-                "8",
-                "--coordinator",
-                &url,
-            ]));
+            let out = generate(prompt, &["--max-tokens", "8", "--coordinator", &url]);
             assert_eq!(out["token_ids"], expected["token_ids"]);
         }
         let mut rows = ledger(&rt, &url);

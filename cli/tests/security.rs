@@ -13,7 +13,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 mod common;
 
 use common::cluster::{
-    generate, grpc_health, json, run, spawn, spawn_with, target_node, Node, PROMPTS,
+    coordinator_with, generate, grpc_health, json, run, spawn_with, target_node, Node, PROMPTS,
 };
 use common::{bin, free_port, test_pki, Proc};
 
@@ -25,20 +25,7 @@ fn the_coordinator_grpc_api_requires_its_key() {
     let prompt = PROMPTS[1];
     let expected = generate(prompt, &["--max-tokens", "16", "--mode", "target-only"]);
     let t = target_node(&[]);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let c = spawn(
-        &[
-            "coordinator",
-            "--listen",
-            &listen,
-            "--target",
-            &t.url,
-            "--api-key",
-            "acme:sk-acme-0123456789abcdef",
-        ],
-        port,
-    );
+    let c = coordinator_with(&t.url, "", &["--api-key", "acme:sk-acme-0123456789abcdef"]);
     let args = [
         "generate",
         "--prompt",
@@ -91,22 +78,7 @@ fn node_rpcs_require_the_node_secret() {
         &[("SPECD_NODE_SECRET_FILE", secret)],
         port,
     );
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let c = spawn(
-        &[
-            "coordinator",
-            "--listen",
-            &listen,
-            "--target",
-            &t.url,
-            "--draft",
-            &d.url,
-            "--node-secret-file",
-            secret,
-        ],
-        port,
-    );
+    let c = coordinator_with(&t.url, &d.url, &["--node-secret-file", secret]);
     let o = run(&[
         "generate",
         "--prompt",
@@ -243,24 +215,28 @@ fn tls_on_every_grpc_link_with_mutual_tls_between_nodes() {
 
     let prompt = PROMPTS[0];
     let expected = generate(prompt, &["--max-tokens", "24", "--mode", "target-only"]);
-    let o = Command::new(bin())
-        .args([
-            "generate",
-            "--prompt",
-            prompt,
-            "--chat",
-            "--json",
-            "--max-tokens",
-            "24",
-            "--drafter",
-            "ngram",
-            "--coordinator",
-            &c.url,
-        ])
-        .envs(client_env)
-        .output()
-        .unwrap();
-    let out = json(&o);
+    // The prompt through a coordinator, as a client with the CA and a client certificate.
+    let through = |url: &str| {
+        let o = Command::new(bin())
+            .args([
+                "generate",
+                "--prompt",
+                prompt,
+                "--chat",
+                "--json",
+                "--max-tokens",
+                "24",
+                "--drafter",
+                "ngram",
+                "--coordinator",
+                url,
+            ])
+            .envs(client_env)
+            .output()
+            .unwrap();
+        json(&o)
+    };
+    let out = through(&c.url);
     assert_eq!(out["token_ids"], expected["token_ids"]);
     assert_eq!(
         out["fallback"], false,
@@ -281,24 +257,7 @@ fn tls_on_every_grpc_link_with_mutual_tls_between_nodes() {
         &["--target", &name, "--draft", &d2.url],
         false,
     );
-    let o = Command::new(bin())
-        .args([
-            "generate",
-            "--prompt",
-            prompt,
-            "--chat",
-            "--json",
-            "--max-tokens",
-            "24",
-            "--drafter",
-            "ngram",
-            "--coordinator",
-            &c2.url,
-        ])
-        .envs(client_env)
-        .output()
-        .unwrap();
-    let out = json(&o);
+    let out = through(&c2.url);
     assert_eq!(out["token_ids"], expected["token_ids"]);
     assert_eq!(out["fallback"], false, "the draft verified by name: {out}");
 

@@ -12,7 +12,7 @@ use tonic::Code;
 
 mod common;
 
-use common::cluster::{draft_node, json, spawn, target_node, PROMPTS};
+use common::cluster::{coordinator_with, draft_node, json, target_node, PROMPTS};
 use common::{bin, free_port, prometheus};
 
 const ACME: &str = "sk-acme-0123456789abcdef";
@@ -33,26 +33,18 @@ fn a_tenant_pool_bounds_the_budget_its_sessions_spend() {
     let t = target_node(&[]);
     // The weak draft disagrees with the target often: a loose rule has lossy accepts to make.
     let d = draft_node("smollm2-135m-q4_0");
-    let (port, metrics_port) = (free_port(), free_port());
-    let (listen, metrics) = (
-        format!("127.0.0.1:{port}"),
-        format!("127.0.0.1:{metrics_port}"),
-    );
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let (acme, beta, admin) = (
         format!("acme:{ACME}"),
         format!("beta:{BETA}"),
         format!("admin:{ADMIN}"),
     );
     let pool = format!("acme={POOL}");
-    let c = spawn(
+    let c = coordinator_with(
+        &t.url,
+        &d.url,
         &[
-            "coordinator",
-            "--listen",
-            &listen,
-            "--target",
-            &t.url,
-            "--draft",
-            &d.url,
             "--api-key",
             &acme,
             "--api-key",
@@ -64,7 +56,6 @@ fn a_tenant_pool_bounds_the_budget_its_sessions_spend() {
             "--metrics-listen",
             &metrics,
         ],
-        port,
     );
     let generate = |key: &str, prompt: &str| {
         let o = Command::new(bin())

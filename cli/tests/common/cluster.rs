@@ -83,21 +83,20 @@ pub fn draft_node(model: &str) -> Node {
 }
 
 pub fn coordinator(target: &Node, draft: Option<&Node>) -> Node {
+    coordinator_with(&target.url, draft.map_or("", |d| d.url.as_str()), &[])
+}
+
+/// A coordinator on 127.0.0.1 for the `--target` list `targets` and the `--draft` list `drafts`
+/// (comma-separated; "" for none), with `extra` flags, waited for.
+pub fn coordinator_with(targets: &str, drafts: &str, extra: &[&str]) -> Node {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "coordinator".to_owned(),
-        "--listen".into(),
-        listen,
-        "--target".into(),
-        target.url.clone(),
-    ];
-    if let Some(d) = draft {
-        args.push("--draft".into());
-        args.push(d.url.clone());
+    let mut args = vec!["coordinator", "--listen", &listen, "--target", targets];
+    if !drafts.is_empty() {
+        args.extend(["--draft", drafts]);
     }
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    spawn(&refs, port)
+    args.extend_from_slice(extra);
+    spawn(&args, port)
 }
 
 pub fn run(args: &[&str]) -> Output {
