@@ -87,7 +87,7 @@ fn first_token_of_speculative_sampling_follows_the_target() {
     let lookup = {
         use specd_engine::spec_decode::draft::ngram::{NgramConfig, NgramDrafter};
         let d = NgramDrafter::new(NgramConfig { min: 1, max: 4 }).unwrap();
-        d.propose(&prompt, 2).0
+        d.propose(&prompt, 2).block
     };
     assert_eq!(
         lookup.tokens.len(),
@@ -105,7 +105,7 @@ fn first_token_of_speculative_sampling_follows_the_target() {
         SuffixDrafter::new(config, None)
             .unwrap()
             .propose(&prompt, 2)
-            .0
+            .block
     };
     assert!(!suffix.tokens.is_empty(), "the suffix drafter proposes");
     let n = 1500;

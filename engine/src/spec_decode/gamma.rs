@@ -14,11 +14,20 @@
 //!   costs a seeded run repeats bit for bit, like a fixed γ;
 //! - `Heuristic { max }`: the rule of Hugging Face transformers' assisted generation, the baseline
 //!   to beat: start at 5, +2 after a fully accepted block, −1 otherwise, within `[1, max]`.
+//!
+//! A model-free drafter's proposal costs next to nothing, so under `auto` it proposes up to `max`
+//! tokens and says what it knows of each ([`Evidence`]); [`GammaController::cut`] keeps the
+//! prefix with the best predicted goodput, where each token's chance of acceptance (given the
+//! ones before it were accepted) is learnt per class of evidence ([`Calibration`]): a token that
+//! followed its context every time after a long match is worth more than one that followed half
+//! the time after two tokens.
 
 use std::fmt;
 
 use anyhow::{bail, Result};
 use serde::Serialize;
+
+use super::draft::Evidence;
 
 /// `--gamma-max` when none is given.
 pub const DEFAULT_GAMMA_MAX: usize = 16;
@@ -248,17 +257,17 @@ impl Estimates {
         self.t_verify1 + self.t_verify_slope * k.saturating_sub(1) as f64
     }
 
+    /// `[1, α, α², …, α^γ]`: the chance that the first i drafted tokens are all accepted.
+    fn survival(&self, gamma: usize) -> Vec<f64> {
+        let a = self.alpha.clamp(0.0, 1.0);
+        (0..=gamma).map(|i| a.powi(i as i32)).collect()
+    }
+
     /// Expected committed tokens of a round with γ drafted tokens: `Σ_{i=0..γ} α^i`
     /// `= (1 − α^(γ+1)) / (1 − α)`. Pipelined, a fully accepted block carries no bonus token (the
     /// successor's first token takes its place), so `α^γ` less.
     pub fn expected_tokens(&self, gamma: usize, pipeline: bool) -> f64 {
-        let a = self.alpha.clamp(0.0, 1.0);
-        let e: f64 = (0..=gamma).map(|i| a.powi(i as i32)).sum();
-        if pipeline && gamma > 0 {
-            e - a.powi(gamma as i32)
-        } else {
-            e
-        }
+        expected_tokens_of(&self.survival(gamma), pipeline)
     }
 
     /// Seconds to draft γ tokens: `c_d + γ·t_d` (0 for γ = 0).
@@ -277,10 +286,16 @@ impl Estimates {
     /// blocks per `D + W` (or one per `D` when drafting is the bottleneck): a block that follows a
     /// fully accepted one (probability α^γ) costs `max(D, (D + W)/2)`, any other `D + W`.
     pub fn round_time(&self, gamma: usize, pipeline: bool) -> f64 {
+        self.round_time_of(&self.survival(gamma), pipeline)
+    }
+
+    /// [`Estimates::round_time`] with the chance of a fully accepted block given.
+    fn round_time_of(&self, survival: &[f64], pipeline: bool) -> f64 {
+        let gamma = survival.len() - 1;
         let draft = self.draft_time(gamma);
         let wait = self.rtt + self.t_verify(gamma + 1);
         if pipeline && gamma > 0 {
-            let full = self.alpha.clamp(0.0, 1.0).powi(gamma as i32);
+            let full = survival[gamma];
             full * draft.max((draft + wait) / 2.0) + (1.0 - full) * (draft + wait)
         } else {
             draft + wait
@@ -289,9 +304,15 @@ impl Estimates {
 
     /// Predicted committed tokens per second.
     pub fn goodput(&self, gamma: usize, pipeline: bool) -> f64 {
-        let t = self.round_time(gamma, pipeline);
+        self.goodput_of(&self.survival(gamma), pipeline)
+    }
+
+    /// Predicted committed tokens per second of a block whose first i tokens are all accepted
+    /// with probability `survival[i]` (`survival[0]` = 1; γ = `survival.len() − 1`).
+    pub fn goodput_of(&self, survival: &[f64], pipeline: bool) -> f64 {
+        let t = self.round_time_of(survival, pipeline);
         if t > 0.0 {
-            self.expected_tokens(gamma, pipeline) / t
+            expected_tokens_of(survival, pipeline) / t
         } else {
             0.0
         }
@@ -313,6 +334,18 @@ impl Estimates {
             }
         }
         best.0
+    }
+}
+
+/// Expected committed tokens of a block with these survival chances (see
+/// [`Estimates::goodput_of`]).
+fn expected_tokens_of(survival: &[f64], pipeline: bool) -> f64 {
+    let gamma = survival.len() - 1;
+    let e: f64 = survival.iter().sum();
+    if pipeline && gamma > 0 {
+        e - survival[gamma]
+    } else {
+        e
     }
 }
 
@@ -498,12 +531,62 @@ impl Estimator {
     }
 }
 
+/// The acceptance of model-free drafted tokens per class of [`Evidence`]: for each (probability
+/// class, matched-length class), decayed counts of the tokens judged (given the tokens before
+/// them in their block were accepted) and of those accepted. A class with little evidence leans
+/// on the drafter's overall α ([`Calibration::PRIOR_WEIGHT`] positions' worth).
+#[derive(Debug, Clone, Default)]
+pub struct Calibration {
+    /// (accepted, judged) per class.
+    classes: [[(f64, f64); Calibration::MATCH_EDGES.len() + 1]; Calibration::PROB_EDGES.len() + 1],
+}
+
+impl Calibration {
+    /// Probability classes: below 0.5, below 0.8, below 0.95, the rest.
+    const PROB_EDGES: [f64; 3] = [0.5, 0.8, 0.95];
+    /// Matched-length classes: 1–2 tokens, 3–4, 5–8, 9 or more.
+    const MATCH_EDGES: [usize; 3] = [3, 5, 9];
+    const PRIOR_WEIGHT: f64 = 2.0;
+
+    fn class(e: &Evidence) -> (usize, usize) {
+        (
+            Self::PROB_EDGES.iter().filter(|&&x| e.prob >= x).count(),
+            Self::MATCH_EDGES
+                .iter()
+                .filter(|&&x| e.matched >= x)
+                .count(),
+        )
+    }
+
+    /// The chance a token with this evidence is accepted, `prior` the overall α.
+    pub fn alpha(&self, e: &Evidence, prior: f64) -> f64 {
+        let (p, m) = Self::class(e);
+        let (acc, judged) = self.classes[p][m];
+        (acc + prior * Self::PRIOR_WEIGHT) / (judged + Self::PRIOR_WEIGHT)
+    }
+
+    /// A block with this evidence had `accepted` tokens accepted, then one `rejected` or not.
+    pub fn observe(&mut self, evidence: &[Evidence], accepted: usize, rejected: bool) {
+        let judged = (accepted + rejected as usize).min(evidence.len());
+        for (i, e) in evidence[..judged].iter().enumerate() {
+            let (p, m) = Self::class(e);
+            let c = &mut self.classes[p][m];
+            *c = (
+                c.0 * Estimator::ALPHA_DECAY + (i < accepted) as u8 as f64,
+                c.1 * Estimator::ALPHA_DECAY + 1.0,
+            );
+        }
+    }
+}
+
 /// Chooses γ for each block of one generation.
 #[derive(Debug, Clone)]
 pub struct GammaController {
     policy: GammaPolicy,
     pipeline: bool,
     pub estimator: Estimator,
+    /// `auto`: acceptance per class of model-free evidence.
+    pub calibration: Calibration,
     /// The heuristic's current γ.
     heuristic: usize,
     /// Blocks chosen so far and the sum of their γ.
@@ -517,6 +600,7 @@ impl GammaController {
             policy,
             pipeline,
             estimator: Estimator::default(),
+            calibration: Calibration::default(),
             heuristic: HEURISTIC_START.min(policy.max()).max(1),
             chosen: 0,
             gamma_sum: 0,
@@ -553,8 +637,54 @@ impl GammaController {
             }
         };
         self.chosen += 1;
-        self.gamma_sum += g;
         g
+    }
+
+    /// The block of the round [`GammaController::next_gamma`] began has `gamma` drafted tokens
+    /// (what was asked of a draft model, or what [`GammaController::cut`] kept).
+    pub fn record(&mut self, gamma: usize) {
+        self.gamma_sum += gamma;
+    }
+
+    /// Whether model-free proposals are cut by [`GammaController::cut`] (under `auto`).
+    pub fn cuts(&self) -> bool {
+        matches!(
+            self.policy,
+            GammaPolicy::Auto { .. } | GammaPolicy::AutoFrozen { .. }
+        )
+    }
+
+    /// How many tokens of a model-free proposal with this evidence to keep (at least `min` where
+    /// there are that many), and their expected accepted length: the prefix with the best
+    /// predicted goodput, each token accepted with its class's learnt chance; once every
+    /// [`EXPLORE_EVERY`] rounds one token more (so that a class judged unprofitable is
+    /// measured again). Before anything is measured, the first [`AUTO_START`].
+    pub fn cut(&self, evidence: &[Evidence], min: usize) -> (usize, f64) {
+        let mut survival = vec![1.0];
+        let prior = self.estimator.alpha();
+        for e in evidence {
+            let last = survival[survival.len() - 1];
+            survival.push(last * self.calibration.alpha(e, prior));
+        }
+        let keep = match self.estimates() {
+            None => evidence.len().min(AUTO_START),
+            Some(est) => {
+                let mut best = (0, est.goodput_of(&survival[..1], self.pipeline));
+                for g in 1..=evidence.len() {
+                    let v = est.goodput_of(&survival[..=g], self.pipeline);
+                    if v > best.1 * (1.0 + TIE) {
+                        best = (g, v);
+                    }
+                }
+                if self.chosen.is_multiple_of(EXPLORE_EVERY) {
+                    (best.0 + 1).min(evidence.len())
+                } else {
+                    best.0
+                }
+            }
+        };
+        let keep = keep.max(min.min(evidence.len()));
+        (keep, survival[1..=keep].iter().sum())
     }
 
     /// What `auto` decides on: the running estimates, or with frozen costs those costs at the
@@ -574,9 +704,11 @@ impl GammaController {
         self.estimator.observe_draft(steps, seconds);
     }
 
-    /// A block was judged (see [`Estimator::observe_verdict`]).
+    /// A block was judged (see [`Estimator::observe_verdict`]); `evidence`: its model-free
+    /// tokens' (empty for a draft model's block).
     pub fn observe_verdict(
         &mut self,
+        evidence: &[Evidence],
         drafted: usize,
         accepted: usize,
         rejected: bool,
@@ -585,6 +717,7 @@ impl GammaController {
     ) {
         self.estimator
             .observe_verdict(drafted, accepted, rejected, verify_s, outside_s);
+        self.calibration.observe(evidence, accepted, rejected);
         if let GammaPolicy::Heuristic { max } = self.policy {
             if drafted > 0 {
                 self.heuristic = if accepted == drafted && !rejected {
@@ -766,19 +899,72 @@ mod tests {
     }
 
     #[test]
+    fn auto_cuts_model_free_proposals_by_the_acceptance_learnt_per_evidence() {
+        let costs = Costs {
+            t_draft: 1e-5,
+            t_draft_fixed: 0.0,
+            t_verify1: 0.01,
+            t_verify_slope: 0.001,
+            rtt: 0.0,
+        };
+        let mut c = GammaController::new(GammaPolicy::AutoFrozen { max: 16, costs }, false);
+        assert!(c.cuts() && !GammaController::new(GammaPolicy::Fixed(4), false).cuts());
+        let sure = Evidence {
+            prob: 1.0,
+            matched: 10,
+        };
+        let weak = Evidence {
+            prob: 0.3,
+            matched: 2,
+        };
+        // Nothing judged yet: the first AUTO_START, whatever the evidence.
+        assert_eq!(c.cut(&[weak; 8], 0).0, AUTO_START);
+        // Blocks whose sure tokens are accepted and whose weak one is rejected.
+        for _ in 0..40 {
+            c.next_gamma();
+            c.observe_verdict(&[sure, sure, weak], 3, 2, true, 0.01, None);
+        }
+        let overall = c.estimator.alpha();
+        assert!((0.6..0.7).contains(&overall), "{overall}");
+        assert!(c.calibration.alpha(&sure, overall) > 0.95);
+        assert!(c.calibration.alpha(&weak, overall) < 0.1);
+        // The sure prefix is kept, cut before the weak token (beyond it, a token is worth ~5 %
+        // of one while it costs 10 % of a verify).
+        let (keep, expected) = c.cut(&[sure, sure, sure, weak, sure], 0);
+        assert_eq!(keep, 3);
+        assert!((2.8..3.0).contains(&expected), "{expected}");
+        // A proposal of weak tokens only is not worth a longer verify: none, or `min`.
+        assert_eq!(c.cut(&[weak; 4], 0).0, 0);
+        assert_eq!(c.cut(&[weak; 4], 1).0, 1);
+        assert_eq!(c.cut(&[], 1).0, 0);
+        // Every EXPLORE_EVERY rounds, one token more.
+        while !c.chosen.is_multiple_of(EXPLORE_EVERY) {
+            c.next_gamma();
+        }
+        assert_eq!(c.cut(&[weak; 4], 0).0, 1);
+    }
+
+    /// The next γ, recorded as the block's length.
+    fn take(c: &mut GammaController) -> usize {
+        let g = c.next_gamma();
+        c.record(g);
+        g
+    }
+
+    #[test]
     fn heuristic_is_plus_two_minus_one_within_bounds() {
         let mut c = GammaController::new(GammaPolicy::Heuristic { max: 8 }, false);
-        assert_eq!(c.next_gamma(), 5);
-        c.observe_verdict(5, 5, false, 0.01, None);
-        assert_eq!(c.next_gamma(), 7);
-        c.observe_verdict(7, 7, false, 0.01, None);
-        assert_eq!(c.next_gamma(), 8);
-        c.observe_verdict(8, 2, true, 0.01, None);
-        assert_eq!(c.next_gamma(), 7);
+        assert_eq!(take(&mut c), 5);
+        c.observe_verdict(&[], 5, 5, false, 0.01, None);
+        assert_eq!(take(&mut c), 7);
+        c.observe_verdict(&[], 7, 7, false, 0.01, None);
+        assert_eq!(take(&mut c), 8);
+        c.observe_verdict(&[], 8, 2, true, 0.01, None);
+        assert_eq!(take(&mut c), 7);
         for _ in 0..10 {
-            c.observe_verdict(3, 0, true, 0.01, None);
+            c.observe_verdict(&[], 3, 0, true, 0.01, None);
         }
-        assert_eq!(c.next_gamma(), 1);
+        assert_eq!(take(&mut c), 1);
         assert!((c.mean_gamma() - (5 + 7 + 8 + 7 + 1) as f64 / 5.0).abs() < 1e-12);
     }
 
@@ -792,7 +978,7 @@ mod tests {
             seen.insert(g);
             c.observe_draft(g.max(1), 0.002 * g.max(1) as f64);
             // A draft that is always right, a slow link: long blocks win.
-            c.observe_verdict(g, g, false, 0.008 + 0.0005 * g as f64, Some(0.05));
+            c.observe_verdict(&[], g, g, false, 0.008 + 0.0005 * g as f64, Some(0.05));
         }
         let e = c.estimator.estimates().unwrap();
         assert_eq!(e.best_gamma(0, 16, false), 16);
@@ -843,7 +1029,7 @@ mod tests {
         let mut c = GammaController::new(p, false);
         let first = c.next_gamma();
         assert_eq!(first, AUTO_START);
-        c.observe_verdict(4, 0, true, 10.0, Some(10.0));
+        c.observe_verdict(&[], 4, 0, true, 10.0, Some(10.0));
         assert_eq!(
             c.next_gamma(),
             0,
@@ -851,7 +1037,7 @@ mod tests {
         );
         for _ in 0..20 {
             c.observe_draft(4, 10.0);
-            c.observe_verdict(4, 4, false, 10.0, Some(10.0));
+            c.observe_verdict(&[], 4, 4, false, 10.0, Some(10.0));
         }
         let next = c.next_gamma();
         assert_eq!(

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::draft::Drafter;
+use super::draft::{Ask, Cut, Drafter, Evidence};
 use super::gamma::{Estimates, GammaController, GammaPolicy};
 
 use super::{DraftBlock, FinishReason, TokenLogprob, Verdict, Verifier};
@@ -131,72 +131,109 @@ pub fn run(
         return Ok(stats);
     }
     let completion = |len: usize| len - prompt.len();
-    // Drafts a block on `base` (a verify commits at most g + 1 tokens: never past max_tokens).
+    // Drafts a block on `base` (a verify commits at most g + 1 tokens: never past max_tokens),
+    // with its tokens' evidence when a model-free drafter proposed them.
     // A successor (`min_gamma` 1) carries at least one token: its predecessor told the target to
     // keep the distribution after it for a drafted token.
     let mut draft = |base: &[u32],
                      min_gamma: usize,
                      ctl: &mut GammaController,
                      stats: &mut RunStats|
-     -> Result<DraftBlock> {
-        let remaining = max_tokens.saturating_sub(completion(base.len()));
-        let g = ctl
-            .next_gamma()
-            .max(min_gamma)
-            .min(remaining.saturating_sub(1));
-        let mut block = match drafter.as_deref_mut() {
-            Some(d) if g > 0 => {
-                let (b, t) = d.propose(base, g)?;
+     -> Result<(DraftBlock, Vec<Evidence>)> {
+        let cap = max_tokens
+            .saturating_sub(completion(base.len()))
+            .saturating_sub(1);
+        let g = ctl.next_gamma().max(min_gamma).min(cap);
+        // Under `auto`, a model-free proposal runs to γ's bound and is cut where it stops paying.
+        let free_max = if ctl.cuts() {
+            ctl.policy().max().max(min_gamma).min(cap)
+        } else {
+            g
+        };
+        let cut = |ev: &[Evidence]| ctl.cut(ev, min_gamma);
+        let (mut block, evidence) = match drafter.as_deref_mut() {
+            Some(d) if g > 0 || free_max > 0 => {
+                let ask = Ask {
+                    gamma: g,
+                    free_max,
+                    cut: ctl.cuts().then_some(&cut as &Cut),
+                };
+                let p = d.propose_with(base, &ask)?;
+                let t = p.timing;
                 stats.draft_steps += t.steps;
                 stats.draft_s += t.seconds;
                 stats.draft_prefill_s += t.prefill_s;
-                // A prefill forward is no per-token cost: keep it out of the t_d estimate.
-                if t.prefill_s > 0.0 {
-                    ctl.observe_draft(t.cost_units - 1, t.seconds - t.prefill_s);
-                } else {
-                    ctl.observe_draft(t.cost_units, t.seconds);
+                // A prefill forward is no per-token cost: keep it out of the t_d estimate. A
+                // hybrid's t_d is its model's: its model-free proposals are not timed.
+                let timed = !d.has_model() || p.evidence.is_empty();
+                if timed {
+                    if t.prefill_s > 0.0 {
+                        ctl.observe_draft(t.cost_units - 1, t.seconds - t.prefill_s);
+                    } else {
+                        ctl.observe_draft(t.cost_units, t.seconds);
+                    }
                 }
-                b
+                (p.block, p.evidence)
             }
-            _ => DraftBlock::empty(base.len()),
+            _ => (DraftBlock::empty(base.len()), Vec::new()),
         };
+        ctl.record(if evidence.is_empty() {
+            g
+        } else {
+            block.tokens.len()
+        });
         // A successor must carry a token. Where a model-free drafter found nothing, the last
         // token stands in: judged like any drafted token (exact: q is one-hot), almost surely
         // rejected, and the rejection commits the target's own token.
-        if min_gamma > 0 && block.tokens.is_empty() && g > 0 {
+        if min_gamma > 0 && block.tokens.is_empty() && cap > 0 {
             block
                 .tokens
                 .push(*base.last().expect("a successor follows committed tokens"));
             block.dists.push(super::DraftDist::Greedy);
         }
         // A successor needs room for at least one drafted token after this block.
-        block.successor =
-            pipeline && !block.tokens.is_empty() && remaining >= block.tokens.len() + 2;
-        Ok(block)
+        block.successor = pipeline && !block.tokens.is_empty() && cap > block.tokens.len();
+        Ok((block, evidence))
     };
-    // Blocks submitted and not yet answered: the block, when it was sent, and whether it was
-    // alone in flight (only then does its round time measure RTT + t_v).
-    let mut in_flight: VecDeque<(DraftBlock, Instant, bool)> = VecDeque::new();
+    // Blocks submitted and not yet answered: the block and its evidence, when it was sent, and
+    // whether it was alone in flight (only then does its round time measure RTT + t_v).
+    struct Sent {
+        block: DraftBlock,
+        evidence: Vec<Evidence>,
+        at: Instant,
+        alone: bool,
+    }
+    let mut in_flight: VecDeque<Sent> = VecDeque::new();
     let submit = |verifier: &mut dyn Verifier,
-                  in_flight: &mut VecDeque<(DraftBlock, Instant, bool)>,
-                  block: DraftBlock|
+                  in_flight: &mut VecDeque<Sent>,
+                  (block, evidence): (DraftBlock, Vec<Evidence>)|
      -> Result<()> {
         let alone = in_flight.is_empty();
         verifier.submit(block.clone())?;
-        in_flight.push_back((block, Instant::now(), alone));
+        in_flight.push_back(Sent {
+            block,
+            evidence,
+            at: Instant::now(),
+            alone,
+        });
         Ok(())
     };
     let first = draft(&committed, 0, &mut ctl, &mut stats)?;
     submit(verifier, &mut in_flight, first)?;
     loop {
         // Pipelining: draft the successor of the newest block while it is being judged.
-        if in_flight.len() == 1 && in_flight[0].0.successor {
+        if in_flight.len() == 1 && in_flight[0].block.successor {
             let mut optimistic = committed.clone();
-            optimistic.extend_from_slice(&in_flight[0].0.tokens);
+            optimistic.extend_from_slice(&in_flight[0].block.tokens);
             let next = draft(&optimistic, 1, &mut ctl, &mut stats)?;
             submit(verifier, &mut in_flight, next)?;
         }
-        let (block, sent, alone) = in_flight.pop_front().expect("a block in flight");
+        let Sent {
+            block,
+            evidence,
+            at: sent,
+            alone,
+        } = in_flight.pop_front().expect("a block in flight");
         let verdict = verifier.receive()?;
         if verdict.stale {
             stats.stale_blocks += 1;
@@ -204,6 +241,7 @@ pub fn run(
         } else {
             let round_s = sent.elapsed().as_secs_f64();
             ctl.observe_verdict(
+                &evidence,
                 block.tokens.len(),
                 verdict.accepted,
                 verdict.rejected,

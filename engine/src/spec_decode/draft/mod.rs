@@ -7,7 +7,10 @@
 //!   model's otherwise.
 //!
 //! The model-free drafters are greedy: their proposals are one-hot, may be empty (the round is
-//! then a target-only step) and vary in length.
+//! then a target-only step) and vary in length. They say what they know of each token
+//! ([`Evidence`]: how often it followed, how long a context matched), and `--gamma auto` cuts
+//! their proposals where, by the acceptance it has learnt for such evidence, more tokens no
+//! longer pay ([`Ask::cut`]).
 
 pub mod model;
 pub mod ngram;
@@ -101,6 +104,84 @@ impl DrafterSpec {
     }
 }
 
+/// What a model-free drafter knows of one proposed token: the share of the matched context's
+/// continuations that were this token (1 for prompt lookup, which keeps no counts), and how many
+/// tokens of context matched. `--gamma auto` learns acceptance per class of evidence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evidence {
+    pub prob: f64,
+    pub matched: usize,
+}
+
+/// The expected accepted length of a proposal, as its own evidence has it: `Σ_i Π_{j≤i} p_j`.
+pub fn expected_by_evidence(evidence: &[Evidence]) -> f64 {
+    let mut chance = 1.0;
+    evidence
+        .iter()
+        .map(|e| {
+            chance *= e.prob;
+            chance
+        })
+        .sum()
+}
+
+/// A proposal: the block, its timing and, from a model-free drafter, one [`Evidence`] per token
+/// (empty for a draft model's block).
+#[derive(Debug, Clone)]
+pub struct Proposal {
+    pub block: DraftBlock,
+    pub timing: DraftTiming,
+    pub evidence: Vec<Evidence>,
+}
+
+impl Proposal {
+    /// Keeps the first `n` tokens.
+    fn truncate(&mut self, n: usize) {
+        self.block.tokens.truncate(n);
+        self.block.dists.truncate(n);
+        self.evidence.truncate(n);
+    }
+}
+
+/// How many of a model-free proposal's tokens to keep, given their evidence, and their expected
+/// accepted length.
+pub type Cut<'a> = dyn Fn(&[Evidence]) -> (usize, f64) + 'a;
+
+/// How much to propose.
+pub struct Ask<'a> {
+    /// Tokens a draft model drafts.
+    pub gamma: usize,
+    /// Tokens a model-free drafter may propose before [`Ask::cut`] (its proposals cost next to
+    /// nothing, so `auto` asks for its longest block and cuts).
+    pub free_max: usize,
+    /// How many of a model-free proposal's tokens to keep, and their expected accepted length
+    /// (the hybrid drafter compares it with [`HYBRID_MIN_EXPECTED`]). `None`: keep them all,
+    /// expected by their own evidence.
+    pub cut: Option<&'a Cut<'a>>,
+}
+
+impl Ask<'_> {
+    /// `gamma` tokens from any drafter, none cut.
+    pub fn fixed(gamma: usize) -> Self {
+        Ask {
+            gamma,
+            free_max: gamma,
+            cut: None,
+        }
+    }
+
+    fn cut(&self, p: &mut Proposal) -> f64 {
+        match self.cut {
+            Some(cut) => {
+                let (keep, expected) = cut(&p.evidence);
+                p.truncate(keep);
+                expected
+            }
+            None => expected_by_evidence(&p.evidence),
+        }
+    }
+}
+
 /// Timing of one proposal.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DraftTiming {
@@ -160,35 +241,70 @@ impl Drafter {
         })
     }
 
+    /// Whether a draft model proposes (some of) the blocks.
+    pub fn has_model(&self) -> bool {
+        matches!(self, Drafter::Model(_) | Drafter::Hybrid(..))
+    }
+
     /// Proposes up to `gamma` tokens following `committed` (fewer, or none, where the drafter has
     /// nothing to propose).
-    pub fn propose(
-        &mut self,
-        committed: &[u32],
-        gamma: usize,
-    ) -> Result<(DraftBlock, DraftTiming)> {
-        match self {
-            Drafter::Model(d) => d.propose(committed, gamma),
-            Drafter::Ngram(d) => Ok(d.propose(committed, gamma)),
-            Drafter::Suffix(d) => Ok(d.propose(committed, gamma)),
-            Drafter::Hybrid(model, suffix) => {
-                let (block, timing) = suffix.propose(committed, gamma);
-                if suffix.confidence >= HYBRID_MIN_EXPECTED.min(gamma as f64) {
-                    return Ok((block, timing));
-                }
-                let (block, mut t) = model.propose(committed, gamma)?;
-                t.seconds += timing.seconds;
-                Ok((block, t))
+    pub fn propose(&mut self, committed: &[u32], gamma: usize) -> Result<Proposal> {
+        self.propose_with(committed, &Ask::fixed(gamma))
+    }
+
+    /// Proposes what `ask` asks for following `committed`.
+    pub fn propose_with(&mut self, committed: &[u32], ask: &Ask) -> Result<Proposal> {
+        let model = |d: &mut ModelDrafter, gamma| -> Result<Proposal> {
+            let (block, timing) = d.propose(committed, gamma)?;
+            Ok(Proposal {
+                block,
+                timing,
+                evidence: Vec::new(),
+            })
+        };
+        Ok(match self {
+            Drafter::Model(d) => model(d, ask.gamma)?,
+            Drafter::Ngram(d) => {
+                let mut p = d.propose(committed, ask.free_max);
+                ask.cut(&mut p);
+                p
             }
-        }
+            Drafter::Suffix(d) => {
+                let mut p = d.propose(committed, ask.free_max);
+                ask.cut(&mut p);
+                p
+            }
+            Drafter::Hybrid(m, suffix) => {
+                let mut p = suffix.propose(committed, ask.free_max);
+                let expected = ask.cut(&mut p);
+                if !p.block.tokens.is_empty()
+                    && expected >= HYBRID_MIN_EXPECTED.min(ask.free_max as f64)
+                {
+                    return Ok(p);
+                }
+                let mut from_model = if ask.gamma > 0 {
+                    model(m, ask.gamma)?
+                } else {
+                    Proposal {
+                        block: DraftBlock::empty(committed.len()),
+                        timing: DraftTiming::default(),
+                        evidence: Vec::new(),
+                    }
+                };
+                from_model.timing.seconds += p.timing.seconds;
+                from_model
+            }
+        })
     }
 }
 
 /// A model-free drafter's proposal after `base_len` committed tokens, checked for what every
 /// such proposal is (one-hot tokens, no forwards): its tokens.
 #[cfg(test)]
-fn model_free_tokens((b, t): (DraftBlock, DraftTiming), base_len: usize) -> Vec<u32> {
+fn model_free_tokens(p: Proposal, base_len: usize) -> Vec<u32> {
+    let (b, t) = (p.block, p.timing);
     assert_eq!(b.base_len, base_len);
+    assert_eq!(p.evidence.len(), b.tokens.len());
     assert_eq!(b.dists.len(), b.tokens.len());
     assert!(b
         .dists

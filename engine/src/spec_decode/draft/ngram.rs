@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::DraftTiming;
+use super::{DraftTiming, Evidence, Proposal};
 use crate::spec_decode::{DraftBlock, DraftDist};
 
 /// The n-gram lengths matched, longest first.
@@ -56,15 +56,24 @@ impl NgramDrafter {
         Ok(NgramDrafter { config })
     }
 
-    /// Proposes up to `gamma` tokens following `committed`; none when no n-gram matches.
-    pub fn propose(&self, committed: &[u32], gamma: usize) -> (DraftBlock, DraftTiming) {
+    /// Proposes up to `gamma` tokens following `committed`; none when no n-gram matches. Each
+    /// token's evidence is the n matched (and probability 1: lookup keeps no counts).
+    pub fn propose(&self, committed: &[u32], gamma: usize) -> Proposal {
         let t0 = Instant::now();
         let mut block = DraftBlock::empty(committed.len());
+        let mut evidence = Vec::new();
         if gamma > 0 {
-            if let Some(start) = lookup(committed, self.config, gamma) {
+            if let Some((start, n)) = lookup(committed, self.config, gamma) {
                 let end = (start + gamma).min(committed.len());
                 block.tokens = committed[start..end].to_vec();
                 block.dists = vec![DraftDist::Greedy; block.tokens.len()];
+                evidence = vec![
+                    Evidence {
+                        prob: 1.0,
+                        matched: n
+                    };
+                    block.tokens.len()
+                ];
             }
         }
         let timing = DraftTiming {
@@ -73,14 +82,18 @@ impl NgramDrafter {
             seconds: t0.elapsed().as_secs_f64(),
             prefill_s: 0.0,
         };
-        (block, timing)
+        Proposal {
+            block,
+            timing,
+            evidence,
+        }
     }
 }
 
 /// Where the continuation starts: just after an earlier occurrence of the longest suffix n-gram
 /// of `seq` (min ≤ n ≤ max) that occurs earlier with a token after it: the latest occurrence with
-/// `gamma` tokens after it, else the earliest (the longest continuation there is).
-fn lookup(seq: &[u32], config: NgramConfig, gamma: usize) -> Option<usize> {
+/// `gamma` tokens after it, else the earliest (the longest continuation there is); and that n.
+fn lookup(seq: &[u32], config: NgramConfig, gamma: usize) -> Option<(usize, usize)> {
     let len = seq.len();
     for n in (config.min..=config.max.min(len.saturating_sub(1))).rev() {
         let suffix = &seq[len - n..];
@@ -89,13 +102,13 @@ fn lookup(seq: &[u32], config: NgramConfig, gamma: usize) -> Option<usize> {
         for i in (0..len - n).rev() {
             if &seq[i..i + n] == suffix {
                 if i + n + gamma <= len {
-                    return Some(i + n);
+                    return Some((i + n, n));
                 }
                 earliest = Some(i + n);
             }
         }
-        if earliest.is_some() {
-            return earliest;
+        if let Some(start) = earliest {
+            return Some((start, n));
         }
     }
     None
@@ -119,6 +132,25 @@ mod tests {
         assert_eq!(propose(&seq, 6, 1, 3), vec![8, 9, 7, 1, 2, 3]);
         assert_eq!(propose(&seq, 8, 1, 3), vec![4, 5, 1, 2, 3, 8, 9, 7]);
         assert_eq!(propose(&seq, 12, 1, 3), seq[3..].to_vec());
+    }
+
+    #[test]
+    fn each_token_carries_the_length_matched() {
+        let seq = [1, 2, 3, 4, 5, 1, 2, 3, 8, 9, 7, 1, 2, 3];
+        let d = NgramDrafter::new(NgramConfig { min: 1, max: 3 }).unwrap();
+        let p = d.propose(&seq, 2);
+        assert_eq!(
+            p.evidence,
+            vec![
+                Evidence {
+                    prob: 1.0,
+                    matched: 3
+                };
+                2
+            ]
+        );
+        let d = NgramDrafter::new(NgramConfig { min: 1, max: 1 }).unwrap();
+        assert!(d.propose(&seq, 2).evidence.iter().all(|e| e.matched == 1));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
-use super::DraftTiming;
+use super::{expected_by_evidence, DraftTiming, Evidence, Proposal};
 use crate::spec_decode::{DraftBlock, DraftDist};
 
 /// The suffix drafter's knobs (`suffix:MIN-MAX@P`; `suffix` alone: the defaults).
@@ -205,37 +205,38 @@ impl Index {
         }
     }
 
-    /// The most frequent token after the longest indexed context (≥ `min_match`) ending `seq`.
-    fn predict(&self, seq: &[u32], min_match: usize) -> Option<(u32, f64)> {
+    /// The most frequent token after the longest indexed context (≥ `min_match`) ending `seq`,
+    /// with its evidence.
+    fn predict(&self, seq: &[u32], min_match: usize) -> Option<(u32, Evidence)> {
         let mut best = None;
         context_keys(seq, seq.len(), self.depth, |k, key| {
             if k >= min_match {
-                if let Some(next) = self.map.get(&key) {
-                    best = next.best();
+                if let Some((t, prob)) = self.map.get(&key).and_then(Next::best) {
+                    best = Some((t, Evidence { prob, matched: k }));
                 }
             }
         });
         best
     }
 
-    /// A proposal of up to `gamma` tokens after `seq`, and its expected accepted length.
-    fn propose(&self, seq: &[u32], gamma: usize, c: &SuffixConfig) -> (Vec<u32>, f64) {
+    /// A proposal of up to `gamma` tokens after `seq`, with their evidence.
+    fn propose(&self, seq: &[u32], gamma: usize, c: &SuffixConfig) -> (Vec<u32>, Vec<Evidence>) {
         let mut ctx = seq.to_vec();
-        let (mut prob, mut expected) = (1.0, 0.0);
-        let mut out = Vec::new();
+        let mut prob = 1.0;
+        let (mut out, mut evidence) = (Vec::new(), Vec::new());
         while out.len() < gamma {
-            let Some((t, p)) = self.predict(&ctx, c.min_match) else {
+            let Some((t, e)) = self.predict(&ctx, c.min_match) else {
                 break;
             };
-            if prob * p < c.min_prob {
+            if prob * e.prob < c.min_prob {
                 break;
             }
-            prob *= p;
-            expected += prob;
+            prob *= e.prob;
             out.push(t);
+            evidence.push(e);
             ctx.push(t);
         }
-        (out, expected)
+        (out, evidence)
     }
 }
 
@@ -289,7 +290,7 @@ impl SuffixStore {
         self.inner.lock().unwrap().docs.len()
     }
 
-    fn propose(&self, seq: &[u32], gamma: usize, c: &SuffixConfig) -> (Vec<u32>, f64) {
+    fn propose(&self, seq: &[u32], gamma: usize, c: &SuffixConfig) -> (Vec<u32>, Vec<Evidence>) {
         self.inner.lock().unwrap().index.propose(seq, gamma, c)
     }
 }
@@ -367,8 +368,6 @@ pub struct SuffixDrafter {
     indexed: Vec<u32>,
     prompt_len: Option<usize>,
     store: Option<Arc<SuffixStore>>,
-    /// The confidence of the latest proposal (its expected accepted length).
-    pub confidence: f64,
 }
 
 impl SuffixDrafter {
@@ -380,7 +379,6 @@ impl SuffixDrafter {
             indexed: Vec::new(),
             prompt_len: None,
             store,
-            confidence: 0.0,
         })
     }
 
@@ -399,23 +397,24 @@ impl SuffixDrafter {
     }
 
     /// Proposes up to `gamma` tokens following `committed`; none when nothing is predicted well
-    /// enough.
-    pub fn propose(&mut self, committed: &[u32], gamma: usize) -> (DraftBlock, DraftTiming) {
+    /// enough. Of the session's and the node's proposals, the one with the larger expected
+    /// accepted length by its own evidence.
+    pub fn propose(&mut self, committed: &[u32], gamma: usize) -> Proposal {
         let t0 = Instant::now();
         self.sync(committed);
         let mut block = DraftBlock::empty(committed.len());
-        self.confidence = 0.0;
+        let mut evidence = Vec::new();
         if gamma > 0 {
-            let (mut tokens, mut expected) = self.local.propose(committed, gamma, &self.config);
+            let (mut tokens, mut ev) = self.local.propose(committed, gamma, &self.config);
             if let Some(store) = &self.store {
                 let (t, e) = store.propose(committed, gamma, &self.config);
-                if e > expected {
-                    (tokens, expected) = (t, e);
+                if expected_by_evidence(&e) > expected_by_evidence(&ev) {
+                    (tokens, ev) = (t, e);
                 }
             }
             block.dists = vec![DraftDist::Greedy; tokens.len()];
             block.tokens = tokens;
-            self.confidence = expected;
+            evidence = ev;
         }
         let timing = DraftTiming {
             steps: 0,
@@ -423,7 +422,11 @@ impl SuffixDrafter {
             seconds: t0.elapsed().as_secs_f64(),
             prefill_s: 0.0,
         };
-        (block, timing)
+        Proposal {
+            block,
+            timing,
+            evidence,
+        }
     }
 }
 
@@ -469,10 +472,14 @@ mod tests {
         let seq = [5, 7, 8, 1, 2, 0, 6, 7, 8, 1, 3, 0, 7, 8];
         let mut d = SuffixDrafter::new(cfg(2, 4, 0.6), None).unwrap();
         assert_eq!(propose(&mut d, &seq, 8), vec![1]);
-        assert!((d.confidence - 1.0).abs() < 1e-12);
         let mut d = SuffixDrafter::new(cfg(2, 4, 0.4), None).unwrap();
         assert_eq!(propose(&mut d, &seq, 2), vec![1, 2]);
-        assert!((d.confidence - 1.5).abs() < 1e-12, "{}", d.confidence);
+        // Each token's evidence: its share after the longest context matched, and that length
+        // ([7 8], twice before the end, then 1 always; [7 8 1], twice, then 2 or 3).
+        let p = d.propose(&seq, 2);
+        let ev: Vec<(f64, usize)> = p.evidence.iter().map(|e| (e.prob, e.matched)).collect();
+        assert_eq!(ev, vec![(1.0, 2), (0.5, 3)]);
+        assert!((expected_by_evidence(&p.evidence) - 1.5).abs() < 1e-12);
         assert_eq!(propose(&mut d, &seq, 4), vec![1, 2, 0, 6]);
         // Nothing matches: empty.
         let mut d = SuffixDrafter::new(cfg(2, 4, 0.1), None).unwrap();
