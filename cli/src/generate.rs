@@ -157,7 +157,8 @@ pub struct GenerateArgs {
     /// Largest block `auto` and `heuristic` may choose.
     #[arg(long, default_value_t = DEFAULT_GAMMA_MAX)]
     pub gamma_max: usize,
-    /// Acceptance rule: exact, lenient:λ, topk:k, threshold:τ, typical:ε,δ or divergence:T
+    /// Acceptance rule: exact, lenient:λ, topk:k, threshold:τ, typical:ε,δ, divergence:T or
+    /// lookahead:W; any but exact may be gated by the target's entropy: RULE+entropy:H (nats)
     /// (docs/rules.md). `exact` keeps the target's output distribution exactly; the others accept
     /// more, within --budget.
     #[arg(long, default_value = "exact")]

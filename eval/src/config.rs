@@ -1,6 +1,7 @@
 //! Experiment configurations: `RULE[@key=value,...]`, e.g. `exact`, `topk:3@budget=8`,
 //! `typical:0.09,0.3@budget=8,protect=none`. Keys: `budget` (default 0), `protect`
-//! (`default` | `none`; default `default`), `pacing` (`none` | `linear[:BURST]`; default `none`),
+//! (`default` | `none`; default `default`), `pacing` (`none` | `linear[:BURST]`; default `linear`:
+//! the budget is spent evenly over `--max-tokens`, as `specd serve` does),
 //! `gamma` (a number, `auto` or `heuristic`; overrides `--gamma`), `drafter` (`model`, the default;
 //! `ngram` / `ngram:MIN-MAX`: prompt lookup; `suffix` / `suffix:MIN-MAX@P`: suffix counts; `hybrid`
 //! / `hybrid:MIN-MAX@P`), e.g. `exact@drafter=ngram,gamma=auto`.
@@ -38,7 +39,7 @@ impl std::str::FromStr for EvalConfig {
             rule,
             budget: 0.0,
             protect: true,
-            pacing: Pacing::None,
+            pacing: Pacing::Linear { burst: 1.0 },
             gamma: None,
             drafter: DrafterSpec::Model,
         };
@@ -123,6 +124,16 @@ mod tests {
             }
         );
         assert!(!c[2].protect);
+        assert_eq!(
+            c[1].pacing,
+            Pacing::Linear { burst: 1.0 },
+            "paced by default"
+        );
+        let c =
+            parse_configs("topk:5+entropy:1.5@budget=2,pacing=none;lookahead:2@budget=4").unwrap();
+        assert_eq!(c[0].pacing, Pacing::None);
+        assert_eq!(c[0].rule.to_string(), "topk:5+entropy:1.5");
+        assert_eq!(c[1].rule, Rule::Lookahead { window: 2 });
         for bad in [
             "",
             "topk:0@budget=1",

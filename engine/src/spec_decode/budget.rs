@@ -270,6 +270,8 @@ mod tests {
                 delta: 0.5,
             },
             Rule::Divergence { threshold: 0.3 },
+            Rule::Lookahead { window: 1 },
+            "threshold:0.2+entropy:1".parse().unwrap(),
         ]
     }
 
@@ -296,7 +298,7 @@ mod tests {
             };
             let a_ex = crate::spec_decode::exact::accept_prob(&pt, &qd, x);
             for rule in rules() {
-                let inp = JudgeInput { p_hat: &p, p_hat_max: pmax, q: &qd, x, greedy };
+                let inp = JudgeInput { p_hat: &p, p_hat_max: pmax, q: &qd, x, greedy, agree_after: 0 };
                 let g = rule.g(&inp);
                 prop_assert!((0.0..=1.0).contains(&g));
                 let policy = Policy { rule: rule.clone(), budget: 1.0, protect: None, pacing: Pacing::None };

@@ -24,6 +24,17 @@ pub struct BlockOutcome {
     pub protected_positions: usize,
 }
 
+/// When a relaxed position's charge is added to the spent budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charging {
+    /// DESIGN §6: whenever the relaxed rule judges the position, before its draw.
+    OnJudge,
+    /// Wrong, kept as the tests' negative control: only when the draw makes a lossy accept
+    /// (the bound on the expected number of lossy accepts then fails).
+    #[doc(hidden)]
+    OnLossyAcceptOnly,
+}
+
 /// Judges `block`, whose first drafted token is completion position `t0` (random draws are keyed
 /// by the absolute position `block.base_len + i`). `row(i)` gives the target's logits at the
 /// position of drafted token `i` (`row(γ)` is the position after the block). Positions are
@@ -31,6 +42,32 @@ pub struct BlockOutcome {
 /// first rejection is judged. Without `bonus`, a fully accepted block gets no extra token.
 #[allow(clippy::too_many_arguments)]
 pub fn judge_block<'a>(
+    policy: &Policy,
+    sampling: &SamplingParams,
+    spent: &mut f64,
+    t0: usize,
+    horizon: usize,
+    block: &DraftBlock,
+    bonus: bool,
+    row: impl Fn(usize) -> &'a [f32],
+) -> BlockOutcome {
+    judge_block_charging(
+        Charging::OnJudge,
+        policy,
+        sampling,
+        spent,
+        t0,
+        horizon,
+        block,
+        bonus,
+        row,
+    )
+}
+
+/// [`judge_block`] with the charging rule given (tests: the negative control).
+#[allow(clippy::too_many_arguments)]
+pub fn judge_block_charging<'a>(
+    charging: Charging,
     policy: &Policy,
     sampling: &SamplingParams,
     spent: &mut f64,
@@ -74,18 +111,30 @@ pub fn judge_block<'a>(
                 },
             );
             let p_hat_max = p_hat.iter().fold(0f32, |a, &b| a.max(b));
+            // Lookahead: the drafted tokens after x that are the target's argmax, in a row.
+            let agree_after = policy.rule.lookahead().map_or(0, |w| {
+                (1..=w)
+                    .take_while(|k| i + k < g && argmax(row(i + k)) == block.tokens[i + k])
+                    .count()
+            });
             policy.rule.g(&JudgeInput {
                 p_hat: &p_hat,
                 p_hat_max,
                 q,
                 x,
                 greedy: sampling.greedy(),
+                agree_after,
             })
         });
-        *spent += j.charge;
+        if charging == Charging::OnJudge {
+            *spent += j.charge;
+        }
         let u = uniform(seed, pos, Purpose::Accept);
         if u < j.a_used {
             let lossy = u >= j.a_ex;
+            if lossy && charging == Charging::OnLossyAcceptOnly {
+                *spent += j.charge;
+            }
             out.lossy_accepted += lossy as usize;
             out.tokens.push(x);
             out.info.push(TokenInfo {

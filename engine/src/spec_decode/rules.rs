@@ -5,6 +5,10 @@
 //! *judging* distribution `p̂` (`softmax(logits / T)` before truncation when T > 0,
 //! `softmax(logits)` when T = 0) and the draft's `q`. On reject every rule uses the exact rule's
 //! residual. At T = 0 every `g` is 0 or 1, so greedy decoding stays deterministic.
+//!
+//! Two rules aim at keeping the answer rather than the tokens: `lookahead:W` accepts a mismatch
+//! only where the draft re-agrees with the target right after it (FLy, arXiv 2511.22972), and
+//! `RULE+entropy:H` relaxes only where the target is unsure (entropy of `p̂` at least H nats).
 
 use std::fmt;
 
@@ -23,6 +27,10 @@ pub struct JudgeInput<'a> {
     pub x: u32,
     /// Temperature 0: rules use their 0/1 forms.
     pub greedy: bool,
+    /// How many drafted tokens right after x equal the target's argmax at their position (read
+    /// from the same verify forward), counted up to the lookahead window; 0 unless the rule
+    /// looks ahead ([`Rule::lookahead`]).
+    pub agree_after: usize,
 }
 
 impl JudgeInput<'_> {
@@ -54,6 +62,12 @@ pub enum Rule {
     Typical { epsilon: f64, delta: f64 },
     /// Fuzzy SD: `g = 1` iff `JS(p̂, q) ≤ T` (natural log; needs the draft's full q).
     Divergence { threshold: f64 },
+    /// Lookahead acceptance (FLy): `g = 1` iff the W drafted tokens after x are each the
+    /// target's argmax at their position: the draft took another wording and came back to the
+    /// target's. Nearer the block's end than W tokens, `g = 0`.
+    Lookahead { window: usize },
+    /// Entropy gating: `rule`'s g where `H(p̂) ≥ min_entropy` nats, 0 where the target is surer.
+    Gated { rule: Box<Rule>, min_entropy: f64 },
 }
 
 impl fmt::Display for Rule {
@@ -65,6 +79,8 @@ impl fmt::Display for Rule {
             Rule::Threshold { tau } => write!(f, "threshold:{tau}"),
             Rule::Typical { epsilon, delta } => write!(f, "typical:{epsilon},{delta}"),
             Rule::Divergence { threshold } => write!(f, "divergence:{threshold}"),
+            Rule::Lookahead { window } => write!(f, "lookahead:{window}"),
+            Rule::Gated { rule, min_entropy } => write!(f, "{rule}+entropy:{min_entropy}"),
         }
     }
 }
@@ -83,9 +99,27 @@ fn number(s: &str, what: &str) -> Result<f64> {
 impl std::str::FromStr for Rule {
     type Err = anyhow::Error;
 
-    /// Parses `exact`, `lenient:λ`, `topk:k`, `threshold:τ`, `typical:ε,δ`, `divergence:T`.
+    /// Parses `exact`, `lenient:λ`, `topk:k`, `threshold:τ`, `typical:ε,δ`, `divergence:T`,
+    /// `lookahead:W`, each optionally gated: `RULE+entropy:H`.
     fn from_str(spec: &str) -> Result<Self> {
         let spec = spec.trim();
+        if let Some((base, gate)) = spec.rsplit_once('+') {
+            let h = gate.trim().strip_prefix("entropy:").with_context(|| {
+                format!("rule {spec:?}: after `+` give the gate as entropy:H (nats), e.g. topk:5+entropy:1.5")
+            })?;
+            let min_entropy = number(h, "entropy gate H")?;
+            if min_entropy < 0.0 {
+                bail!("rule {spec:?}: the entropy gate H must be >= 0 nats");
+            }
+            let rule: Rule = base.parse()?;
+            if rule.is_exact() || matches!(rule, Rule::Gated { .. }) {
+                bail!("rule {spec:?}: the entropy gate applies to one relaxed rule");
+            }
+            return Ok(Rule::Gated {
+                rule: Box::new(rule),
+                min_entropy,
+            });
+        }
         let (name, arg) = match spec.split_once(':') {
             Some((n, a)) => (n, Some(a)),
             None => (spec, None),
@@ -138,8 +172,18 @@ impl std::str::FromStr for Rule {
                 }
                 Rule::Divergence { threshold }
             }
+            "lookahead" => {
+                let a = need("W")?;
+                let window: usize = a.trim().parse().with_context(|| {
+                    format!("rule {spec:?}: lookahead W must be a whole number")
+                })?;
+                if window == 0 {
+                    bail!("rule {spec:?}: lookahead W must be at least 1");
+                }
+                Rule::Lookahead { window }
+            }
             other => bail!(
-                "unknown rule {other:?} in {spec:?} (rules: exact, lenient:λ, topk:k, threshold:τ, typical:ε,δ, divergence:T)"
+                "unknown rule {other:?} in {spec:?} (rules: exact, lenient:λ, topk:k, threshold:τ, typical:ε,δ, divergence:T, lookahead:W; any but exact may be gated: RULE+entropy:H)"
             ),
         };
         Ok(rule)
@@ -175,6 +219,16 @@ pub fn js_divergence(p: &[f32], q: &DraftDist, x: u32) -> f64 {
 impl Rule {
     pub fn is_exact(&self) -> bool {
         matches!(self, Rule::Exact)
+    }
+
+    /// The lookahead window W of `lookahead:W` (gated or not): the judge counts
+    /// [`JudgeInput::agree_after`] up to it.
+    pub fn lookahead(&self) -> Option<usize> {
+        match self {
+            Rule::Lookahead { window } => Some(*window),
+            Rule::Gated { rule, .. } => rule.lookahead(),
+            _ => None,
+        }
     }
 
     /// The relaxation `g(x) ∈ [0, 1]`.
@@ -217,6 +271,14 @@ impl Rule {
             Rule::Divergence { threshold } => {
                 (js_divergence(inp.p_hat, inp.q, inp.x) <= *threshold) as u8 as f64
             }
+            Rule::Lookahead { window } => (inp.agree_after >= *window) as u8 as f64,
+            Rule::Gated { rule, min_entropy } => {
+                if entropy(inp.p_hat) >= *min_entropy {
+                    rule.g(inp)
+                } else {
+                    0.0
+                }
+            }
         };
         g.clamp(0.0, 1.0)
     }
@@ -235,6 +297,9 @@ mod tests {
             "threshold:0.3",
             "typical:0.09,0.3",
             "divergence:0.2",
+            "lookahead:2",
+            "topk:5+entropy:1.5",
+            "lookahead:3+entropy:0.5",
         ] {
             let r: Rule = s.parse().unwrap();
             assert_eq!(r.to_string(), s);
@@ -254,6 +319,13 @@ mod tests {
             ("divergence:-1", ">= 0"),
             ("fuzzy:1", "unknown rule"),
             ("exact:1", "no parameter"),
+            ("lookahead:0", "at least 1"),
+            ("lookahead", "needs"),
+            ("topk:5+h:1", "entropy:H"),
+            ("topk:5+entropy:-1", ">= 0"),
+            ("topk:5+entropy:x", "not a number"),
+            ("exact+entropy:1", "one relaxed rule"),
+            ("topk:5+entropy:1+entropy:2", "one relaxed rule"),
         ] {
             let e = s.parse::<Rule>().unwrap_err().to_string();
             assert!(e.contains(needle), "{s}: {e}");
@@ -269,6 +341,7 @@ mod tests {
             q: &DraftDist::Greedy,
             x,
             greedy: true,
+            agree_after: 0,
         };
         assert_eq!(Rule::TopK { k: 2 }.g(&inp(1)), 1.0);
         assert_eq!(Rule::TopK { k: 2 }.g(&inp(2)), 0.0);
@@ -277,6 +350,45 @@ mod tests {
         assert_eq!(Rule::Lenient { lambda: 0.4 }.g(&inp(2)), 1.0);
         assert_eq!(Rule::Lenient { lambda: 0.5 }.g(&inp(2)), 0.0);
         assert_eq!(Rule::Exact.g(&inp(0)), 0.0);
+    }
+
+    #[test]
+    fn lookahead_needs_the_whole_window_to_reagree() {
+        let p = [0.5f32, 0.3, 0.2];
+        let inp = |agree_after| JudgeInput {
+            p_hat: &p,
+            p_hat_max: 0.5,
+            q: &DraftDist::Greedy,
+            x: 2,
+            greedy: true,
+            agree_after,
+        };
+        let r: Rule = "lookahead:2".parse().unwrap();
+        assert_eq!(r.lookahead(), Some(2));
+        assert_eq!(r.g(&inp(0)), 0.0);
+        assert_eq!(r.g(&inp(1)), 0.0);
+        assert_eq!(r.g(&inp(2)), 1.0);
+        assert_eq!(Rule::TopK { k: 2 }.lookahead(), None);
+    }
+
+    #[test]
+    fn the_entropy_gate_relaxes_only_where_the_target_is_unsure() {
+        const FLAT: &[f32] = &[0.4, 0.35, 0.25]; // H ≈ 1.08 nats
+        const SURE: &[f32] = &[0.9, 0.06, 0.04]; // H ≈ 0.39
+        let inp = |p: &'static [f32]| JudgeInput {
+            p_hat: p,
+            p_hat_max: p[0],
+            q: &DraftDist::Greedy,
+            x: 1,
+            greedy: true,
+            agree_after: 0,
+        };
+        let gated: Rule = "topk:2+entropy:0.7".parse().unwrap();
+        assert_eq!(Rule::TopK { k: 2 }.g(&inp(SURE)), 1.0);
+        assert_eq!(gated.g(&inp(SURE)), 0.0, "confident: not relaxed");
+        assert_eq!(gated.g(&inp(FLAT)), 1.0, "flat: relaxed as topk:2");
+        let gated_lookahead: Rule = "lookahead:1+entropy:0.7".parse().unwrap();
+        assert_eq!(gated_lookahead.lookahead(), Some(1));
     }
 
     #[test]
