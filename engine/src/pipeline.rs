@@ -74,13 +74,17 @@ pub fn check_pair(target: &LoadedModel, draft: &LoadedModel) -> Result<()> {
             target.name
         );
     }
-    if draft.model.config.vocab_size != target.model.config.vocab_size {
+    // The same tokens; the embedding tables may be padded to different sizes (Qwen2.5: 152064
+    // rows for 7B, 151936 for 0.5B). Padding rows have no token and are masked in both models.
+    let (tv, dv) = (
+        target.tokenizer.defined_vocab(),
+        draft.tokenizer.defined_vocab(),
+    );
+    if tv != dv {
         bail!(
-            "the draft model {} has {} logits per position but the target {} has {}",
+            "the draft model {} defines {dv} tokens but the target {} defines {tv}",
             draft.name,
-            draft.model.config.vocab_size,
-            target.name,
-            target.model.config.vocab_size
+            target.name
         );
     }
     Ok(())

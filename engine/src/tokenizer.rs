@@ -15,6 +15,8 @@ use crate::gguf::GgufFile;
 /// GGUF token types (llama.cpp `llama_token_type`).
 const TOKEN_TYPE_CONTROL: u64 = 3;
 const TOKEN_TYPE_USER_DEFINED: u64 = 4;
+/// Padding entries (llama.cpp writes `[PAD…]` of this type for embedding rows past the vocabulary).
+const TOKEN_TYPE_UNUSED: u64 = 5;
 
 /// The tokenizer models that can be built from GGUF metadata (`tokenizer.ggml.model`).
 const SUPPORTED_GGUF_MODELS: &str =
@@ -42,6 +44,8 @@ pub struct Tokenizer {
     /// Tokens that end generation.
     pub eos_ids: Vec<u32>,
     pub chat_template: Option<String>,
+    /// Tokens defined: the vocabulary without trailing padding entries.
+    defined: usize,
     fingerprint: String,
     source: String,
 }
@@ -143,6 +147,22 @@ impl GgufVocab {
             tokens,
             types,
         })
+    }
+
+    /// Tokens defined: the vocabulary without its trailing padding entries (type unused), which
+    /// stand for embedding rows padded past the tokenizer (Qwen2.5: 152064 rows for 7B, 151936 for
+    /// 0.5B, 151665 tokens).
+    fn defined(&self) -> usize {
+        if self.types.len() != self.tokens.len() {
+            return self.tokens.len();
+        }
+        let pad = self
+            .types
+            .iter()
+            .rev()
+            .take_while(|&&t| t == TOKEN_TYPE_UNUSED)
+            .count();
+        self.tokens.len() - pad
     }
 
     /// End-of-generation tokens: EOS, EOT and the usual end-of-turn tokens of control type.
@@ -258,7 +278,8 @@ impl Tokenizer {
         .with_context(ctx)?;
         let eos_ids = v.eos_ids(|i| model.is_control(i as u32));
         Ok(Tokenizer {
-            fingerprint: fingerprint_of(&v.tokens),
+            defined: v.defined(),
+            fingerprint: fingerprint_of(&v.tokens[..v.defined()]),
             source: format!(
                 "GGUF metadata of {} (SentencePiece, {} tokens{})",
                 f.path.display(),
@@ -325,7 +346,8 @@ impl Tokenizer {
         let plain = build(&[])?;
         let eos_ids = v.eos_ids(|i| types.get(i) == Some(&TOKEN_TYPE_CONTROL));
         Ok(Tokenizer {
-            fingerprint: fingerprint_of(&v.tokens),
+            defined: v.defined(),
+            fingerprint: fingerprint_of(&v.tokens[..v.defined()]),
             source: format!(
                 "GGUF metadata of {} (byte-level BPE, pre-tokenizer {pre:?}, {} tokens)",
                 f.path.display(),
@@ -388,6 +410,7 @@ impl Tokenizer {
         }) && bos_id.is_some();
         let has_cfg = dir.join("tokenizer_config.json").is_file();
         Ok(Tokenizer {
+            defined: vocab.len(),
             fingerprint: fingerprint_of(&vocab),
             source: format!(
                 "{}{}",
@@ -445,7 +468,13 @@ impl Tokenizer {
         self.vocab.len()
     }
 
-    /// Hash of the id → token table: two models can share a speculative session only if equal.
+    /// Tokens defined (ids below it): the vocabulary less trailing padding entries.
+    pub fn defined_vocab(&self) -> usize {
+        self.defined
+    }
+
+    /// Hash of the id → token table over the defined tokens (padding entries left out): two
+    /// models can share a speculative session only if equal.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }

@@ -201,6 +201,9 @@ pub struct ModelConfig {
     /// `cap · tanh(x / cap)` of attention scores and of the final logits (gemma 2).
     pub attn_softcap: Option<f32>,
     pub final_softcap: Option<f32>,
+    /// Ids from here on are embedding rows padded past the tokenizer (no token): their logits
+    /// are −∞, so they are never drafted, sampled or committed. `None`: every row is a token.
+    pub padding_from: Option<usize>,
 }
 
 impl ModelConfig {
@@ -227,7 +230,13 @@ impl ModelConfig {
             attn_scale: 1.0 / (head_dim as f32).sqrt(),
             attn_softcap: None,
             final_softcap: None,
+            padding_from: None,
         }
+    }
+
+    /// Masks the rows past the `defined` tokens of the tokenizer (if there are any).
+    pub fn mask_padding(&mut self, defined: usize) {
+        self.padding_from = (defined < self.vocab_size).then_some(defined);
     }
 
     pub fn q_dim(&self) -> usize {

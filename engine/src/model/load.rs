@@ -85,7 +85,7 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
     let rope_freqs = f
         .tensor("rope_freqs.weight")
         .map(|t| dequantize_vec(t.ggml_type, f.data(t), t.n_elements()));
-    let c = config::from_gguf(&f, rope_freqs)?;
+    let mut c = config::from_gguf(&f, rope_freqs)?;
     let tokenizer = Tokenizer::for_gguf(&f)?;
     if tokenizer.vocab_size() > c.vocab_size {
         bail!(
@@ -94,6 +94,7 @@ fn load_gguf(path: &Path, opts: LoadOptions) -> Result<(Model, Tokenizer)> {
             c.vocab_size
         );
     }
+    c.mask_padding(tokenizer.defined_vocab());
     let matrix = |name: &str, n: usize, k: usize| -> Result<RawMatrix<'_>> {
         let t = f
             .tensor(name)
@@ -255,7 +256,7 @@ fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Model, Tokeniz
         &std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {cfg_file}"))?,
     )
     .with_context(|| format!("{cfg_file} is not a valid model config.json"))?;
-    let c = config::from_hf(&hf, &cfg_file)?;
+    let mut c = config::from_hf(&hf, &cfg_file)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
@@ -408,6 +409,7 @@ fn load_safetensors_dir(dir: &Path, opts: LoadOptions) -> Result<(Model, Tokeniz
         d,
     );
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
+    c.mask_padding(tokenizer.defined_vocab());
     let parts = Weights {
         embed: vec![raw(embed, c.vocab_size, d)],
         layers,

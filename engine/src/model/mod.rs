@@ -136,12 +136,18 @@ impl Model {
         tokens: &[u32],
         logits_from: usize,
     ) -> Result<Vec<f32>> {
-        with_cache!(self, &mut cache.0, |d, c| d.forward(
+        let mut logits = with_cache!(self, &mut cache.0, |d, c| d.forward(
             &self.config,
             c,
             tokens,
             logits_from
-        ))
+        ))?;
+        if let Some(from) = self.config.padding_from {
+            for row in logits.chunks_mut(self.config.vocab_size) {
+                row[from..].fill(f32::NEG_INFINITY);
+            }
+        }
+        Ok(logits)
     }
 
     /// Bytes of weights held.
