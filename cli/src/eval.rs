@@ -29,9 +29,10 @@ pub struct Gsm8kArgs {
     pub limit: Option<usize>,
     /// `;`-separated configs `RULE[@budget=B,protect=default|none,pacing=none|linear[:BURST],gamma=G|auto|heuristic,drafter=model|ngram[:MIN-MAX]|suffix[:MIN-MAX@P]|hybrid[:MIN-MAX@P]]`,
     /// e.g. `exact;topk:3@budget=8;exact@drafter=ngram,gamma=auto`. `drafter=ngram` drafts by prompt
-    /// lookup, `suffix` by suffix counts (no draft model; the node's index of earlier completions
-    /// is this process's: configs that use it see each other's completions of the same problem,
-    /// so run one such config per process to measure it). The target-only baseline always runs.
+    /// lookup, `suffix` by suffix counts (no draft model; each config is its own tenant, so its
+    /// index of earlier completions holds that config's answers to the problems before). Budgets
+    /// are paced linearly over --max-tokens unless `pacing=none`. The target-only baseline always
+    /// runs.
     #[arg(long)]
     pub configs: String,
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -46,6 +47,11 @@ pub struct Gsm8kArgs {
     /// 0 (zero-shot) or 8 (chain-of-thought exemplars from the train file).
     #[arg(long, default_value_t = 0)]
     pub shots: usize,
+    /// A system message before each problem (default: none, so the chat template's own default
+    /// applies). A reworded one that means the same measures the noise floor: how often the
+    /// target's answer changes under a change that should not matter.
+    #[arg(long)]
+    pub system: Option<String>,
     /// The train file for --shots 8 (default: train.jsonl beside --data).
     #[arg(long)]
     pub train: Option<PathBuf>,
@@ -90,6 +96,7 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
         max_tokens: a.max_tokens,
         seeds: a.seeds.clone(),
         shots: a.shots,
+        system: a.system.clone(),
         out: a.out.clone(),
         coordinator: a.coordinator.clone(),
     };

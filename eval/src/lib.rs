@@ -216,6 +216,7 @@ fn write_run_json(
         "max_tokens": opts.max_tokens,
         "seeds": opts.seeds,
         "shots": opts.shots,
+        "system": opts.system,
         "machine": {
             "cpu": cpu,
             "threads": specd_engine::kernels::pool::pool().threads(),

@@ -74,6 +74,8 @@ pub struct EvalOptions {
     pub seeds: Vec<u64>,
     /// 0 (zero-shot) or 8 (chain-of-thought exemplars from the train file).
     pub shots: usize,
+    /// A system message before the prompt (None: the chat template's default).
+    pub system: Option<String>,
     pub out: PathBuf,
     /// Run generations through this coordinator (distributed mode) instead of the embedded
     /// engine; scoring still uses the local target model.
@@ -107,9 +109,16 @@ pub fn load_results(path: &Path) -> Result<Vec<Record>> {
         .collect())
 }
 
-/// The chat messages of a problem's prompt.
-pub fn prompt_messages(p: &Problem, shots: &[Problem]) -> Vec<(String, String)> {
-    let mut m = Vec::new();
+/// The chat messages of a problem's prompt, after `system` if one is given.
+pub fn prompt_messages(
+    p: &Problem,
+    shots: &[Problem],
+    system: Option<&str>,
+) -> Vec<(String, String)> {
+    let mut m: Vec<(String, String)> = system
+        .map(|s| ("system".to_owned(), s.to_owned()))
+        .into_iter()
+        .collect();
     for s in shots {
         m.push(("user".to_owned(), format!("{}\n{INSTRUCTION}", s.question)));
         m.push(("assistant".to_owned(), strip_annotations(&s.answer)));
@@ -241,7 +250,7 @@ impl<'a> Runner<'a> {
         seed: u64,
         config: Option<&EvalConfig>,
     ) -> Result<(specd_engine::pipeline::Output, f64)> {
-        let msgs = prompt_messages(p, &self.shots);
+        let msgs = prompt_messages(p, &self.shots, self.opts.system.as_deref());
         let refs: Vec<(&str, &str)> = msgs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
         let prompt_text = self.target.tokenizer.apply_chat_template_messages(&refs)?;
         let (mode, gamma, policy, drafter) = match config {
@@ -329,5 +338,29 @@ impl ResultsWriter {
         self.file.write_all(line.as_bytes())?;
         self.file.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_system_message_comes_first_and_only_when_given() {
+        let p = Problem {
+            index: 0,
+            question: "1 + 1?".into(),
+            answer: "2\n#### 2".into(),
+            gold: Some("2".into()),
+        };
+        let plain = prompt_messages(&p, &[], None);
+        assert_eq!(plain.len(), 1);
+        assert_eq!(plain[0].0, "user");
+        let with = prompt_messages(&p, &[], Some("You are a careful tutor."));
+        assert_eq!(
+            with[0],
+            ("system".to_owned(), "You are a careful tutor.".to_owned())
+        );
+        assert_eq!(with[1..], plain[..]);
     }
 }

@@ -29,6 +29,7 @@ fn small_run_reports_and_resumes() {
         max_tokens: 24,
         seeds: vec![0],
         shots: 0,
+        system: None,
         out: dir.path().to_path_buf(),
         coordinator: None,
     };
@@ -124,6 +125,7 @@ fn bad_data_lines_are_recorded_and_do_not_stop_the_run() {
         max_tokens: 8,
         seeds: vec![0],
         shots: 0,
+        system: None,
         out: dir.path().join("out"),
         coordinator: None,
     };
