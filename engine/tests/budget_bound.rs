@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use specd_engine::sampling::{sample_probs, uniform, Dist, Purpose, SamplingParams};
 use specd_engine::spec_decode::budget::{judge_position, Pacing, Policy};
 use specd_engine::spec_decode::exact;
-use specd_engine::spec_decode::judge::{judge_block_charging, Charging};
+use specd_engine::spec_decode::judge::{judge_block_mutated, Mutation};
 use specd_engine::spec_decode::rules::{JudgeInput, Rule};
 use specd_engine::spec_decode::{DraftBlock, DraftDist};
 
@@ -98,7 +98,7 @@ fn logits(p: &[f32]) -> Vec<f32> {
 
 fn run(
     policy: &Policy,
-    charging: Charging,
+    mutation: Mutation,
     seed: u64,
     len: usize,
     gamma: usize,
@@ -138,8 +138,8 @@ fn run(
         let rows: Vec<Vec<f32>> = (0..=g)
             .map(|i| logits(&target(&[&seq[..], &block.tokens[..i]].concat())))
             .collect();
-        let out = judge_block_charging(
-            charging,
+        let out = judge_block_mutated(
+            mutation,
             policy,
             &sampling,
             &mut spent,
@@ -179,8 +179,8 @@ fn relaxed_and_exact_runs_first_differ_at_a_lossy_accept() {
                     protect: None,
                     pacing: Pacing::None,
                 };
-                let (a, lossy) = run(&relaxed, Charging::OnJudge, seed, 12, 3, temperature);
-                let (b, _) = run(&exact_policy, Charging::OnJudge, seed, 12, 3, temperature);
+                let (a, lossy) = run(&relaxed, Mutation::None, seed, 12, 3, temperature);
+                let (b, _) = run(&exact_policy, Mutation::None, seed, 12, 3, temperature);
                 match a.iter().zip(&b).position(|(x, y)| x != y) {
                     // A lossy accept commits a token the exact run does not (at T = 0 a
                     // non-argmax; at T > 0 the exact run, rejecting there with the same draw,
@@ -209,10 +209,10 @@ fn relaxed_and_exact_runs_first_differ_at_a_lossy_accept() {
 }
 
 /// Mean and standard error of the number of lossy accepts per run at T = 1 (sampled draft).
-fn lossy_accepts(policy: &Policy, charging: Charging, runs: u64) -> (f64, f64) {
+fn lossy_accepts(policy: &Policy, mutation: Mutation, runs: u64) -> (f64, f64) {
     let counts: Vec<f64> = (0..runs)
         .map(|seed| {
-            let (_, lossy) = run(policy, charging, seed, 40, 3, 1.0);
+            let (_, lossy) = run(policy, mutation, seed, 40, 3, 1.0);
             lossy.iter().filter(|&&l| l).count() as f64
         })
         .collect();
@@ -235,14 +235,14 @@ fn lossy_accepts_stay_within_the_budget_through_the_production_judge() {
             protect: None,
             pacing: Pacing::None,
         };
-        let (mean, se) = lossy_accepts(&policy, Charging::OnJudge, 3000);
+        let (mean, se) = lossy_accepts(&policy, Mutation::None, 3000);
         eprintln!("{rule}: lossy accepts per run {mean:.3} ± {se:.3} (B = {budget})");
         assert!(
             mean <= budget + 3.0 * se,
             "{rule}: {mean} lossy accepts per run exceed B = {budget} (± {se})"
         );
         assert!(mean > 0.2, "{rule}: the budget is barely used ({mean})");
-        let (bad, bad_se) = lossy_accepts(&policy, Charging::OnLossyAcceptOnly, 3000);
+        let (bad, bad_se) = lossy_accepts(&policy, Mutation::ChargeOnlyOnLossyAccept, 3000);
         eprintln!("{rule}: negative control {bad:.3} ± {bad_se:.3}");
         assert!(
             bad > budget + 3.0 * bad_se,
@@ -253,7 +253,7 @@ fn lossy_accepts_stay_within_the_budget_through_the_production_judge() {
 
 // ---------------------------------------------------------------------------------------------
 // Exact enumeration of the output distribution (T = 1, sampled draft, γ = 2), charging as
-// `Charging` says (the production judge's enum: OnLossyAcceptOnly is the negative control).
+// the production judge's `Mutation` says (ChargeOnlyOnLossyAccept is the negative control).
 
 /// A set-up: the target's judging distribution p̂ (untruncated, DESIGN §5), its top-k truncation
 /// for sampling (0: none; the exact rule and the residual use the truncated), the draft, and the
@@ -287,7 +287,7 @@ impl Setup {
 
 struct Enum<'a> {
     policy: &'a Policy,
-    charging: Charging,
+    mutation: Mutation,
     setup: Setup,
     len: usize,
     gamma: usize,
@@ -374,9 +374,10 @@ impl Enum<'_> {
             self.fractional_charges += 1;
         }
         let (p_exact_accept, p_lossy, p_reject) = (a_ex, a_used - a_ex, 1.0 - a_used);
-        let (c_exact, c_lossy, c_reject) = match self.charging {
-            Charging::OnJudge => (c, c, c),
-            Charging::OnLossyAcceptOnly => (0.0, c, 0.0),
+        let (c_exact, c_lossy, c_reject) = match self.mutation {
+            Mutation::None => (c, c, c),
+            Mutation::ChargeOnlyOnLossyAccept => (0.0, c, 0.0),
+            Mutation::ResidualFromTarget => unreachable!("the enumeration uses the exact residual"),
         };
         self.expected_charge +=
             prob * (p_exact_accept * c_exact + p_lossy * c_lossy + p_reject * c_reject);
@@ -435,13 +436,13 @@ fn tv(a: &HashMap<Vec<u32>, f64>, b: &HashMap<Vec<u32>, f64>) -> f64 {
 /// The output distribution, E[Σc], and how many judged positions had a charge in (0, 1).
 fn enumerate(
     policy: &Policy,
-    charging: Charging,
+    mutation: Mutation,
     setup: Setup,
     len: usize,
 ) -> (HashMap<Vec<u32>, f64>, f64, usize) {
     let mut e = Enum {
         policy,
-        charging,
+        mutation,
         setup,
         len,
         gamma: 2,
@@ -461,7 +462,7 @@ fn check_bound(setup: Setup, rules: &[&'static str]) -> Vec<(&'static str, f64, 
     let len = 6;
     let want = target_dist(setup, len);
     // The exact rule reproduces the target's (truncated) distribution exactly.
-    let (exact_out, _, _) = enumerate(&Policy::default(), Charging::OnJudge, setup, len);
+    let (exact_out, _, _) = enumerate(&Policy::default(), Mutation::None, setup, len);
     assert!(
         tv(&exact_out, &want) < 1e-6,
         "the exact rule does not reproduce the target"
@@ -475,7 +476,7 @@ fn check_bound(setup: Setup, rules: &[&'static str]) -> Vec<(&'static str, f64, 
                 protect: None,
                 pacing: Pacing::None,
             };
-            let (out, charge, fractional) = enumerate(&policy, Charging::OnJudge, setup, len);
+            let (out, charge, fractional) = enumerate(&policy, Mutation::None, setup, len);
             let d = tv(&out, &want);
             eprintln!(
                 "{rule} B={budget}: TV {d:.4}, E[Σc] {charge:.4}, fractional charges {fractional}"
@@ -488,7 +489,7 @@ fn check_bound(setup: Setup, rules: &[&'static str]) -> Vec<(&'static str, f64, 
                 charge <= budget + 1e-9,
                 "{rule} B={budget}: expected charge {charge} exceeds the budget"
             );
-            let (bad, _, _) = enumerate(&policy, Charging::OnLossyAcceptOnly, setup, len);
+            let (bad, _, _) = enumerate(&policy, Mutation::ChargeOnlyOnLossyAccept, setup, len);
             let dbad = tv(&bad, &want);
             eprintln!("{rule} B={budget}: negative control TV {dbad:.4}");
             rows.push((rule, budget, charge, fractional, dbad > budget + 1e-6));
@@ -571,7 +572,7 @@ fn the_bound_is_nearly_tight_for_lenient() {
         protect: None,
         pacing: Pacing::None,
     };
-    let (out, charge, _) = enumerate(&policy, Charging::OnJudge, OVER_PROPOSED_MODE, len);
+    let (out, charge, _) = enumerate(&policy, Mutation::None, OVER_PROPOSED_MODE, len);
     let d = tv(&out, &target_dist(OVER_PROPOSED_MODE, len));
     assert!(
         charge > 0.025,

@@ -1,6 +1,7 @@
 //! Sampling exactness on the real model: the first token of speculative sampling follows the
-//! target's own distribution (sampled and greedy model draft, prompt lookup), and seeded runs
-//! repeat exactly.
+//! target's own distribution (sampled and greedy model draft, prompt lookup), with top-k and top-p
+//! on too, while a judge with a broken residual is caught by the same test; seeded runs repeat
+//! exactly.
 
 mod common;
 
@@ -8,6 +9,8 @@ use specd_engine::pipeline::{encode_prompt, generate, Mode, Prompt, Request};
 use specd_engine::sampling::{argmax, sampling_dist, uniform, Dist, Purpose, SamplingParams};
 use specd_engine::spec_decode::draft::DrafterSpec;
 use specd_engine::spec_decode::gamma::GammaPolicy;
+use specd_engine::spec_decode::judge::Mutation;
+use specd_engine::spec_decode::target::TargetSession;
 use specd_engine::spec_decode::{DraftBlock, DraftDist, DraftSampling, Verifier};
 
 /// Upper 99.9% quantile of chi-square with `df` degrees of freedom (Wilson–Hilferty).
@@ -161,6 +164,113 @@ fn first_token_of_speculative_sampling_follows_the_target() {
                 "{variant}: only {rejected} rejections; the residual path was not exercised"
             );
         }
+    }
+}
+
+/// `p_T` of `sampling` at the first completion position of `prompt` under `model`.
+fn first_dist(
+    model: &specd_engine::pipeline::LoadedModel,
+    prompt: &[u32],
+    sampling: &SamplingParams,
+) -> Vec<f32> {
+    let mut cache = model.model.new_cache();
+    let logits = model
+        .model
+        .forward(&mut cache, prompt, prompt.len() - 1)
+        .unwrap();
+    match sampling_dist(&logits, sampling) {
+        Dist::Probs(p) => p,
+        Dist::OneHot(_) => unreachable!("T > 0"),
+    }
+}
+
+/// The first committed token of `n` forks of `base` (seeds 0..n), each judging a one-token block
+/// sampled from `q` with `mutation`: the counts, and how many were rejected.
+fn first_tokens(
+    base: &TargetSession,
+    q: &[f32],
+    n: usize,
+    mutation: Mutation,
+) -> (std::collections::HashMap<u32, usize>, usize) {
+    let mut counts = std::collections::HashMap::new();
+    let mut rejected = 0;
+    for seed in 0..n as u64 {
+        let mut s = base.clone();
+        s.reseed(seed);
+        s.mutate(mutation);
+        let at = s.tokens().len();
+        let x = Dist::Probs(q.to_vec()).sample(uniform(seed, at as u64, Purpose::DraftSample));
+        let block = DraftBlock {
+            base_len: at,
+            tokens: vec![x],
+            dists: vec![DraftDist::Probs(q.to_vec())],
+            successor: false,
+        };
+        let v = s.verify(&block).unwrap();
+        rejected += v.rejected as usize;
+        *counts.entry(v.committed[0]).or_insert(0usize) += 1;
+    }
+    (counts, rejected)
+}
+
+#[test]
+fn truncated_sampling_stays_exact_and_a_broken_residual_is_caught() {
+    let t = common::target();
+    let d = common::load("smollm2-135m-q4_0");
+    let prompt = encode_prompt(&t.tokenizer, "Tell me a joke about computers.", true).unwrap();
+    let n = 1000;
+    for (top_k, top_p) in [(40, 1.0), (0, 0.9)] {
+        let sampling = SamplingParams {
+            temperature: 1.0,
+            top_p,
+            top_k,
+            seed: 0,
+        };
+        let p = first_dist(&t, &prompt, &sampling);
+        let kept = p.iter().filter(|&&v| v > 0.0).count();
+        assert!(kept > 1 && kept < p.len(), "truncation keeps {kept} tokens");
+        // The draft model sampled with the same truncation, and a far draft: the target itself at
+        // T = 2 under the same truncation (flatter, so that many proposals are rejected and a
+        // wrong residual moves the output a lot).
+        let q_model = first_dist(&d, &prompt, &sampling);
+        let far = SamplingParams {
+            temperature: 2.0,
+            ..sampling
+        };
+        let q_far = first_dist(&t, &prompt, &far);
+        let base = common::open_session(&t, &prompt, sampling, 8);
+        let what = format!("top_k {top_k}, top_p {top_p}");
+        for (variant, q) in [("model draft", &q_model), ("far draft", &q_far)] {
+            let (counts, rejected) = first_tokens(&base, q, n, Mutation::None);
+            let (chi, df) = chi_square(&counts, &p, n);
+            eprintln!("{what}, {variant}: chi-square {chi:.1}, {df} df (limit {:.1}), {rejected} rejected", chi2_999(df));
+            assert!(
+                chi < chi2_999(df),
+                "{what}, {variant}: chi-square {chi:.1} with {df} df exceeds {:.1}",
+                chi2_999(df)
+            );
+            assert!(
+                counts.keys().all(|&tok| p[tok as usize] > 0.0),
+                "{what}, {variant}: a token outside the truncated distribution was committed"
+            );
+            assert!(
+                rejected > 50,
+                "{what}, {variant}: only {rejected} rejections"
+            );
+        }
+        // Negative control through the same harness: residual = p_T instead of
+        // norm(max(0, p_T − q)). It must fail, or the test above has no power.
+        let (counts, _) = first_tokens(&base, &q_far, n, Mutation::ResidualFromTarget);
+        let (chi, df) = chi_square(&counts, &p, n);
+        eprintln!(
+            "{what}, broken residual: chi-square {chi:.1}, {df} df (limit {:.1})",
+            chi2_999(df)
+        );
+        assert!(
+            chi > chi2_999(df),
+            "{what}: a broken residual passed (chi-square {chi:.1} with {df} df, limit {:.1})",
+            chi2_999(df)
+        );
     }
 }
 

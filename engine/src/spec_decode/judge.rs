@@ -24,15 +24,22 @@ pub struct BlockOutcome {
     pub protected_positions: usize,
 }
 
-/// When a relaxed position's charge is added to the spent budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Charging {
-    /// DESIGN §6: whenever the relaxed rule judges the position, before its draw.
-    OnJudge,
-    /// Wrong, kept as the tests' negative control: only when the draw makes a lossy accept
-    /// (the bound on the expected number of lossy accepts then fails).
+/// The judge as it must be, or one of two known mistakes kept as the tests' negative controls
+/// (a test that cannot tell them from the real judge could not catch them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mutation {
+    /// DESIGN §5–6: charges added whenever a relaxed rule judges a position, before its draw;
+    /// the exact residual on rejection.
+    #[default]
+    None,
+    /// Wrong: a charge added only when the draw makes a lossy accept (the bound on the expected
+    /// number of lossy accepts then fails).
     #[doc(hidden)]
-    OnLossyAcceptOnly,
+    ChargeOnlyOnLossyAccept,
+    /// Wrong: on rejection, a sample of `p_T` instead of `norm(max(0, p_T − q))` (the output
+    /// then leans towards what the draft proposes).
+    #[doc(hidden)]
+    ResidualFromTarget,
 }
 
 /// Judges `block`, whose first drafted token is completion position `t0` (random draws are keyed
@@ -51,8 +58,8 @@ pub fn judge_block<'a>(
     bonus: bool,
     row: impl Fn(usize) -> &'a [f32],
 ) -> BlockOutcome {
-    judge_block_charging(
-        Charging::OnJudge,
+    judge_block_mutated(
+        Mutation::None,
         policy,
         sampling,
         spent,
@@ -64,10 +71,10 @@ pub fn judge_block<'a>(
     )
 }
 
-/// [`judge_block`] with the charging rule given (tests: the negative control).
+/// [`judge_block`], or with a [`Mutation`] (tests: the negative controls).
 #[allow(clippy::too_many_arguments)]
-pub fn judge_block_charging<'a>(
-    charging: Charging,
+pub fn judge_block_mutated<'a>(
+    mutation: Mutation,
     policy: &Policy,
     sampling: &SamplingParams,
     spent: &mut f64,
@@ -126,13 +133,13 @@ pub fn judge_block_charging<'a>(
                 agree_after,
             })
         });
-        if charging == Charging::OnJudge {
+        if mutation != Mutation::ChargeOnlyOnLossyAccept {
             *spent += j.charge;
         }
         let u = uniform(seed, pos, Purpose::Accept);
         if u < j.a_used {
             let lossy = u >= j.a_ex;
-            if lossy && charging == Charging::OnLossyAcceptOnly {
+            if lossy && mutation == Mutation::ChargeOnlyOnLossyAccept {
                 *spent += j.charge;
             }
             out.lossy_accepted += lossy as usize;
@@ -143,7 +150,12 @@ pub fn judge_block_charging<'a>(
             });
             out.accepted += 1;
         } else {
-            let y = match exact::residual(&p, q, x) {
+            let residual = if mutation == Mutation::ResidualFromTarget {
+                p.clone()
+            } else {
+                exact::residual(&p, q, x)
+            };
+            let y = match residual {
                 Dist::OneHot(t) => t,
                 Dist::Probs(r) => sample_probs(&r, uniform(seed, pos, Purpose::Residual)),
             };

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 use super::budget::Policy;
-use super::judge::judge_block;
+use super::judge::{judge_block_mutated, Mutation};
 use super::stop::StopStrings;
 use super::{DraftBlock, FinishReason, TokenLogprob, Verdict, Verifier};
 use crate::model::{KvCache, Model};
@@ -62,6 +62,8 @@ pub struct TargetSession {
     /// length matches (a rejection at the last drafted position commits as many tokens as a full
     /// acceptance, so `base_len` alone cannot tell).
     successor_stale: bool,
+    /// Always `None` but in the tests' negative controls.
+    mutation: Mutation,
     /// Seconds spent on prefill.
     pub prefill_s: f64,
 }
@@ -125,6 +127,7 @@ impl TargetSession {
             kept: None,
             queue: Default::default(),
             successor_stale: false,
+            mutation: Mutation::None,
         };
         if !completion.is_empty() {
             if session.finished.is_some() {
@@ -162,6 +165,13 @@ impl TargetSession {
     /// pool runs dry). What was spent stays spent.
     pub fn set_policy(&mut self, policy: Policy) {
         self.params.policy = policy;
+    }
+
+    /// Judges with a known mistake from now on: for the negative controls of tests only, which
+    /// must fail with it.
+    #[doc(hidden)]
+    pub fn mutate(&mut self, mutation: Mutation) {
+        self.mutation = mutation;
     }
 
     /// Changes the seed of the session's random draws (for forks of one prefilled prompt).
@@ -266,7 +276,8 @@ impl TargetSession {
         };
         let keep_p = g > 0 && block.successor;
         let spent_before = self.spent;
-        let out = judge_block(
+        let out = judge_block_mutated(
+            self.mutation,
             &self.params.policy,
             &self.params.sampling,
             &mut self.spent,
