@@ -151,6 +151,7 @@ pub fn run(
             g
         };
         let cut = |ev: &[Evidence]| ctl.cut(ev, min_gamma);
+        let model_free = drafter.as_deref().is_some_and(|d| !d.has_model());
         let (mut block, evidence) = match drafter.as_deref_mut() {
             Some(d) if g > 0 || free_max > 0 => {
                 let ask = Ask {
@@ -177,11 +178,10 @@ pub fn run(
             }
             _ => (DraftBlock::empty(base.len()), Vec::new()),
         };
-        ctl.record(if evidence.is_empty() {
-            g
-        } else {
-            block.tokens.len()
-        });
+        // The block's γ: what a cut kept (none when a model-free drafter found nothing), else what
+        // was asked.
+        let cut_applied = ctl.cuts() && (!evidence.is_empty() || model_free);
+        ctl.record(if cut_applied { block.tokens.len() } else { g });
         // A successor must carry a token. Where a model-free drafter found nothing, the last
         // token stands in: judged like any drafted token (exact: q is one-hot), almost surely
         // rejected, and the rejection commits the target's own token.
