@@ -18,32 +18,13 @@ The core promise at T > 0, P(output ≠ the same-seed exact run) ≤ min(1, B), 
 
 Two outputs with no final answer agree (as eval's fidelity counts them).
 """
-import json
-import math
-import os
 import sys
+
+from gsm8k_results import rows, wilson
 
 
 def load(run, config):
-    out = {}
-    for line in open(os.path.join(run, "results.jsonl")):
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line
-        if r.get("ok") and r["config"] == config:
-            out[(r["problem"], r["seed"])] = r
-    return out
-
-
-def wilson(k, n, z=1.96):
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+    return {(r["problem"], r["seed"]): r for r in rows(run) if r["config"] == config}
 
 
 def side(arg):

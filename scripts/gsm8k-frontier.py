@@ -8,32 +8,9 @@ how often the target's own answer survives that change, on the same problems.
 
     python3 scripts/gsm8k-frontier.py runs/gsm8k-frontier runs/gsm8k-floor-system
 """
-import json
-import math
-import os
 import sys
 
-
-def load(run):
-    rows = []
-    for line in open(os.path.join(run, "results.jsonl")):
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if r.get("ok"):
-            rows.append(r)
-    return rows
-
-
-def wilson(k, n, z=1.96):
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
+from gsm8k_results import rows as load, wilson
 
 
 def main():

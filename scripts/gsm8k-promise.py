@@ -8,24 +8,18 @@ bound min(1, B), and the mean charge spent and lossy accepts per output.
         --configs "exact;topk:3@budget=0.1;topk:3@budget=0.5" --out runs/promise
     python3 scripts/gsm8k-promise.py runs/promise
 """
-import json
-import math
 import re
 import sys
+
+from gsm8k_results import rows, wilson
 
 if len(sys.argv) != 2:
     sys.exit(__doc__)
 run = sys.argv[1]
-rows = [json.loads(l) for l in open(f"{run}/results.jsonl")]
-rows = [r for r in rows if r.get("ok")]
 by = {}
-for r in rows:
+for r in rows(run):
     by.setdefault(r["config"], {})[(r["problem"], r["seed"])] = r
 exact = by["exact"]
-def wilson(k, n, z=1.96):
-    p = k / n; d = 1 + z*z/n; c = (p + z*z/(2*n))/d
-    h = z*math.sqrt(p*(1-p)/n + z*z/(4*n*n))/d
-    return max(0, c-h), min(1, c+h)
 print("| config | B | outputs | differ from the same-seed exact run | Wilson 95 % | bound min(1, B) | mean Σc spent | mean lossy accepts |")
 print("|---|---|---|---|---|---|---|---|")
 for c, d in by.items():

@@ -6,15 +6,11 @@ drafted tokens per verify call and fidelity (final answer equal to target-only's
 
     python3 scripts/gsm8k-table.py runs/gsm8k-suffix/*
 """
-import json
 import os
 import statistics
 import sys
 
-
-def load(run):
-    rows = [json.loads(l) for l in open(os.path.join(run, "results.jsonl"))]
-    return [r for r in rows if r.get("ok")]
+from gsm8k_results import rows as load
 
 
 def main():
