@@ -223,9 +223,21 @@ pub struct TargetNodeArgs {
     /// Device: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: Device,
-    /// Sessions held at most; more are refused with RESOURCE_EXHAUSTED.
+    /// Sessions held at most; more wait in line (--max-waiting), then are refused with
+    /// RESOURCE_EXHAUSTED and a retry-after hint.
     #[arg(long, default_value_t = 64)]
     pub max_sessions: usize,
+    /// MiB of KV cache all sessions may hold. Each session reserves what its prompt,
+    /// max_tokens and one block can fill; past the bound requests wait, as past
+    /// --max-sessions. Default: no bound.
+    #[arg(long, value_name = "MIB")]
+    pub kv_memory: Option<u64>,
+    /// Requests that may wait for room (served in arrival order); more are refused at once.
+    #[arg(long, default_value_t = 256)]
+    pub max_waiting: usize,
+    /// Seconds a request may wait for room before it is refused.
+    #[arg(long, default_value_t = 30)]
+    pub max_wait: u64,
     /// Seconds a session may stay idle before its KV cache is dropped.
     #[arg(long, default_value_t = 300)]
     pub session_idle_timeout: u64,
@@ -248,10 +260,18 @@ impl TargetNodeArgs {
         if self.max_sessions == 0 || self.session_idle_timeout == 0 {
             anyhow::bail!("--max-sessions and --session-idle-timeout must be at least 1");
         }
+        if self.kv_memory == Some(0) {
+            anyhow::bail!("--kv-memory must be at least 1 (MiB)");
+        }
         self.metrics.addr()?;
         Ok(specd_target_node::TargetConfig {
             listen: parse_listen(&self.listen)?,
-            max_sessions: self.max_sessions,
+            limits: specd_target_node::admission::Limits {
+                max_sessions: self.max_sessions,
+                kv_memory: self.kv_memory.map(|mib| mib << 20),
+                max_waiting: self.max_waiting,
+                max_wait: Duration::from_secs(self.max_wait),
+            },
             idle_timeout: Duration::from_secs(self.session_idle_timeout),
             max_block: self.max_block,
             drain_timeout: self.drain.timeout(),

@@ -364,7 +364,14 @@ fn killing_the_draft_node_falls_back_to_the_target() {
 
 #[test]
 fn invalid_frames_get_documented_codes_and_spare_other_sessions() {
-    let t = target_node(&["--max-sessions", "3", "--max-block", "8"]);
+    let t = target_node(&[
+        "--max-sessions",
+        "3",
+        "--max-waiting",
+        "0",
+        "--max-block",
+        "8",
+    ]);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

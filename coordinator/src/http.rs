@@ -50,7 +50,15 @@ pub fn status_to_api(s: &Status) -> ApiError {
                 ApiError::invalid("body", msg)
             }
         }
-        Code::ResourceExhausted => ApiError::overloaded(msg, 1),
+        Code::ResourceExhausted => {
+            // The node's retry hint (admission control), else a second.
+            let retry = s
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1);
+            ApiError::overloaded(msg, retry)
+        }
         Code::Unavailable => ApiError::unavailable(msg),
         _ => ApiError::internal(format!("{}: {msg}", s.code())),
     }

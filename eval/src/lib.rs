@@ -196,11 +196,6 @@ fn write_run_json(
             json!({"name": m.name, "path": m.path, "sha256": sha, "vocab_fingerprint": m.tokenizer.fingerprint()}),
         )
     };
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("model name"))
-            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-    });
     let run = json!({
         "command_line": command_line,
         "specd_version": env!("CARGO_PKG_VERSION"),
@@ -217,17 +212,27 @@ fn write_run_json(
         "seeds": opts.seeds,
         "shots": opts.shots,
         "system": opts.system,
-        "machine": {
-            "cpu": cpu,
-            "threads": specd_engine::kernels::pool::pool().threads(),
-            "kernel_path": format!("{:?}", specd_engine::kernels::kernel_path()),
-            "os": std::env::consts::OS,
-            "arch": std::env::consts::ARCH,
-        },
+        "machine": machine(),
     });
     std::fs::write(
         opts.out.join("run.json"),
         serde_json::to_string_pretty(&run)?,
     )?;
     Ok(())
+}
+
+/// The machine a measurement ran on (CPU model, kernel threads and path, OS), for reports.
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("model name"))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+    });
+    json!({
+        "cpu": cpu,
+        "threads": specd_engine::kernels::pool::pool().threads(),
+        "kernel_path": format!("{:?}", specd_engine::kernels::kernel_path()),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
 }

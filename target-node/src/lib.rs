@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use admission::{Admission, Limits, Reservation};
 use anyhow::Result;
 use specd_engine::pipeline::{LoadedModel, TextStream};
 use specd_engine::spec_decode::budget::ProtectCache;
@@ -31,12 +32,15 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
+pub mod admission;
+
 /// Distinct protected-token patterns kept built at once.
 const MAX_CACHED_PATTERNS: usize = 32;
 
 pub struct TargetConfig {
     pub listen: SocketAddr,
-    pub max_sessions: usize,
+    /// Sessions held, their KV memory, requests waiting for room (see [`admission`]).
+    pub limits: Limits,
     pub idle_timeout: Duration,
     pub max_block: usize,
     /// On shutdown, how long open sessions may take to end (specd_rpc::drain).
@@ -57,6 +61,8 @@ struct Slot {
     /// Which Verify stream may drive the session: the latest to claim it (numbered from 1; 0:
     /// none yet). A newer stream, or a Decode, supersedes the one before.
     driver: AtomicU64,
+    /// The session's room on the node, given back when the slot is dropped.
+    _room: Reservation,
 }
 
 impl Slot {
@@ -103,7 +109,7 @@ pub struct TargetService {
     sessions: Mutex<HashMap<String, Arc<Slot>>>,
     protect: ProtectCache,
     next_id: AtomicU64,
-    max_sessions: usize,
+    admission: Arc<Admission>,
     max_block: usize,
     /// This node's part of its session ids.
     node_tag: String,
@@ -131,13 +137,13 @@ fn internal(e: anyhow::Error) -> Status {
 }
 
 impl TargetService {
-    pub fn new(model: Arc<LoadedModel>, max_sessions: usize, max_block: usize) -> Self {
+    pub fn new(model: Arc<LoadedModel>, limits: Limits, max_block: usize) -> Self {
         TargetService {
             protect: ProtectCache::new(model.tokenizer.clone(), MAX_CACHED_PATTERNS),
             model,
             sessions: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
-            max_sessions,
+            admission: Admission::new(limits),
             max_block,
             node_tag: format!(
                 "{:08x}",
@@ -239,12 +245,6 @@ impl TargetVerifier for TargetNode {
         let r = req.into_inner();
         let sampling = convert::sampling_from_wire(r.sampling.as_ref())?;
         let policy = convert::policy_from_wire(r.policy.as_ref(), &svc.protect)?;
-        if svc.sessions.lock().unwrap().len() >= svc.max_sessions {
-            return Err(Status::resource_exhausted(format!(
-                "the target-node holds its maximum of {} sessions",
-                svc.max_sessions
-            )));
-        }
         let prompt = if r.prompt_ids.is_empty() {
             convert::prompt_from_wire(&r.prompt, r.chat, &r.messages)
                 .encode(&svc.model.tokenizer)
@@ -259,6 +259,11 @@ impl TargetVerifier for TargetNode {
             0 => context.saturating_sub(prompt.len()).max(1),
             n => n,
         };
+        // Room for the session: its cache can grow to the prompt, max_tokens and one block.
+        let cfg = &svc.model.model.config;
+        let positions = (prompt.len() + max_tokens + svc.max_block + 1).min(context);
+        let kv = (positions * 2 * cfg.n_layers * cfg.kv_dim() * 4) as u64;
+        let room = svc.admission.admit(kv).await?;
         let model = svc.model.clone();
         let params = SessionParams {
             sampling,
@@ -302,6 +307,7 @@ impl TargetVerifier for TargetNode {
                 last_used: Mutex::new(Instant::now()),
                 token: SessionToken::of(&token),
                 driver: AtomicU64::new(0),
+                _room: room,
             }),
         );
         specd_telemetry::metrics::target_sessions(svc.session_count());
@@ -683,14 +689,14 @@ pub async fn serve(
             tracing::info!(%addr, model = %node.svc.get().expect("loaded").model.name, "target-node: serving");
         }
     };
-    let (max_sessions, max_block) = (cfg.max_sessions, cfg.max_block);
+    let (limits, max_block) = (cfg.limits, cfg.max_block);
     let loading = Loading::start(
         &node.svc,
         move || {
             let model = load()?;
             Ok(Arc::new(TargetService::new(
                 Arc::new(model),
-                max_sessions,
+                limits,
                 max_block,
             )))
         },

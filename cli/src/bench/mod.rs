@@ -5,6 +5,7 @@ mod distributed;
 mod forward;
 mod generate;
 mod latency;
+mod load;
 mod procs;
 mod rules;
 mod stats;
@@ -30,6 +31,10 @@ pub enum BenchCommand {
     /// Cost of one forward of k tokens, t_v(k), after a context, on a device, beside the
     /// bandwidth floor (weight bytes ÷ memory bandwidth).
     Forward(forward::ForwardBenchArgs),
+    /// Closed-loop load on the embedded engine (clients 1, 4, 16, 64; target-only and
+    /// speculative): aggregate tokens/s, time to first token, inter-token latency, errors and
+    /// memory, beside the step cost t(k) of k sessions batched in one pass.
+    Load(load::LoadBenchArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -39,5 +44,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Distributed(a) => distributed::bench_distributed(a),
         BenchCommand::Latency(a) => latency::bench_latency(a),
         BenchCommand::Forward(a) => forward::bench_forward(a),
+        BenchCommand::Load(a) => load::bench_load(a),
     }
 }

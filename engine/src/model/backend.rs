@@ -135,8 +135,10 @@ pub trait Backend {
     fn add_bias(&self, x: &mut Self::Act, b: &Self::Vector) -> Result<()>;
     /// Columns `[from, from + len)` of every row.
     fn columns(&self, x: &Self::Act, from: usize, len: usize) -> Result<Self::Act>;
-    /// Rows `[from, rows)`.
-    fn rows_from(&self, x: &Self::Act, from: usize) -> Result<Self::Act>;
+    /// Rows `[from, from + len)`.
+    fn rows(&self, x: &Self::Act, from: usize, len: usize) -> Result<Self::Act>;
+    /// `parts` stacked row after row.
+    fn concat_rows(&self, parts: &[Self::Act]) -> Result<Self::Act>;
     fn rotation(&self, cos: Vec<f32>, sin: Vec<f32>, m: usize) -> Result<Self::Rotation>;
     /// Rotates the first `2 · half` values of every head (of `head_dim`) of row `t` by the
     /// angles of position `t` of `rot`.
@@ -185,6 +187,32 @@ fn rope_angles(inv_freq: &[f64], mscale: f64, pos0: usize, m: usize) -> (Vec<f32
     (cos, sin)
 }
 
+/// One sequence of a batched forward: `tokens` run at positions `cache_len..cache_len + len`
+/// and are appended to `cache`; logits come back for positions `logits_from..len`.
+pub struct Seq<'a, C> {
+    pub cache: &'a mut C,
+    pub tokens: &'a [u32],
+    pub logits_from: usize,
+}
+
+/// Checks that `tokens` can run after `cached` positions.
+pub fn check_feed(c: &ModelConfig, cached: usize, tokens: &[u32]) -> Result<()> {
+    if cached + tokens.len() > c.context_length {
+        bail!(
+            "sequence of {} tokens exceeds the model's context length of {} tokens",
+            cached + tokens.len(),
+            c.context_length
+        );
+    }
+    if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+        bail!(
+            "token id {bad} is outside the vocabulary (size {})",
+            c.vocab_size
+        );
+    }
+    Ok(())
+}
+
 /// The decoder on backend `B`.
 pub struct Decoder<B: Backend> {
     pub backend: B,
@@ -208,45 +236,60 @@ impl<B: Backend> Decoder<B> {
         }
     }
 
-    /// See [`super::Model::forward`].
-    pub fn forward(
+    /// One forward pass over several sequences (see [`super::Model::forward_many`]): the rows
+    /// of every sequence go through each weight matrix together, and each sequence's rows attend
+    /// only to its own cache. Returns each sequence's logits.
+    pub fn forward_batch(
         &self,
         c: &ModelConfig,
-        cache: &mut B::Cache,
-        tokens: &[u32],
-        logits_from: usize,
-    ) -> Result<Vec<f32>> {
+        seqs: &mut [Seq<'_, B::Cache>],
+    ) -> Result<Vec<Vec<f32>>> {
         let b = &self.backend;
         let w = &self.weights;
-        let m = tokens.len();
-        let pos0 = b.cache_len(cache);
-        if pos0 + m > c.context_length {
-            bail!(
-                "sequence of {} tokens exceeds the model's context length of {} tokens",
-                pos0 + m,
-                c.context_length
-            );
+        for s in seqs.iter() {
+            check_feed(c, b.cache_len(s.cache), s.tokens)?;
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            bail!(
-                "token id {bad} is outside the vocabulary (size {})",
-                c.vocab_size
-            );
-        }
+        // Row ranges of the sequences in the stacked activations.
+        let lens: Vec<usize> = seqs.iter().map(|s| s.tokens.len()).collect();
+        let offs: Vec<usize> = lens
+            .iter()
+            .scan(0, |acc, &m| {
+                let o = *acc;
+                *acc += m;
+                Some(o)
+            })
+            .collect();
+        let m: usize = lens.iter().sum();
         if m == 0 {
-            return Ok(Vec::new());
+            return Ok(vec![Vec::new(); seqs.len()]);
         }
+        let single = seqs.len() == 1;
+        // The rows of sequence `i` (no copy for a lone sequence).
+        let part = |x: &B::Act, i: usize| -> Result<Option<B::Act>> {
+            if single {
+                Ok(None)
+            } else {
+                b.rows(x, offs[i], lens[i]).map(Some)
+            }
+        };
+        let pos0: Vec<usize> = seqs.iter().map(|s| b.cache_len(s.cache)).collect();
+        let tokens: Vec<u32> = seqs.iter().flat_map(|s| s.tokens.iter().copied()).collect();
         let (qd, kvd, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
         let sync = || b.sync();
         let mut clock = Clock::start(sync)?;
-        let mut x = b.embed(&w.embed, tokens, c.embed_scale)?;
-        let (cos, sin) = rope_angles(&self.inv_freq, c.rope.mscale(), pos0, m);
-        let rot = b.rotation(cos, sin, m)?;
-        let rot_local = match &c.rope_local {
-            Some(r) => {
-                let (cos, sin) = rope_angles(&self.inv_freq_local, r.mscale(), pos0, m);
-                Some(b.rotation(cos, sin, m)?)
+        let mut x = b.embed(&w.embed, &tokens, c.embed_scale)?;
+        let rotation = |inv_freq: &[f64], mscale: f64| -> Result<B::Rotation> {
+            let (mut cos, mut sin) = (Vec::new(), Vec::new());
+            for (&p, &len) in pos0.iter().zip(&lens) {
+                let (c, s) = rope_angles(inv_freq, mscale, p, len);
+                cos.extend(c);
+                sin.extend(s);
             }
+            b.rotation(cos, sin, m)
+        };
+        let rot = rotation(&self.inv_freq, c.rope.mscale())?;
+        let rot_local = match &c.rope_local {
+            Some(r) => Some(rotation(&self.inv_freq_local, r.mscale())?),
             None => None,
         };
         let style = c.arch.rope_style();
@@ -274,8 +317,6 @@ impl<B: Backend> Decoder<B> {
             }
             b.rope(&mut q, hd, style, rot)?;
             b.rope(&mut k, hd, style, rot)?;
-            b.cache_append(cache, li, &k, &v)?;
-            clock.mark("rope + cache", sync)?;
             let spec = AttnSpec {
                 layer: li,
                 n_heads: c.n_heads,
@@ -285,7 +326,26 @@ impl<B: Backend> Decoder<B> {
                 window: c.window_of(li),
                 softcap: c.attn_softcap,
             };
-            let attn = b.attention(&q, cache, &spec)?;
+            for (i, s) in seqs.iter_mut().enumerate() {
+                let (ki, vi) = (part(&k, i)?, part(&v, i)?);
+                b.cache_append(
+                    s.cache,
+                    li,
+                    ki.as_ref().unwrap_or(&k),
+                    vi.as_ref().unwrap_or(&v),
+                )?;
+            }
+            clock.mark("rope + cache", sync)?;
+            let mut outs = Vec::with_capacity(seqs.len());
+            for (i, s) in seqs.iter().enumerate() {
+                let qi = part(&q, i)?;
+                outs.push(b.attention(qi.as_ref().unwrap_or(&q), s.cache, &spec)?);
+            }
+            let attn = if single {
+                outs.pop().expect("one sequence")
+            } else {
+                b.concat_rows(&outs)?
+            };
             clock.mark("attention", sync)?;
             let proj = b.matmul(&attn, &layer.wo)?;
             clock.mark("matmul o", sync)?;
@@ -301,12 +361,35 @@ impl<B: Backend> Decoder<B> {
             b.residual(&mut x, proj, layer.post_ffn_norm.as_ref(), c.rms_eps)?;
             clock.mark("residual + norms", sync)?;
         }
-        b.cache_commit(cache, pos0 + m);
-        let from = logits_from.min(m);
-        if from == m {
-            return Ok(Vec::new());
+        for (s, (&p, &len)) in seqs.iter_mut().zip(pos0.iter().zip(&lens)) {
+            b.cache_commit(s.cache, p + len);
         }
-        let x = if from > 0 { b.rows_from(&x, from)? } else { x };
+        // The rows whose logits are asked for, sequence after sequence.
+        let want: Vec<(usize, usize)> = seqs
+            .iter()
+            .zip(&lens)
+            .map(|(s, &len)| {
+                let from = s.logits_from.min(len);
+                (from, len - from)
+            })
+            .collect();
+        let n_out: usize = want.iter().map(|w| w.1).sum();
+        if n_out == 0 {
+            return Ok(vec![Vec::new(); seqs.len()]);
+        }
+        let x = if n_out == m {
+            x
+        } else if single {
+            b.rows(&x, want[0].0, want[0].1)?
+        } else {
+            let parts = want
+                .iter()
+                .zip(&offs)
+                .filter(|(w, _)| w.1 > 0)
+                .map(|(&(from, len), &off)| b.rows(&x, off + from, len))
+                .collect::<Result<Vec<_>>>()?;
+            b.concat_rows(&parts)?
+        };
         let h = b.rms_norm(&x, &w.norm, c.rms_eps)?;
         let mut logits = b.matmul(&h, w.lm_head.as_ref().unwrap_or(&w.embed))?;
         if let Some(cap) = c.final_softcap {
@@ -315,7 +398,16 @@ impl<B: Backend> Decoder<B> {
         clock.mark("lm head", sync)?;
         let host = b.to_host(logits)?;
         clock.mark("logits to host", sync)?;
-        Ok(host)
+        let vocab = host.len() / n_out;
+        let mut rest = &host[..];
+        Ok(want
+            .iter()
+            .map(|&(_, len)| {
+                let (mine, after) = rest.split_at(len * vocab);
+                rest = after;
+                mine.to_vec()
+            })
+            .collect())
     }
 
     /// Bytes of weights held.

@@ -313,9 +313,12 @@ impl Backend for Candle {
         Ok(x.narrow(1, from, len)?.contiguous()?)
     }
 
-    fn rows_from(&self, x: &Tensor, from: usize) -> Result<Tensor> {
-        let m = x.dim(0)?;
-        Ok(x.narrow(0, from, m - from)?)
+    fn rows(&self, x: &Tensor, from: usize, len: usize) -> Result<Tensor> {
+        Ok(x.narrow(0, from, len)?)
+    }
+
+    fn concat_rows(&self, parts: &[Tensor]) -> Result<Tensor> {
+        Ok(Tensor::cat(parts, 0)?)
     }
 
     fn rotation(&self, cos: Vec<f32>, sin: Vec<f32>, m: usize) -> Result<Rotation> {

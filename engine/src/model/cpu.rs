@@ -32,7 +32,7 @@ impl Rows {
 }
 
 /// Per-sequence key/value cache: `len` positions of `kv_dim` values per layer.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct CpuCache {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
@@ -49,8 +49,10 @@ impl CpuCache {
         self.len == 0
     }
 
+    /// Keeps the first `len` positions (and drops rows appended by a forward that failed before
+    /// it committed them).
     pub fn truncate(&mut self, len: usize) {
-        if len < self.len {
+        if len <= self.len {
             for l in self.k.iter_mut().chain(self.v.iter_mut()) {
                 l.truncate(len * self.kv_dim);
             }
@@ -211,10 +213,17 @@ impl Backend for Cpu {
         })
     }
 
-    fn rows_from(&self, x: &Rows, from: usize) -> Result<Rows> {
+    fn rows(&self, x: &Rows, from: usize, len: usize) -> Result<Rows> {
         Ok(Rows {
-            data: x.data[from * x.cols..].to_vec(),
+            data: x.data[from * x.cols..(from + len) * x.cols].to_vec(),
             cols: x.cols,
+        })
+    }
+
+    fn concat_rows(&self, parts: &[Rows]) -> Result<Rows> {
+        Ok(Rows {
+            data: parts.iter().flat_map(|p| p.data.iter().copied()).collect(),
+            cols: parts.first().map_or(0, |p| p.cols),
         })
     }
 

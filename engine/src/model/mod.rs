@@ -8,6 +8,7 @@
 //! CUDA; feature `candle`). [`Model`] holds one of them, chosen by [`crate::device::Device`].
 
 pub mod backend;
+mod batch;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod config;
@@ -19,7 +20,8 @@ use anyhow::Result;
 
 use crate::device::Device;
 
-pub use backend::{Layer, RawMatrix, Weights};
+pub use backend::{Layer, RawMatrix, Seq, Weights};
+pub use batch::{BatchStats, DEFAULT_MAX_ROWS};
 pub use config::{Activation, Arch, ModelConfig, Rope, RopeStyle};
 pub use load::{export_hf_safetensors, load_model, LoadOptions};
 
@@ -34,7 +36,14 @@ pub struct Model {
     pub config: ModelConfig,
     device: Device,
     engine: Engine,
+    batcher: batch::Batcher,
+    /// Longest forward run in one pass; longer ones (prefill) run in chunks of this many tokens,
+    /// so that a long prompt does not stall the other sessions' steps.
+    prefill_chunk: std::sync::atomic::AtomicUsize,
 }
+
+/// Tokens of a prefill chunk unless set otherwise ([`Model::set_prefill_chunk`]).
+pub const DEFAULT_PREFILL_CHUNK: usize = 256;
 
 /// Per-sequence key/value cache. `len()` positions are cached; `truncate` rolls back. A clone
 /// is a deep copy.
@@ -46,19 +55,6 @@ enum CacheOf {
     Cpu(cpu::CpuCache),
     #[cfg(feature = "candle")]
     Candle(candle::CandleCache),
-}
-
-/// Runs `$body` with `$d` the decoder and `$c` the cache of the model's backend.
-macro_rules! with_cache {
-    ($model:expr, $cache:expr, |$d:ident, $c:ident| $body:expr) => {
-        match (&$model.engine, $cache) {
-            (Engine::Cpu($d), CacheOf::Cpu($c)) => $body,
-            #[cfg(feature = "candle")]
-            (Engine::Candle($d), CacheOf::Candle($c)) => $body,
-            #[allow(unreachable_patterns)]
-            _ => anyhow::bail!("this KV cache belongs to a model on another device"),
-        }
-    };
 }
 
 impl Model {
@@ -99,6 +95,8 @@ impl Model {
             config,
             device,
             engine,
+            batcher: batch::Batcher::new(),
+            prefill_chunk: DEFAULT_PREFILL_CHUNK.into(),
         })
     }
 
@@ -130,24 +128,134 @@ impl Model {
     /// cache. Returns the logits of the positions `logits_from..tokens.len()` (row-major,
     /// `vocab` per row, f32 on the host): `0` for every position (verification),
     /// `tokens.len() - 1` for the last, `tokens.len()` for none (prefill).
+    ///
+    /// Forwards of several threads on one model are batched (see [`batch`]): each runs alone
+    /// when the model is idle, and in one pass with the others' when it is busy. Forwards longer
+    /// than the prefill chunk run in chunks. On error the cache is as it was.
     pub fn forward(
         &self,
         cache: &mut KvCache,
         tokens: &[u32],
         logits_from: usize,
     ) -> Result<Vec<f32>> {
-        let mut logits = with_cache!(self, &mut cache.0, |d, c| d.forward(
-            &self.config,
-            c,
-            tokens,
-            logits_from
-        ))?;
-        if let Some(from) = self.config.padding_from {
-            for row in logits.chunks_mut(self.config.vocab_size) {
-                row[from..].fill(f32::NEG_INFINITY);
+        let chunk = self
+            .prefill_chunk
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let run = |jobs: &mut [batch::Job]| {
+            let mut seqs: Vec<Seq<'_, KvCache>> = jobs
+                .iter_mut()
+                .map(|j| Seq {
+                    cache: &mut j.cache,
+                    tokens: &j.tokens,
+                    logits_from: j.logits_from,
+                })
+                .collect();
+            self.forward_many(&mut seqs)
+        };
+        if tokens.len() <= chunk {
+            return self.batcher.forward(cache, tokens, logits_from, &run);
+        }
+        backend::check_feed(&self.config, cache.len(), tokens)?;
+        let start = cache.len();
+        let mut logits = Vec::new();
+        for (i, part) in tokens.chunks(chunk).enumerate() {
+            let from = logits_from.saturating_sub(i * chunk).min(part.len());
+            match self.batcher.forward(cache, part, from, &run) {
+                Ok(l) => logits.extend(l),
+                Err(e) => {
+                    cache.truncate(start);
+                    return Err(e);
+                }
             }
         }
         Ok(logits)
+    }
+
+    /// One pass over the weights for several sequences, each attending to its own cache; one
+    /// result per sequence. A sequence that cannot run (past the context, a token outside the
+    /// vocabulary, a cache of another device) gets its error and the others run. On the CPU
+    /// kernels each sequence's logits are bit-identical to a forward of it alone.
+    pub fn forward_many(&self, seqs: &mut [Seq<'_, KvCache>]) -> Vec<Result<Vec<f32>>> {
+        let mut results: Vec<Option<Result<Vec<f32>>>> = seqs
+            .iter()
+            .map(|s| {
+                let ok = backend::check_feed(&self.config, s.cache.len(), s.tokens)
+                    .and_then(|()| self.owns(s.cache));
+                ok.err().map(Err)
+            })
+            .collect();
+        let runnable: Vec<usize> = (0..seqs.len()).filter(|&i| results[i].is_none()).collect();
+        let lens: Vec<usize> = runnable.iter().map(|&i| seqs[i].cache.len()).collect();
+        macro_rules! run_on {
+            ($d:expr, $variant:path) => {{
+                let mut mine: Vec<Seq<'_, _>> = Vec::with_capacity(runnable.len());
+                for (i, s) in seqs.iter_mut().enumerate() {
+                    if let ($variant(c), None) = (&mut s.cache.0, &results[i]) {
+                        mine.push(Seq {
+                            cache: c,
+                            tokens: s.tokens,
+                            logits_from: s.logits_from,
+                        });
+                    }
+                }
+                $d.forward_batch(&self.config, &mut mine)
+            }};
+        }
+        let out = match &self.engine {
+            Engine::Cpu(d) => run_on!(d, CacheOf::Cpu),
+            #[cfg(feature = "candle")]
+            Engine::Candle(d) => run_on!(d, CacheOf::Candle),
+        };
+        match out {
+            Ok(all) => {
+                for (&i, mut logits) in runnable.iter().zip(all) {
+                    if let Some(from) = self.config.padding_from {
+                        for row in logits.chunks_mut(self.config.vocab_size) {
+                            row[from..].fill(f32::NEG_INFINITY);
+                        }
+                    }
+                    results[i] = Some(Ok(logits));
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                for (&i, &len) in runnable.iter().zip(&lens) {
+                    seqs[i].cache.truncate(len);
+                    results[i] = Some(Err(anyhow::anyhow!("{msg}")));
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every sequence answered"))
+            .collect()
+    }
+
+    /// Errors unless `cache` belongs to this model's backend.
+    fn owns(&self, cache: &KvCache) -> Result<()> {
+        match (&self.engine, &cache.0) {
+            (Engine::Cpu(_), CacheOf::Cpu(_)) => Ok(()),
+            #[cfg(feature = "candle")]
+            (Engine::Candle(_), CacheOf::Candle(_)) => Ok(()),
+            #[allow(unreachable_patterns)]
+            _ => anyhow::bail!("this KV cache belongs to a model on another device"),
+        }
+    }
+
+    /// Sets the longest forward run in one pass (prefill runs in chunks of this many tokens).
+    pub fn set_prefill_chunk(&self, tokens: usize) {
+        self.prefill_chunk
+            .store(tokens.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sets the most rows one batched pass gathers from waiting forwards.
+    pub fn set_max_batch_rows(&self, rows: usize) {
+        self.batcher.set_max_rows(rows);
+    }
+
+    /// What the batcher has run: passes, forwards, rows.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batcher.stats()
     }
 
     /// Bytes of weights held.
@@ -161,6 +269,11 @@ impl Model {
 }
 
 impl KvCache {
+    /// An empty stand-in, left where a cache was moved out while a batched pass holds it.
+    fn detached() -> Self {
+        KvCache(CacheOf::Cpu(cpu::CpuCache::default()))
+    }
+
     pub fn len(&self) -> usize {
         match &self.0 {
             CacheOf::Cpu(c) => c.len(),
