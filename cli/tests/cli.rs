@@ -486,3 +486,54 @@ fn every_kernel_path_scores_the_same_bits() {
         }
     }
 }
+
+#[test]
+fn bench_load_reports_every_cell_and_writes_its_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    let o = specd(&[
+        "bench",
+        "load",
+        "--clients",
+        "1,3",
+        "--modes",
+        "target-only",
+        "--max-tokens",
+        "8",
+        "--duration",
+        "2",
+        "--reps",
+        "1",
+        "--json",
+        "--out",
+        out,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cells = r["cells"].as_array().unwrap();
+    assert_eq!(cells.len(), 2);
+    for c in cells {
+        assert!(c["tokens_per_s"].as_f64().unwrap() > 0.0, "{c}");
+        assert_eq!(c["errors"], 0, "{c}");
+        assert!(c["ttft_p50_ms"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    // Three clients at once share passes: more than one forward per pass on average.
+    assert!(
+        cells[1]["target_forwards_per_pass"].as_f64().unwrap() > 1.0,
+        "{}",
+        cells[1]
+    );
+    let steps = r["step_cost_ms"].as_array().unwrap();
+    assert_eq!(
+        steps
+            .iter()
+            .map(|s| s["k"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 3]
+    );
+    for f in ["load.json", "load.md", "load.svg", "load.png"] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    fails_with(&["bench", "load", "--clients", "0"], &["--clients"]);
+    fails_with(&["bench", "load", "--modes", "fast"], &["--modes", "fast"]);
+}

@@ -62,7 +62,7 @@ pub struct LoadBenchArgs {
     /// Timed repetitions of each step cost t(k) (the median is reported).
     #[arg(long, default_value_t = 15)]
     pub reps: usize,
-    /// Write load.json, load.md and load.svg here.
+    /// Write load.json, load.md, load.svg and load.png here.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print one JSON line with every figure on stdout.
@@ -308,7 +308,7 @@ fn chart(
                 points: cells
                     .iter()
                     .filter(|c| c.mode == name)
-                    .map(|c| (c.clients as f64, c.tokens_per_s, String::new()))
+                    .map(|c| (x_of(c.clients), c.tokens_per_s, String::new()))
                     .collect(),
                 square: false,
                 line: Line::Solid,
@@ -317,25 +317,33 @@ fn chart(
         .collect();
     if let Some(t1) = one("target-only") {
         series.push(Series {
-            name: "target-only × k·t(1)/t(k)".into(),
+            name: "ideal k*t(1)/t(k)".into(),
             color: [127, 127, 127],
             points: cells
                 .iter()
                 .filter(|c| c.mode == "target-only")
-                .map(|c| (c.clients as f64, t1 * bound(c.clients), String::new()))
+                .map(|c| (x_of(c.clients), t1 * bound(c.clients), String::new()))
                 .collect(),
             square: true,
             line: Line::Dashed,
         });
     }
+    let mut counts: Vec<usize> = cells.iter().map(|c| c.clients).collect();
+    counts.sort_unstable();
+    counts.dedup();
     Chart {
         title: "Aggregate throughput under closed-loop load".into(),
-        x_label: "concurrent clients".into(),
+        x_label: "concurrent clients (log scale)".into(),
+        x_ticks: counts.iter().map(|&k| (x_of(k), k.to_string())).collect(),
         y_label: "tokens/s (all clients)".into(),
         series,
         y_range: None,
-        x_ticks: Vec::new(),
     }
+}
+
+/// Where `clients` sits on the chart's x axis (log 2).
+fn x_of(clients: usize) -> f64 {
+    (clients as f64).log2()
 }
 
 fn mode_name(m: Mode) -> &'static str {
@@ -449,11 +457,13 @@ pub fn bench_load(a: LoadBenchArgs) -> Result<()> {
             report["command_line"].as_str().unwrap_or("")
         );
         std::fs::write(dir.join("load.md"), cmd + &md)?;
-        std::fs::write(
-            dir.join("load.svg"),
-            chart(&cells, &modes, &one, &bound).to_svg(),
-        )?;
-        eprintln!("wrote load.json, load.md and load.svg in {}", dir.display());
+        let chart = chart(&cells, &modes, &one, &bound);
+        std::fs::write(dir.join("load.svg"), chart.to_svg())?;
+        chart.write_png(&dir.join("load.png"))?;
+        eprintln!(
+            "wrote load.json, load.md, load.svg and load.png in {}",
+            dir.display()
+        );
     }
     if a.json {
         println!("{report}");
