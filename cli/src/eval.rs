@@ -4,9 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use specd_engine::device::Device;
-use specd_engine::pipeline::{check_pair, LoadedModel};
-use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+use specd_engine::pipeline::check_pair;
 use specd_eval::config::parse_configs;
 use specd_eval::runner::EvalOptions;
 
@@ -55,16 +53,8 @@ pub struct Gsm8kArgs {
     /// The train file for --shots 8 (default: train.jsonl beside --data).
     #[arg(long)]
     pub train: Option<PathBuf>,
-    #[arg(long, default_value = DEFAULT_TARGET)]
-    pub target: String,
-    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub target_device: Device,
-    #[arg(long, default_value = DEFAULT_DRAFT)]
-    pub draft: String,
-    /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub draft_device: Device,
+    #[command(flatten)]
+    pub models: crate::model_args::ModelPairArgs,
     /// Run generations through a coordinator (distributed mode) instead of the embedded engine;
     /// the target model is still loaded here for scoring (NLL).
     #[arg(long)]
@@ -103,8 +93,8 @@ pub fn run(cmd: EvalCommand) -> Result<()> {
     if !opts.data.is_file() {
         bail!("--data {}: no such file", opts.data.display());
     }
-    let target = LoadedModel::load_on(&a.target, a.target_device, &crate::log)?;
-    let draft = LoadedModel::load_on(&a.draft, a.draft_device, &crate::log)?;
+    let target = a.models.load_target()?;
+    let draft = a.models.load_draft()?;
     check_pair(&target, &draft)?;
     let command_line = std::env::args().collect::<Vec<_>>().join(" ");
     specd_eval::run_eval(&opts, &target, &draft, &command_line)?;

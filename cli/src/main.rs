@@ -4,6 +4,7 @@ mod bench;
 mod eval;
 mod generate;
 mod health;
+mod model_args;
 mod nodes;
 mod score;
 mod serve;

@@ -4,9 +4,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
-use specd_engine::device::Device;
-use specd_engine::pipeline::{self, LoadedModel, Mode, Prompt, Request};
-use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+use specd_engine::pipeline::{self, Mode, Prompt, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
 use specd_engine::spec_decode::draft::DrafterSpec;
@@ -18,16 +16,8 @@ use super::BENCH_PROMPTS;
 
 #[derive(Args)]
 pub struct DistributedBenchArgs {
-    #[arg(long, default_value = DEFAULT_TARGET)]
-    pub target: String,
-    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub target_device: Device,
-    #[arg(long, default_value = DEFAULT_DRAFT)]
-    pub draft: String,
-    /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub draft_device: Device,
+    #[command(flatten)]
+    pub models: crate::model_args::ModelPairArgs,
     #[arg(long, default_value_t = 4)]
     pub gamma: usize,
     #[arg(long, default_value_t = 128)]
@@ -45,14 +35,14 @@ pub fn bench_distributed(a: DistributedBenchArgs) -> Result<()> {
         bail!("--prompts must be in 1..={}", BENCH_PROMPTS.len());
     }
     let log = &crate::log;
-    let target = LoadedModel::load_on(&a.target, a.target_device, log)?;
-    let draft = LoadedModel::load_on(&a.draft, a.draft_device, log)?;
+    let target = a.models.load_target()?;
+    let draft = a.models.load_draft()?;
     let pc = free_port()?;
     let addr = |p: u16| format!("127.0.0.1:{p}");
     let url = |p: u16| format!("http://127.0.0.1:{p}");
     log("starting target-node, draft-node and coordinator on loopback");
-    let (_t, pt) = start_model_node("target-node", &a.target)?;
-    let (_d, pd) = start_model_node("draft-node", &a.draft)?;
+    let (_t, pt) = start_model_node("target-node", &a.models.target)?;
+    let (_d, pd) = start_model_node("draft-node", &a.models.draft)?;
     let _c = start(
         &[
             "coordinator".into(),

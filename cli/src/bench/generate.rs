@@ -3,9 +3,7 @@
 use anyhow::{bail, Result};
 use clap::Args;
 use serde_json::json;
-use specd_engine::device::Device;
-use specd_engine::pipeline::{self, encode_prompt, LoadedModel, Mode, Prompt, Request};
-use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
+use specd_engine::pipeline::{self, encode_prompt, Mode, Prompt, Request};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
 use specd_engine::spec_decode::draft::DrafterSpec;
@@ -26,16 +24,8 @@ pub const BENCH_PROMPTS: &[&str] = &[
 
 #[derive(Args)]
 pub struct GenerateBenchArgs {
-    #[arg(long, default_value = DEFAULT_TARGET)]
-    pub target: String,
-    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub target_device: Device,
-    #[arg(long, default_value = DEFAULT_DRAFT)]
-    pub draft: String,
-    /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub draft_device: Device,
+    #[command(flatten)]
+    pub models: crate::model_args::ModelPairArgs,
     /// Block sizes to measure, comma-separated.
     #[arg(long, default_value = "2,4,8", value_delimiter = ',')]
     pub gamma: Vec<usize>,
@@ -71,8 +61,8 @@ pub fn bench_generate(a: GenerateBenchArgs) -> Result<()> {
         bail!("--gamma values must be >= 1 (target-only is always measured)");
     }
     let log = &crate::log;
-    let target = LoadedModel::load_on(&a.target, a.target_device, log)?;
-    let draft = LoadedModel::load_on(&a.draft, a.draft_device, log)?;
+    let target = a.models.load_target()?;
+    let draft = a.models.load_draft()?;
     pipeline::check_pair(&target, &draft)?;
     let prompts = &BENCH_PROMPTS[..a.prompts];
     // Base models (no chat template) get the prompts as plain text.

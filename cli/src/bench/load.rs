@@ -15,10 +15,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 use serde_json::json;
-use specd_engine::device::Device;
 use specd_engine::model::{BatchStats, Model, Seq};
 use specd_engine::pipeline::{encode_prompt, generate_until, LoadedModel, Mode, Prompt, Request};
-use specd_engine::presets::{DEFAULT_DRAFT, DEFAULT_TARGET};
 use specd_engine::sampling::SamplingParams;
 use specd_engine::spec_decode::budget::Policy;
 use specd_engine::spec_decode::draft::DrafterSpec;
@@ -31,16 +29,8 @@ use super::BENCH_PROMPTS;
 
 #[derive(Args)]
 pub struct LoadBenchArgs {
-    #[arg(long, default_value = DEFAULT_TARGET)]
-    pub target: String,
-    /// Device of the target: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub target_device: Device,
-    #[arg(long, default_value = DEFAULT_DRAFT)]
-    pub draft: String,
-    /// Device of the draft: cpu (specd's kernels), candle-cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub draft_device: Device,
+    #[command(flatten)]
+    pub models: crate::model_args::ModelPairArgs,
     /// Concurrent clients, comma-separated: one measurement per count and mode.
     #[arg(long, default_value = "1,4,16,64", value_delimiter = ',')]
     pub clients: Vec<usize>,
@@ -374,10 +364,10 @@ pub fn bench_load(a: LoadBenchArgs) -> Result<()> {
         specd_engine::spec_decode::gamma::DEFAULT_GAMMA_MAX,
     )
     .map_err(|e| anyhow::anyhow!("--gamma: {e}"))?;
-    let target = LoadedModel::load_on(&a.target, a.target_device, &crate::log)?;
+    let target = a.models.load_target()?;
     let needs_draft = modes.contains(&Mode::Speculative) && a.drafter.needs_model();
     let draft = if needs_draft {
-        let d = LoadedModel::load_on(&a.draft, a.draft_device, &crate::log)?;
+        let d = a.models.load_draft()?;
         specd_engine::pipeline::check_pair(&target, &d)?;
         Some(d)
     } else {
@@ -440,8 +430,8 @@ pub fn bench_load(a: LoadBenchArgs) -> Result<()> {
     let report = json!({
         "command_line": std::env::args().collect::<Vec<_>>().join(" "),
         "machine": specd_eval::machine(),
-        "target": a.target, "target_device": a.target_device.to_string(),
-        "draft": draft.as_ref().map(|_| &a.draft), "drafter": a.drafter.name(), "gamma": a.gamma,
+        "target": a.models.target, "target_device": a.models.target_device.to_string(),
+        "draft": draft.as_ref().map(|_| &a.models.draft), "drafter": a.drafter.name(), "gamma": a.gamma,
         "max_tokens": a.max_tokens, "duration_s": a.duration,
         "step_cost_ms": steps.iter().map(|&(k, t)| json!({"k": k, "t_ms": t * 1e3, "bound": bound(k)})).collect::<Vec<_>>(),
         "cells": cells,
